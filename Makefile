@@ -1,0 +1,34 @@
+# nvblk — see README.md. The two commands: `make run` and `make test`.
+GO      ?= go
+BIN     := bin/nvblk
+IMG     ?= nvblk.img
+SOCK    ?= nvblk.sock
+
+.PHONY: all build run test deps vet bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/nvblk
+
+deps:
+	./scripts/install-deps.sh
+
+# run formats the default emulated-NVDIMM image on first use and serves it.
+run: build
+	@[ -f $(IMG) ] || ./$(BIN) format $(IMG) --size 1G --sector-size 4096
+	./$(BIN) serve --socket-path $(SOCK) --blk-file $(IMG)
+
+vet:
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	 if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+
+test: deps vet
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./btt/ ./pmem/
+
+clean:
+	rm -rf bin
