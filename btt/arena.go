@@ -1,0 +1,191 @@
+package btt
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// Arena is one arena of an open BTT: its geometry, windows into the medium,
+// and the in-memory state the kernel keeps beside it (free list, read
+// tracking table, map locks).
+type Arena struct {
+	index int
+	arenaGeometry
+	info          Info
+	externalStart uint64 // first external LBA of this arena
+
+	// Windows into the medium's mapping: the map, the flog and the data area.
+	mapArea, flogArea, dataArea []byte
+
+	// logIndex are the two flog group slots in use: (0,1) in the layout
+	// kernels since 4.15 write, (0,2) in older ones.
+	logIndex [2]int
+
+	// free[lane] is the lane's free block and where its next flog entry goes.
+	// Owned by the goroutine holding that lane; no lock.
+	free []freeEntry
+
+	// rtt[lane] is rttValid|block while the lane's reader copies that block.
+	// Written by the reader, read by every writer, atomically.
+	rtt []atomic.Uint32
+
+	// mapLocks serialise read-modify-write of map entries; entry premap uses
+	// mapLocks[premap/mapLockSpan % nfree].
+	mapLocks []paddedMutex
+}
+
+// paddedMutex keeps each map lock on its own cache line, so writers on
+// different lines do not contend for the line that holds the lock.
+type paddedMutex struct {
+	sync.Mutex
+	_ [64 - 8]byte
+}
+
+type freeEntry struct {
+	block  uint32 // the postmap block the lane writes next
+	sub    uint8  // which of the two slots (0 or 1) its next flog entry overwrites
+	seq    uint32 // the sequence number of that next entry
+	hasErr bool   // the block was freed from an entry with the E flag
+}
+
+// mapEntry returns the raw map entry of a premap LBA.
+func (a *Arena) mapEntry(premap uint32) uint32 {
+	return loadWord32(a.mapArea, int(premap)*MapEntrySize)
+}
+
+// lookup resolves a premap LBA to its postmap block and flags, the way
+// btt_map_read does: an entry with neither flag is the initial identity.
+func (a *Arena) lookup(premap uint32) (block uint32, trim, mediaErr bool) {
+	return decodeMapEntry(premap, a.mapEntry(premap))
+}
+
+func decodeMapEntry(premap, raw uint32) (block uint32, trim, mediaErr bool) {
+	switch raw & mapNormal {
+	case 0:
+		return premap, false, false
+	case mapNormal:
+		return raw & mapBlockMask, false, false
+	case mapTrimFlag:
+		return raw & mapBlockMask, true, false
+	default:
+		return raw & mapBlockMask, false, true
+	}
+}
+
+func (a *Arena) mapLock(premap uint32) *sync.Mutex {
+	return &a.mapLocks[(premap/mapLockSpan)%uint32(len(a.mapLocks))].Mutex
+}
+
+// flogGroup decodes the lane's four flog slots.
+func (a *Arena) flogGroup(lane int) [4]FlogEntry {
+	var g [4]FlogEntry
+	base := lane * FlogGroupSize
+	for i := range g {
+		g[i] = decodeFlogEntry(a.flogArea[base+i*FlogEntrySize:])
+	}
+	return g
+}
+
+// flogCurrent returns, for a lane's group, the newest of its two entries and
+// which sub-slot (0 or 1) holds it, following btt_log_get_old: sequence
+// numbers cycle 1->2->3->1, so the newer of two is the one a single step
+// ahead.
+func flogCurrent(g [4]FlogEntry, idx [2]int) (newest FlogEntry, sub int, err error) {
+	s0, s1 := g[idx[0]].Seq, g[idx[1]].Seq
+	if s0 == 0 {
+		// Slot 0 never written: the kernel treats it as the old one.
+		if s1 == 0 {
+			return FlogEntry{}, 0, fmt.Errorf("%w: flog group has no entry", ErrCorrupt)
+		}
+		return g[idx[1]], 1, nil
+	}
+	if s0 > 3 || s1 > 3 || s0 == s1 || s0+s1 > 5 {
+		return FlogEntry{}, 0, fmt.Errorf("%w: flog sequence numbers [%d, %d]", ErrCorrupt, s0, s1)
+	}
+	if s1 == 0 || nextSeq(s1) == s0 {
+		return g[idx[0]], 0, nil
+	}
+	return g[idx[1]], 1, nil
+}
+
+// detectLogIndex finds which two slots of each flog group hold entries, as
+// log_set_indices does: a group in the initial state has three zero slots and
+// says nothing; the first group with two entries fixes the pair, and every
+// other group must agree. A BTT never written in any lane is taken as the
+// current (0,1) layout.
+func detectLogIndex(a *Arena) ([2]int, error) {
+	idx := [2]int{-1, -1}
+	for lane := 0; lane < int(a.nfree); lane++ {
+		g := a.flogGroup(lane)
+		var used []int
+		for j, e := range g {
+			if !e.isPadding() {
+				used = append(used, j)
+			}
+		}
+		switch {
+		case len(used) > 2:
+			return idx, fmt.Errorf("%w: flog lane %d has %d entries in use", ErrCorrupt, lane, len(used))
+		case len(used) == 2:
+			if idx[0] < 0 {
+				idx = [2]int{used[0], used[1]}
+			} else if used[0] != idx[0] || used[1] != idx[1] {
+				return idx, fmt.Errorf("%w: flog lane %d uses slots %v, earlier lanes %v", ErrCorrupt, lane, used, idx)
+			}
+		case len(used) == 1:
+			if used[0] != 0 && (idx[0] < 0 || used[0] != idx[1]) {
+				return idx, fmt.Errorf("%w: flog lane %d uses slot %d alone", ErrCorrupt, lane, used[0])
+			}
+		}
+	}
+	if idx[0] < 0 {
+		return [2]int{0, 1}, nil
+	}
+	if idx != [2]int{0, 1} && idx != [2]int{0, 2} {
+		return idx, fmt.Errorf("%w: unknown flog padding scheme %v", ErrCorrupt, idx)
+	}
+	return idx, nil
+}
+
+// pendingMove is a write the flog recorded but the map does not show: the
+// data and the flog entry are durable, the map update is not.
+type pendingMove struct {
+	lane   int
+	premap uint32
+	newMap uint32
+}
+
+// initFreeList builds the in-memory free list from the flog and returns the
+// moves recovery must complete (btt_freelist_init).
+func (a *Arena) initFreeList() ([]pendingMove, error) {
+	a.free = make([]freeEntry, a.nfree)
+	var pending []pendingMove
+	for lane := range a.free {
+		e, sub, err := flogCurrent(a.flogGroup(lane), a.logIndex)
+		if err != nil {
+			return nil, fmt.Errorf("lane %d: %w", lane, err)
+		}
+		oldBlock, newBlock := e.OldMap&mapBlockMask, e.NewMap&mapBlockMask
+		if oldBlock >= a.internalNLBA || newBlock >= a.internalNLBA {
+			return nil, fmt.Errorf("%w: lane %d flog entry %+v points past %d blocks", ErrCorrupt, lane, e, a.internalNLBA)
+		}
+		a.free[lane] = freeEntry{
+			block:  oldBlock,
+			sub:    uint8(1 - sub),
+			seq:    nextSeq(e.Seq),
+			hasErr: e.OldMap&mapNormal == mapErrorFlag,
+		}
+		if oldBlock == newBlock {
+			continue // the format's entry: nothing moved
+		}
+		if e.LBA >= a.externalNLBA {
+			return nil, fmt.Errorf("%w: lane %d flog entry for LBA %d past %d", ErrCorrupt, lane, e.LBA, a.externalNLBA)
+		}
+		cur, _, _ := a.lookup(e.LBA)
+		if cur != newBlock && cur == oldBlock {
+			pending = append(pending, pendingMove{lane: lane, premap: e.LBA, newMap: newBlock})
+		}
+	}
+	return pending, nil
+}

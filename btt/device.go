@@ -1,0 +1,463 @@
+package btt
+
+import (
+	"fmt"
+	"runtime"
+	"sync/atomic"
+)
+
+// Medium is the byte-addressable store under the BTT. *pmem.Medium
+// implements it; tests use an in-memory one.
+type Medium interface {
+	// Size is the namespace size in bytes.
+	Size() int64
+	// Slice returns a window of exactly n bytes at off into the medium's
+	// mapping. Stores into it reach the medium; Persist makes them durable.
+	Slice(off, n int64) ([]byte, error)
+	// Persist makes the stores to [off, off+n) durable before it returns (in
+	// the medium's durability mode) and orders them before later stores.
+	Persist(off, n int64) error
+	// Flush makes every store so far durable.
+	Flush() error
+	// Zero sets [off, off+n) to zeroes (punching holes where it can).
+	Zero(off, n int64) error
+}
+
+// Options control Open.
+type Options struct {
+	// ReadOnly opens the BTT without writing anything: not even flog
+	// recovery, whose pending moves then stay visible as the old data.
+	ReadOnly bool
+}
+
+// Device is an open BTT: a block device of NumSectors sectors of SectorSize
+// bytes, safe for concurrent use.
+type Device struct {
+	m        Medium
+	version  Version
+	arenas   []*Arena
+	lbaSize  uint32 // external LBA size (data + metadata bytes)
+	sector   uint32 // data bytes per LBA: 512 or 4096
+	nlba     uint64
+	readOnly bool
+	// errorFlag: an arena carries InfoFlagError; writes are refused.
+	errorFlag bool
+	// fromInfo2 lists arenas whose primary info block was damaged and that
+	// were opened from their backup.
+	fromInfo2 []int
+	recovered int // flog moves completed by Open
+
+	lanes  chan *lane
+	closed atomic.Bool
+}
+
+// lane is the right to use one free block and flog group in every arena,
+// and one read tracking slot.
+type lane struct{ id int }
+
+// Open finds the BTT on m (version 1.1 at 4 KiB, else 2.0 at 0), falls back
+// to an arena's backup info block when the primary is damaged, replays the
+// flog, and returns the device. An arena with the error flag set makes the
+// device read-only, as the kernel does.
+func Open(m Medium, opts Options) (*Device, error) {
+	layout, err := discover(m)
+	if err != nil {
+		return nil, err
+	}
+	d := &Device{
+		m:        m,
+		version:  layout.version,
+		lbaSize:  layout.arenas[0].ExternalLBASize,
+		sector:   dataSectorSize(layout.arenas[0].ExternalLBASize),
+		readOnly: opts.ReadOnly,
+	}
+	nlanes := -1
+	for i, da := range layout.arenas {
+		a, err := newArena(m, i, da, d.nlba)
+		if err != nil {
+			return nil, fmt.Errorf("btt: arena %d: %w", i, err)
+		}
+		if da.fromInfo2 {
+			d.fromInfo2 = append(d.fromInfo2, i)
+		}
+		if a.info.Flags&InfoFlagError != 0 {
+			d.errorFlag = true
+		}
+		pending, err := a.initFreeList()
+		if err != nil {
+			return nil, fmt.Errorf("btt: arena %d: %w", i, err)
+		}
+		if !opts.ReadOnly && !d.errorFlag {
+			for _, p := range pending {
+				if err := a.writeMap(m, p.premap, p.newMap|mapNormal); err != nil {
+					return nil, fmt.Errorf("btt: arena %d: recovering lane %d: %w", i, p.lane, err)
+				}
+				d.recovered++
+			}
+		}
+		if nlanes < 0 || int(a.nfree) < nlanes {
+			nlanes = int(a.nfree)
+		}
+		d.arenas = append(d.arenas, a)
+		d.nlba += uint64(a.externalNLBA)
+	}
+	if d.errorFlag {
+		d.readOnly = true
+	}
+	d.lanes = make(chan *lane, nlanes)
+	for i := 0; i < nlanes; i++ {
+		d.lanes <- &lane{id: i}
+	}
+	return d, nil
+}
+
+func newArena(m Medium, index int, da discoveredArena, externalStart uint64) (*Arena, error) {
+	a := &Arena{index: index, arenaGeometry: da.arenaGeometry, info: da.Info, externalStart: externalStart}
+	var err error
+	if a.mapArea, err = m.Slice(a.mapOff, int64(a.externalNLBA)*MapEntrySize); err != nil {
+		return nil, fmt.Errorf("map: %w", err)
+	}
+	if a.flogArea, err = m.Slice(a.logOff, int64(a.nfree)*FlogGroupSize); err != nil {
+		return nil, fmt.Errorf("flog: %w", err)
+	}
+	if a.dataArea, err = m.Slice(a.dataOff, int64(a.internalNLBA)*int64(a.internalLBASize)); err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
+	if !aligned(a.mapArea, 4) || !aligned(a.flogArea, 8) {
+		return nil, fmt.Errorf("%w: map or flog not word-aligned in the mapping", ErrCorrupt)
+	}
+	if a.logIndex, err = detectLogIndex(a); err != nil {
+		return nil, err
+	}
+	a.rtt = make([]atomic.Uint32, a.nfree)
+	a.mapLocks = make([]paddedMutex, a.nfree)
+	return a, nil
+}
+
+// writeMap stores and persists one map entry.
+func (a *Arena) writeMap(m Medium, premap, raw uint32) error {
+	storeWord32(a.mapArea, int(premap)*MapEntrySize, raw)
+	return m.Persist(a.mapOff+int64(premap)*MapEntrySize, MapEntrySize)
+}
+
+// SectorSize is the number of data bytes per LBA: 512 or 4096.
+func (d *Device) SectorSize() uint32 { return d.sector }
+
+// LBASize is the external LBA size on media, data plus metadata bytes
+// (e.g. 520 for 512-byte sectors with 8 bytes of protection information).
+func (d *Device) LBASize() uint32 { return d.lbaSize }
+
+// NumSectors is the capacity in sectors of SectorSize.
+func (d *Device) NumSectors() uint64 { return d.nlba }
+
+// ReadOnly reports whether writes are refused.
+func (d *Device) ReadOnly() bool { return d.readOnly }
+
+// UUID is the BTT's uuid (the same in every arena's info block).
+func (d *Device) UUID() [16]byte { return d.arenas[0].info.UUID }
+
+// Version is the layout version found on media.
+func (d *Device) Version() Version { return d.version }
+
+// Arenas describes the arenas, for info and check.
+func (d *Device) Arenas() []ArenaInfo {
+	out := make([]ArenaInfo, len(d.arenas))
+	for i, a := range d.arenas {
+		out[i] = a.describe()
+	}
+	return out
+}
+
+// Recovered is how many half-done writes Open completed from the flog.
+func (d *Device) Recovered() int { return d.recovered }
+
+// OpenedFromBackup lists the arenas whose primary info block was damaged.
+func (d *Device) OpenedFromBackup() []int { return append([]int(nil), d.fromInfo2...) }
+
+// Flush makes every completed write durable.
+func (d *Device) Flush() error {
+	if d.closed.Load() {
+		return ErrClosed
+	}
+	return d.m.Flush()
+}
+
+// Close waits for in-flight I/O, flushes, and refuses I/O from then on. It
+// does not close the medium.
+func (d *Device) Close() error {
+	if d.closed.Swap(true) {
+		return nil
+	}
+	for i := 0; i < cap(d.lanes); i++ {
+		<-d.lanes
+	}
+	if d.readOnly {
+		return nil
+	}
+	return d.m.Flush()
+}
+
+func (d *Device) acquire() (*lane, error) {
+	if d.closed.Load() {
+		return nil, ErrClosed
+	}
+	l := <-d.lanes
+	// Close may have drained the pool after our check; it only waits for
+	// lanes, so give this one back and refuse.
+	if d.closed.Load() {
+		d.lanes <- l
+		return nil, ErrClosed
+	}
+	return l, nil
+}
+
+func (d *Device) release(l *lane) { d.lanes <- l }
+
+// locate maps an external LBA to its arena and premap LBA.
+func (d *Device) locate(lba uint64) (*Arena, uint32) {
+	for _, a := range d.arenas {
+		if lba < a.externalStart+uint64(a.externalNLBA) {
+			return a, uint32(lba - a.externalStart)
+		}
+	}
+	return nil, 0 // unreachable after checkRange
+}
+
+func (d *Device) checkRange(lba, n uint64) error {
+	if n > d.nlba || lba > d.nlba-n {
+		return fmt.Errorf("%w: LBA %d + %d sectors, capacity %d", ErrOutOfRange, lba, n, d.nlba)
+	}
+	return nil
+}
+
+func (d *Device) sectorsIn(iov [][]byte) (uint64, error) {
+	var total uint64
+	for _, b := range iov {
+		total += uint64(len(b))
+	}
+	if total%uint64(d.sector) != 0 {
+		return 0, fmt.Errorf("%w: %d bytes, sector size %d", ErrMisaligned, total, d.sector)
+	}
+	return total / uint64(d.sector), nil
+}
+
+// ReadV reads len(iov) bytes (a whole number of sectors) starting at lba into
+// the io-vector. Each sector is read atomically: it returns one complete
+// version of the sector, never a mix of two writes.
+func (d *Device) ReadV(lba uint64, iov [][]byte) error {
+	n, err := d.sectorsIn(iov)
+	if err != nil {
+		return err
+	}
+	if err := d.checkRange(lba, n); err != nil {
+		return err
+	}
+	l, err := d.acquire()
+	if err != nil {
+		return err
+	}
+	defer d.release(l)
+	cur := iovCursor{iov: iov}
+	for i := uint64(0); i < n; i++ {
+		a, premap := d.locate(lba + i)
+		if err := d.readSector(l, a, premap, &cur); err != nil {
+			return fmt.Errorf("btt: read LBA %d: %w", lba+i, err)
+		}
+	}
+	return nil
+}
+
+func (d *Device) readSector(l *lane, a *Arena, premap uint32, dst *iovCursor) error {
+	block, trim, mediaErr := a.lookup(premap)
+	slot := &a.rtt[l.id]
+	for {
+		if trim {
+			dst.zero(int(d.sector))
+			return nil
+		}
+		if mediaErr {
+			return ErrMediaError
+		}
+		if block >= a.internalNLBA {
+			return fmt.Errorf("%w: LBA %d maps to block %d of %d", ErrCorrupt, premap, block, a.internalNLBA)
+		}
+		// Publish the block before re-reading the map: a writer that frees
+		// it after our re-check will see it published and wait for us.
+		slot.Store(rttValid | block)
+		nb, nt, ne := a.lookup(premap)
+		if nb == block && nt == trim && ne == mediaErr {
+			break
+		}
+		block, trim, mediaErr = nb, nt, ne
+	}
+	off := int(block) * int(a.internalLBASize)
+	dst.copyFrom(a.dataArea[off : off+int(d.sector)])
+	slot.Store(0)
+	return nil
+}
+
+// WriteV writes the io-vector (a whole number of sectors) starting at lba.
+// Each sector is written atomically: after a crash it holds either its old
+// or its new content.
+func (d *Device) WriteV(lba uint64, iov [][]byte) error {
+	if d.readOnly {
+		return ErrReadOnly
+	}
+	n, err := d.sectorsIn(iov)
+	if err != nil {
+		return err
+	}
+	if err := d.checkRange(lba, n); err != nil {
+		return err
+	}
+	l, err := d.acquire()
+	if err != nil {
+		return err
+	}
+	defer d.release(l)
+	cur := iovCursor{iov: iov}
+	for i := uint64(0); i < n; i++ {
+		a, premap := d.locate(lba + i)
+		if err := d.writeSector(l, a, premap, &cur); err != nil {
+			return fmt.Errorf("btt: write LBA %d: %w", lba+i, err)
+		}
+	}
+	return nil
+}
+
+func (d *Device) writeSector(l *lane, a *Arena, premap uint32, src *iovCursor) error {
+	fe := &a.free[l.id]
+	newBlock := fe.block
+	if newBlock >= a.internalNLBA {
+		return fmt.Errorf("%w: lane %d free block %d of %d", ErrCorrupt, l.id, newBlock, a.internalNLBA)
+	}
+	// A reader that published this block before its previous owner moved
+	// on may still be copying it.
+	want := rttValid | newBlock
+	for i := range a.rtt {
+		for a.rtt[i].Load() == want {
+			runtime.Gosched()
+		}
+	}
+	off := int(newBlock) * int(a.internalLBASize)
+	src.copyTo(a.dataArea[off : off+int(d.sector)])
+	if err := d.m.Persist(a.dataOff+int64(off), int64(d.sector)); err != nil {
+		return err
+	}
+
+	mu := a.mapLock(premap)
+	mu.Lock()
+	defer mu.Unlock()
+	oldBlock, _, oldErr := a.lookup(premap)
+	if oldBlock >= a.internalNLBA {
+		return fmt.Errorf("%w: LBA %d maps to block %d of %d", ErrCorrupt, premap, oldBlock, a.internalNLBA)
+	}
+	oldMap := oldBlock
+	if oldErr {
+		oldMap |= mapErrorFlag
+	}
+	e := FlogEntry{LBA: premap, OldMap: oldMap, NewMap: newBlock, Seq: fe.seq}
+	if err := a.writeFlog(d.m, l.id, int(fe.sub), e); err != nil {
+		return err
+	}
+	fe.sub = 1 - fe.sub
+	fe.seq = nextSeq(fe.seq)
+	fe.block = oldBlock
+	fe.hasErr = oldErr
+	return a.writeMap(d.m, premap, newBlock|mapNormal)
+}
+
+// writeFlog stores the entry in the lane's sub-slot as two 8-byte halves,
+// each persisted before the next: the sequence number lands last, so a torn
+// entry still carries the old sequence and is not trusted.
+func (a *Arena) writeFlog(m Medium, lane, sub int, e FlogEntry) error {
+	off := lane*FlogGroupSize + a.logIndex[sub]*FlogEntrySize
+	lo, hi := e.halves()
+	storeWord64(a.flogArea, off, lo)
+	if err := m.Persist(a.logOff+int64(off), 8); err != nil {
+		return err
+	}
+	storeWord64(a.flogArea, off+8, hi)
+	return m.Persist(a.logOff+int64(off)+8, 8)
+}
+
+// WriteZeroes makes n sectors from lba read as zeroes by setting the Z flag
+// in their map entries: one atomic map store per sector, no data written and
+// no block moved (the block stays the sector's own). It serves both
+// write-zeroes and discard.
+func (d *Device) WriteZeroes(lba, n uint64) error {
+	if d.readOnly {
+		return ErrReadOnly
+	}
+	if err := d.checkRange(lba, n); err != nil {
+		return err
+	}
+	if d.closed.Load() {
+		return ErrClosed
+	}
+	for i := uint64(0); i < n; i++ {
+		a, premap := d.locate(lba + i)
+		if err := a.trim(d.m, premap); err != nil {
+			return fmt.Errorf("btt: write zeroes LBA %d: %w", lba+i, err)
+		}
+	}
+	return nil
+}
+
+func (a *Arena) trim(m Medium, premap uint32) error {
+	mu := a.mapLock(premap)
+	mu.Lock()
+	defer mu.Unlock()
+	block, trim, _ := a.lookup(premap)
+	if trim {
+		return nil
+	}
+	if block >= a.internalNLBA {
+		return fmt.Errorf("%w: LBA %d maps to block %d of %d", ErrCorrupt, premap, block, a.internalNLBA)
+	}
+	// A media-error entry loses its E flag: the sector now reads as zeroes,
+	// which is what write-zeroes asks for.
+	return a.writeMap(m, premap, block|mapTrimFlag)
+}
+
+// iovCursor walks an io-vector so a sector can straddle segments without an
+// intermediate buffer.
+type iovCursor struct {
+	iov [][]byte
+	seg int
+	off int
+}
+
+func (c *iovCursor) copyTo(dst []byte) {
+	for len(dst) > 0 {
+		n := copy(dst, c.iov[c.seg][c.off:])
+		dst = dst[n:]
+		c.advance(n)
+	}
+}
+
+func (c *iovCursor) copyFrom(src []byte) {
+	for len(src) > 0 {
+		n := copy(c.iov[c.seg][c.off:], src)
+		src = src[n:]
+		c.advance(n)
+	}
+}
+
+func (c *iovCursor) zero(n int) {
+	for n > 0 {
+		b := c.iov[c.seg][c.off:]
+		k := min(n, len(b))
+		clear(b[:k])
+		n -= k
+		c.advance(k)
+	}
+}
+
+func (c *iovCursor) advance(n int) {
+	c.off += n
+	for c.seg < len(c.iov) && c.off == len(c.iov[c.seg]) {
+		c.seg++
+		c.off = 0
+	}
+}

@@ -1,0 +1,114 @@
+package btt
+
+import (
+	"crypto/rand"
+	"fmt"
+)
+
+// FormatOptions choose the BTT Format writes.
+type FormatOptions struct {
+	// LBASize is the external sector size: one of SupportedLBASizes.
+	// Zero means 4096.
+	LBASize uint32
+	// UUID of the BTT; zero means a random one.
+	UUID [16]byte
+	// ParentUUID is the namespace's uuid; zero (the kernel's value for a
+	// label-less namespace) skips the kernel's parent check.
+	ParentUUID [16]byte
+	// Version is Version11 (the default, what the kernel writes on a
+	// label-less namespace: the BTT starts 4 KiB in) or Version20 (starts at
+	// 0, for namespaces labelled with the BTT2 claim class).
+	Version Version
+}
+
+// Format writes a new, empty BTT over the whole medium, the way the kernel's
+// btt_meta_init does on first use: per arena, the map zeroed (identity), the
+// flog zeroed with lane i's slot 0 holding {lba i, old = new =
+// external_nlba+i, seq 1}, then the backup info block, then the info block.
+// Old info blocks are erased first, so a crash mid-format leaves no BTT
+// rather than a half-formatted one.
+func Format(m Medium, opts FormatOptions) error {
+	if opts.LBASize == 0 {
+		opts.LBASize = 4096
+	}
+	if opts.Version == (Version{}) {
+		opts.Version = Version11
+	}
+	if opts.Version != Version11 && opts.Version != Version20 {
+		return fmt.Errorf("%w: version %s (want 1.1 or 2.0)", ErrInvalidArgument, opts.Version)
+	}
+	if opts.UUID == ([16]byte{}) {
+		if _, err := rand.Read(opts.UUID[:]); err != nil {
+			return fmt.Errorf("btt: format: uuid: %w", err)
+		}
+		opts.UUID[6] = opts.UUID[6]&0x0f | 0x40 // version 4
+		opts.UUID[8] = opts.UUID[8]&0x3f | 0x80 // RFC 4122 variant
+	}
+	base := opts.Version.initialOffset()
+	arenas, err := layoutArenas(base, m.Size()-base, opts.LBASize)
+	if err != nil {
+		return fmt.Errorf("btt: format: %w", err)
+	}
+	for i := range arenas {
+		g := &arenas[i]
+		for _, off := range []int64{g.infoOff, g.info2Off} {
+			if err := zeroPersist(m, off, InfoSize); err != nil {
+				return fmt.Errorf("btt: format: arena %d: %w", i, err)
+			}
+		}
+	}
+	// A version 2.0 info block at 0 left from an earlier format would be
+	// found by nothing once 1.1 is there, but erase it so tools agree.
+	if opts.Version == Version11 {
+		if b, err := m.Slice(0, InfoSize); err == nil && [16]byte(b[:16]) == Signature {
+			if err := zeroPersist(m, 0, InfoSize); err != nil {
+				return fmt.Errorf("btt: format: %w", err)
+			}
+		}
+	}
+	for i := range arenas {
+		if err := formatArena(m, &arenas[i], opts); err != nil {
+			return fmt.Errorf("btt: format: arena %d: %w", i, err)
+		}
+	}
+	return m.Flush()
+}
+
+func zeroPersist(m Medium, off, n int64) error {
+	if err := m.Zero(off, n); err != nil {
+		return err
+	}
+	return m.Persist(off, n)
+}
+
+func formatArena(m Medium, g *arenaGeometry, opts FormatOptions) error {
+	if err := zeroPersist(m, g.mapOff, g.logOff-g.mapOff); err != nil {
+		return fmt.Errorf("map: %w", err)
+	}
+	if err := m.Zero(g.logOff, g.info2Off-g.logOff); err != nil {
+		return fmt.Errorf("flog: %w", err)
+	}
+	flog, err := m.Slice(g.logOff, int64(g.nfree)*FlogGroupSize)
+	if err != nil {
+		return fmt.Errorf("flog: %w", err)
+	}
+	for lane := uint32(0); lane < g.nfree; lane++ {
+		e := FlogEntry{LBA: lane, OldMap: g.externalNLBA + lane, NewMap: g.externalNLBA + lane, Seq: 1}
+		e.encode(flog[lane*FlogGroupSize:])
+	}
+	if err := m.Persist(g.logOff, g.info2Off-g.logOff); err != nil {
+		return fmt.Errorf("flog: %w", err)
+	}
+	in := g.info(opts.UUID, opts.ParentUUID, opts.Version)
+	for _, off := range []int64{g.info2Off, g.infoOff} {
+		b, err := m.Slice(off, InfoSize)
+		if err != nil {
+			return fmt.Errorf("info block: %w", err)
+		}
+		in.encode(b)
+		if err := m.Persist(off, InfoSize); err != nil {
+			return fmt.Errorf("info block: %w", err)
+		}
+	}
+	return nil
+}
