@@ -1,0 +1,43 @@
+package guest_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nvblk/nvblk/qemu-tests/agentproto"
+	"github.com/nvblk/nvblk/qemu-tests/guest"
+)
+
+func TestGuestBootsToTheAgentWhileQMPSaysRunning(t *testing.T) {
+	m := guest.Start(t, kit, guest.Config{
+		Append: "nvblk.marker=hello",
+		Steps:  []agentproto.Step{{Op: agentproto.OpRead, Path: "/proc/cmdline"}},
+	})
+	status, err := m.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != "running" {
+		t.Fatalf("QMP query-status = %q, want running", status)
+	}
+	if _, err := m.WaitReport(agentproto.OpBoot, guest.DefaultTimeout); err != nil {
+		t.Fatal(err)
+	}
+	res, err := m.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Finished(); err != nil {
+		t.Fatal(err)
+	}
+	var cmdline agentproto.ReadData
+	if err := res.Decode(0, &cmdline); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(cmdline.Text, "nvblk.marker=hello") {
+		t.Fatalf("guest /proc/cmdline = %q, want the marker the harness appended", cmdline.Text)
+	}
+	t.Logf("boot to agent: %v host wall, %.1f s guest uptime; whole run %v",
+		res.BootToAgent.Round(time.Millisecond), res.GuestUptime, res.Wall.Round(time.Millisecond))
+}

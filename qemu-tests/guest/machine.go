@@ -1,0 +1,433 @@
+package guest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/nvblk/nvblk/qemu-tests/agentproto"
+)
+
+// DefaultTimeout bounds one machine's life. A guest boots to the agent in
+// about 10 s under TCG on two cores; three minutes leaves room for a loaded
+// CI box without letting a hung guest eat the suite's budget.
+const DefaultTimeout = 3 * time.Minute
+
+// Config describes one machine.
+type Config struct {
+	MemoryMiB int // guest RAM; 256 when zero
+	// NVDIMMs are image files exposed as label-less NVDIMMs, each becoming
+	// the whole of namespaceN.0 in the guest. Their size is the file's.
+	NVDIMMs []string
+	// SharedMemory backs guest RAM with a shared memfd of the same size,
+	// which vhost-user back ends need to map it.
+	SharedMemory bool
+	Args         []string // appended to the QEMU command line
+	Append       string   // appended to the kernel command line
+	Timeout      time.Duration
+	Steps        []agentproto.Step
+}
+
+// Machine is a running QEMU.
+type Machine struct {
+	t       testing.TB
+	dir     string
+	cmd     *exec.Cmd
+	args    []string
+	mon     *qmp.SocketMonitor
+	started time.Time
+	exited  chan struct{}
+	waitErr error
+	stderr  bytes.Buffer
+
+	mu        sync.Mutex
+	reports   []agentproto.Report
+	firstBoot time.Duration // host time from start to the agent's boot report
+	tailOff   int64
+	partial   []byte
+}
+
+// Result is what a machine did, once it is off.
+type Result struct {
+	Reports []agentproto.Report
+	// BootToAgent is the host wall time from starting QEMU until the agent
+	// reported; GuestUptime is the kernel's own uptime at that moment.
+	BootToAgent time.Duration
+	GuestUptime float64
+	Wall        time.Duration
+}
+
+// Start launches QEMU with the kit's kernel and initramfs plus cfg.Steps,
+// and connects to its QMP socket. The machine is killed and its files
+// removed when the test ends; if the test failed, the console is logged.
+func Start(t testing.TB, kit *Kit, cfg Config) *Machine {
+	t.Helper()
+	bin, err := qemuBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &Machine{t: t, dir: t.TempDir(), exited: make(chan struct{})}
+	script, err := json.Marshal(cfg.Steps)
+	if err != nil {
+		t.Fatalf("encode agent script: %v", err)
+	}
+	initrd := filepath.Join(m.dir, "initramfs.cpio")
+	if err := kit.initramfsWithScript(initrd, script); err != nil {
+		t.Fatal(err)
+	}
+	m.args, err = commandLine(kit, cfg, initrd, m.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	timeout := cfg.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	t.Logf("QEMU command line:\n%s %s", bin, shellQuote(m.args))
+
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	m.cmd = exec.CommandContext(ctx, bin, m.args...)
+	m.cmd.Stdout = &m.stderr
+	m.cmd.Stderr = &m.stderr
+	// Own process group, so that cleanup reaches anything QEMU spawns;
+	// and die with the test binary.
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	m.cmd.Cancel = func() error { return syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL) }
+	m.started = time.Now()
+	if err := m.cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("start QEMU: %v", err)
+	}
+	go func() {
+		m.waitErr = m.cmd.Wait()
+		if ctx.Err() != nil {
+			m.waitErr = fmt.Errorf("QEMU killed after %v timeout: %w", timeout, m.waitErr)
+		}
+		cancel()
+		close(m.exited)
+	}()
+	go m.tail()
+	t.Cleanup(func() {
+		if m.mon != nil {
+			_ = m.mon.Disconnect()
+		}
+		select {
+		case <-m.exited:
+		default:
+			_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
+			<-m.exited
+		}
+		if t.Failed() || os.Getenv("NVBLK_GUEST_CONSOLE") != "" {
+			m.logConsole()
+		}
+	})
+
+	if err := m.connectQMP(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Run starts a machine, waits until the agent powers it off, and fails the
+// test if QEMU failed or the agent did not finish its script.
+func Run(t testing.TB, kit *Kit, cfg Config) *Result {
+	t.Helper()
+	m := Start(t, kit, cfg)
+	res, err := m.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Finished(); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func commandLine(kit *Kit, cfg Config, initrd, dir string) ([]string, error) {
+	mem := cfg.MemoryMiB
+	if mem == 0 {
+		mem = 256
+	}
+	machine := "q35,accel=tcg"
+	memArg := fmt.Sprintf("%dM", mem)
+	var args []string
+	if len(cfg.NVDIMMs) > 0 {
+		machine += ",nvdimm=on"
+		var total int64
+		for i, img := range cfg.NVDIMMs {
+			st, err := os.Stat(img)
+			if err != nil {
+				return nil, fmt.Errorf("NVDIMM image: %w", err)
+			}
+			total += st.Size()
+			args = append(args,
+				"-object", fmt.Sprintf("memory-backend-file,id=nv%d,share=on,mem-path=%s,size=%d", i, img, st.Size()),
+				"-device", fmt.Sprintf("nvdimm,id=nvdimm%d,memdev=nv%d", i, i))
+		}
+		// maxmem covers RAM plus every NVDIMM, rounded up to a GiB.
+		maxMiB := (int64(mem)<<20 + total + 1<<30 - 1) >> 30 << 10
+		memArg += fmt.Sprintf(",slots=%d,maxmem=%dM", max(2, len(cfg.NVDIMMs)), maxMiB)
+	}
+	if cfg.SharedMemory {
+		machine += ",memory-backend=mem"
+		args = append(args, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", mem))
+	}
+	appendLine := "console=ttyS0 panic=-1 loglevel=6"
+	if cfg.Append != "" {
+		appendLine += " " + cfg.Append
+	}
+	head := []string{
+		"-machine", machine, "-cpu", "max", "-m", memArg, "-smp", "1",
+		"-nographic", "-no-reboot", "-monitor", "none",
+		"-kernel", kit.Kernel, "-initrd", initrd, "-append", appendLine,
+		"-serial", "file:" + filepath.Join(dir, "console.log"),
+		"-serial", "file:" + filepath.Join(dir, "agent.log"),
+		"-qmp", fmt.Sprintf("unix:%s,server=on,wait=off", filepath.Join(dir, "qmp.sock")),
+	}
+	return append(append(head, args...), cfg.Args...), nil
+}
+
+func (m *Machine) connectQMP() error {
+	sock := filepath.Join(m.dir, "qmp.sock")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mon, err := qmp.NewSocketMonitor("unix", sock, time.Second)
+		if err == nil {
+			if err := mon.Connect(); err != nil {
+				return fmt.Errorf("QMP handshake: %w", err)
+			}
+			m.mon = mon
+			return nil
+		}
+		select {
+		case <-m.exited:
+			return fmt.Errorf("QEMU exited before QMP came up: %v\n%s", m.waitErr, m.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("QMP socket %s: %w", sock, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// QMP runs one QMP command and returns its "return" value.
+func (m *Machine) QMP(command string, arguments any) (json.RawMessage, error) {
+	cmd := map[string]any{"execute": command}
+	if arguments != nil {
+		cmd["arguments"] = arguments
+	}
+	b, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := m.mon.Run(b)
+	if err != nil {
+		return nil, fmt.Errorf("QMP %s: %w", command, err)
+	}
+	var resp struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := json.Unmarshal(raw, &resp); err != nil {
+		return nil, fmt.Errorf("QMP %s reply %s: %w", command, raw, err)
+	}
+	return resp.Return, nil
+}
+
+// Status is QMP query-status's "status", e.g. "running".
+func (m *Machine) Status() (string, error) {
+	raw, err := m.QMP("query-status", nil)
+	if err != nil {
+		return "", err
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	return st.Status, json.Unmarshal(raw, &st)
+}
+
+// Quit asks QEMU to exit at once.
+func (m *Machine) Quit() error {
+	_, err := m.QMP("quit", nil)
+	return err
+}
+
+// WaitReport waits for the agent's first report of op.
+func (m *Machine) WaitReport(op string, timeout time.Duration) (agentproto.Report, error) {
+	deadline := time.After(timeout)
+	for {
+		m.mu.Lock()
+		for _, r := range m.reports {
+			if r.Op == op {
+				m.mu.Unlock()
+				return r, nil
+			}
+		}
+		m.mu.Unlock()
+		select {
+		case <-m.exited:
+			m.readAgent()
+			return agentproto.Report{}, fmt.Errorf("machine exited without an agent %q report: %v", op, m.waitErr)
+		case <-deadline:
+			return agentproto.Report{}, fmt.Errorf("no agent %q report within %v", op, timeout)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Wait waits for QEMU to exit on its own (the agent powers off) and
+// returns what the agent reported.
+func (m *Machine) Wait() (*Result, error) {
+	<-m.exited
+	m.readAgent()
+	wall := time.Since(m.started)
+	if m.mon != nil {
+		_ = m.mon.Disconnect()
+		m.mon = nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	res := &Result{Reports: append([]agentproto.Report(nil), m.reports...), BootToAgent: m.firstBoot, Wall: wall}
+	for _, r := range res.Reports {
+		if r.Op == agentproto.OpBoot {
+			var b agentproto.BootData
+			_ = json.Unmarshal(r.Data, &b)
+			res.GuestUptime = b.UptimeSeconds
+		}
+	}
+	if m.waitErr != nil {
+		return res, fmt.Errorf("QEMU: %w\n%s", m.waitErr, m.stderr.String())
+	}
+	return res, nil
+}
+
+func (m *Machine) tail() {
+	for {
+		select {
+		case <-m.exited:
+			return
+		case <-time.After(50 * time.Millisecond):
+			m.readAgent()
+		}
+	}
+}
+
+// readAgent picks up whole report lines the agent added to its serial file.
+func (m *Machine) readAgent() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f, err := os.Open(filepath.Join(m.dir, "agent.log"))
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		n, _ := f.ReadAt(buf, m.tailOff)
+		if n == 0 {
+			return
+		}
+		m.tailOff += int64(n)
+		m.partial = append(m.partial, buf[:n]...)
+		for {
+			i := bytes.IndexByte(m.partial, '\n')
+			if i < 0 {
+				break
+			}
+			line := strings.TrimSpace(string(m.partial[:i]))
+			m.partial = m.partial[i+1:]
+			_, js, ok := strings.Cut(line, agentproto.ReportPrefix)
+			if !ok {
+				continue
+			}
+			var r agentproto.Report
+			if err := json.Unmarshal([]byte(js), &r); err != nil {
+				r = agentproto.Report{Step: -1, Op: "garbled", Error: fmt.Sprintf("%v: %q", err, line)}
+			}
+			if r.Op == agentproto.OpBoot && m.firstBoot == 0 {
+				m.firstBoot = time.Since(m.started)
+			}
+			m.reports = append(m.reports, r)
+		}
+	}
+}
+
+// Console is the guest's ttyS0 so far: kernel messages and report copies.
+func (m *Machine) Console() string {
+	b, _ := os.ReadFile(filepath.Join(m.dir, "console.log"))
+	return string(b)
+}
+
+func (m *Machine) logConsole() {
+	m.t.Logf("QEMU command line: %s", shellQuote(m.args))
+	m.t.Logf("QEMU output:\n%s", m.stderr.String())
+	m.t.Logf("guest console:\n%s", m.Console())
+}
+
+// Finished says why the script did not run to the end, or nil.
+func (r *Result) Finished() error {
+	var errs []error
+	done := false
+	for _, rep := range r.Reports {
+		if !rep.OK {
+			errs = append(errs, fmt.Errorf("agent step %d (%s) failed: %s; data %s", rep.Step, rep.Op, rep.Error, rep.Data))
+		}
+		if rep.Op == agentproto.OpDone && rep.OK {
+			done = true
+		}
+	}
+	if !done {
+		errs = append(errs, fmt.Errorf("agent did not finish its script (%d reports)", len(r.Reports)))
+	}
+	return errors.Join(errs...)
+}
+
+// Step returns the report of script step i.
+func (r *Result) Step(i int) (agentproto.Report, bool) {
+	for _, rep := range r.Reports {
+		if rep.Step == i && rep.Op != agentproto.OpBoot && rep.Op != agentproto.OpModules &&
+			rep.Op != agentproto.OpDone && rep.Op != agentproto.OpPanic {
+			return rep, true
+		}
+	}
+	return agentproto.Report{}, false
+}
+
+// Decode unmarshals step i's data into v.
+func (r *Result) Decode(i int, v any) error {
+	rep, ok := r.Step(i)
+	if !ok {
+		return fmt.Errorf("no report for step %d", i)
+	}
+	if err := json.Unmarshal(rep.Data, v); err != nil {
+		return fmt.Errorf("step %d (%s) data %s: %w", i, rep.Op, rep.Data, err)
+	}
+	return nil
+}
+
+func shellQuote(args []string) string {
+	var sb strings.Builder
+	for i, a := range args {
+		if i > 0 {
+			sb.WriteByte(' ')
+		}
+		if strings.ContainsAny(a, " \"'$\\,") && !strings.ContainsAny(a, "'") {
+			sb.WriteString("'" + a + "'")
+		} else {
+			sb.WriteString(a)
+		}
+	}
+	return sb.String()
+}
