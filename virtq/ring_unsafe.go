@@ -1,0 +1,46 @@
+package virtq
+
+import "unsafe"
+
+// word16 locates the naturally aligned 32-bit word of b that contains the
+// 16-bit field b[off:off+2], so the field can be loaded atomically (Go has no
+// 16-bit atomics). shift is the byte offset of the field inside the word.
+// ok is false when the host address is not 2-aligned or the word is not
+// entirely inside b.
+func word16(b []byte, off int) (w *uint32, shift int, ok bool) {
+	if off < 0 || off+2 > len(b) {
+		return nil, 0, false
+	}
+	p := uintptr(unsafe.Pointer(&b[off]))
+	if p&1 != 0 {
+		return nil, 0, false
+	}
+	shift = int(p & 3)
+	start := off - shift
+	if start < 0 || start+4 > len(b) {
+		return nil, 0, false
+	}
+	return (*uint32)(unsafe.Pointer(&b[start])), shift, true
+}
+
+// word32 returns the 32-bit word at b[off:off+4]; ok is false unless its
+// host address is 4-aligned.
+func word32(b []byte, off int) (w *uint32, ok bool) {
+	if off < 0 || off+4 > len(b) {
+		return nil, false
+	}
+	p := unsafe.Pointer(&b[off])
+	if uintptr(p)&3 != 0 {
+		return nil, false
+	}
+	return (*uint32)(p), true
+}
+
+// aligned reports whether b's first byte sits at a host address that is a
+// multiple of a (a power of two).
+func aligned(b []byte, a uintptr) bool {
+	if len(b) == 0 {
+		return true
+	}
+	return uintptr(unsafe.Pointer(&b[0]))&(a-1) == 0
+}
