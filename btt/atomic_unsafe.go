@@ -15,26 +15,26 @@ import (
 
 // loadWord32 atomically loads the 4-byte-aligned word at b[off:].
 func loadWord32(b []byte, off int) uint32 {
-	_ = b[off+3]
-	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&b[off])))
+	w := b[off : off+4 : off+4] // bounds check without a load the race detector would see
+	return atomic.LoadUint32((*uint32)(unsafe.Pointer(&w[0])))
 }
 
 // storeWord32 atomically stores the 4-byte-aligned word at b[off:].
 func storeWord32(b []byte, off int, v uint32) {
-	_ = b[off+3]
-	atomic.StoreUint32((*uint32)(unsafe.Pointer(&b[off])), v)
+	w := b[off : off+4 : off+4]
+	atomic.StoreUint32((*uint32)(unsafe.Pointer(&w[0])), v)
 }
 
 // storeWord64 atomically stores the 8-byte-aligned word at b[off:].
 func storeWord64(b []byte, off int, v uint64) {
-	_ = b[off+7]
-	atomic.StoreUint64((*uint64)(unsafe.Pointer(&b[off])), v)
+	w := b[off : off+8 : off+8]
+	atomic.StoreUint64((*uint64)(unsafe.Pointer(&w[0])), v)
 }
 
 // loadWord64 atomically loads the 8-byte-aligned word at b[off:].
 func loadWord64(b []byte, off int) uint64 {
-	_ = b[off+7]
-	return atomic.LoadUint64((*uint64)(unsafe.Pointer(&b[off])))
+	w := b[off : off+8 : off+8]
+	return atomic.LoadUint64((*uint64)(unsafe.Pointer(&w[0])))
 }
 
 // aligned reports whether b's first byte sits at an address aligned to n.

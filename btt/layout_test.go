@@ -56,7 +56,7 @@ func TestInfoBlockFieldOffsets(t *testing.T) {
 
 func TestInfoChecksumIsFletcher64OverLittleEndianWords(t *testing.T) {
 	b := make([]byte, InfoSize)
-	b[0] = 1 // word 0 = 1: lo stays 1 for all 1024 words, hi counts them
+	b[0] = 1                                                       // word 0 = 1: lo stays 1 for all 1024 words, hi counts them
 	binary.LittleEndian.PutUint64(b[infoChecksumOff:], 0xdeadbeef) // ignored
 	if got, want := infoChecksum(b), uint64(1024)<<32|1; got != want {
 		t.Errorf("checksum %#x, want %#x", got, want)
