@@ -20,7 +20,7 @@ const MinSize int64 = 16 << 20
 // the path and the operation that failed.
 var (
 	ErrTooSmall           = errors.New("medium smaller than the 16 MiB minimum")
-	ErrBusy               = errors.New("medium busy: claimed by another opener")
+	ErrBusy               = errors.New("medium busy")
 	ErrOutOfRange         = errors.New("range outside the medium")
 	ErrNotDAX             = errors.New("mapping is not DAX")
 	ErrModeUnsupported    = errors.New("durability mode not supported by this medium")
@@ -187,9 +187,13 @@ func (m *Medium) resolveDurability(asked Durability) (Durability, error) {
 		return DurabilityFlush, nil
 	case DurabilityDAX:
 		if !dax {
-			return 0, fmt.Errorf("pmem: %s: DurabilityDAX asked for, but this %s is mapped through the page cache "+
-				"(MAP_SYNC was refused: not on an fsdax filesystem); cache-line write-back would not make stores durable, "+
-				"use DurabilitySync or DurabilityFlush: %w", m.path, m.kind, ErrNotDAX)
+			why := "MAP_SYNC was refused: the file is not on an fsdax filesystem"
+			if m.kind == KindBlockDevice {
+				why = "a block device is always mapped through its page cache; use its devdax or fsdax form"
+			}
+			return 0, fmt.Errorf("pmem: %s: DurabilityDAX asked for, but this %s is mapped through the page cache (%s), "+
+				"so cache-line write-back would not make stores durable; use DurabilitySync or DurabilityFlush: %w",
+				m.path, m.kind, why, ErrNotDAX)
 		}
 	case DurabilityFlush, DurabilitySync:
 		// devdax has no page cache and no fsync, so msync fails there with EINVAL.

@@ -47,3 +47,5 @@ func writeBackCLFLUSHOPT(p []byte, line uintptr)
 func writeBackCLFLUSH(p []byte, line uintptr)
 func storeFence()
 func cpuid(leaf, subleaf uint32) (eax, ebx, ecx, edx uint32)
+
+func cacheLineStride() uintptr { return cacheLine }

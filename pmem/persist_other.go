@@ -14,3 +14,5 @@ func (m *Medium) writeBackCacheLines(off, n int64) error {
 func (m *Medium) fenceWriteBacks() error {
 	return msyncRange(m.data, 0, m.size)
 }
+
+func cacheLineStride() uintptr { return 0 }
