@@ -1,0 +1,144 @@
+package blk
+
+import "bytes"
+
+// Disk is the block engine behind the device; btt.Device satisfies it. LBAs
+// are in units of SectorSize() (512 or 4096 bytes).
+type Disk interface {
+	ReadV(lba uint64, iov [][]byte) error
+	WriteV(lba uint64, iov [][]byte) error
+	WriteZeroes(lba, n uint64) error
+	Flush() error
+	SectorSize() uint32
+	NumSectors() uint64
+	ReadOnly() bool
+}
+
+// Feature bits offered by Features (virtio 1.2 §5.2.3, §6).
+const (
+	FeatureSizeMax      uint64 = 1 << 1
+	FeatureSegMax       uint64 = 1 << 2
+	FeatureGeometry     uint64 = 1 << 4
+	FeatureRO           uint64 = 1 << 5
+	FeatureBlkSize      uint64 = 1 << 6
+	FeatureFlush        uint64 = 1 << 9
+	FeatureTopology     uint64 = 1 << 10
+	FeatureConfigWCE    uint64 = 1 << 11
+	FeatureMQ           uint64 = 1 << 12
+	FeatureDiscard      uint64 = 1 << 13
+	FeatureWriteZeroes  uint64 = 1 << 14
+	FeatureIndirectDesc uint64 = 1 << 28 // VIRTIO_RING_F_INDIRECT_DESC
+	FeatureEventIdx     uint64 = 1 << 29 // VIRTIO_RING_F_EVENT_IDX
+	FeatureVersion1     uint64 = 1 << 32 // VIRTIO_F_VERSION_1
+)
+
+const (
+	sectorSize = 512 // virtio-blk sectors, whatever the disk's
+	idBytes    = 20  // VIRTIO_BLK_ID_BYTES
+	pageSize   = 4096
+
+	defaultSegMax = 126 // QEMU's default for a 128-entry queue
+	// defaultMaxZeroSectors (2 GiB) bounds one discard/write-zeroes request
+	// so a single request cannot monopolise a queue for too long.
+	defaultMaxZeroSectors = 1 << 22
+)
+
+// Options tune what the device offers. Zero values pick defaults.
+type Options struct {
+	NumQueues uint16 // request queues (MQ); default 1
+	ReadOnly  bool   // force read-only on top of the disk's own mode
+	Serial    string // GET_ID answer; at most 20 bytes, longer is cut
+	SegMax    uint32 // max data segments per request; default 126
+	// SizeMax is the max bytes per segment; 0 means no limit and
+	// SIZE_MAX is not offered.
+	SizeMax uint32
+	// MaxDiscardSectors and MaxWriteZeroesSectors are in 512-byte
+	// sectors; default 2 GiB, rounded down to whole disk sectors.
+	MaxDiscardSectors     uint32
+	MaxWriteZeroesSectors uint32
+}
+
+// Device is one virtio-blk device over a Disk. It is immutable after
+// NewDevice, so its Handlers may run concurrently, one per queue.
+type Device struct {
+	disk       Disk
+	opts       Options
+	readOnly   bool
+	sectorSize uint32 // disk's
+	perLBA     uint64 // virtio sectors per disk LBA
+	capacity   uint64 // in virtio sectors
+	serial     [idBytes]byte
+	features   uint64
+	config     []byte
+}
+
+// NewDevice describes d as a virtio-blk device. It panics if the disk's
+// sector size is not a non-zero multiple of 512: that is a programming
+// error, not guest input.
+func NewDevice(d Disk, opts Options) *Device {
+	ss := d.SectorSize()
+	if ss == 0 || ss%sectorSize != 0 {
+		panic("blk: disk sector size must be a non-zero multiple of 512")
+	}
+	dv := &Device{
+		disk:       d,
+		readOnly:   opts.ReadOnly || d.ReadOnly(),
+		sectorSize: ss,
+		perLBA:     uint64(ss / sectorSize),
+	}
+	// Capacities beyond 2^64 bytes cannot be described; clamp rather than wrap.
+	dv.capacity = d.NumSectors() * dv.perLBA
+	if dv.perLBA != 0 && dv.capacity/dv.perLBA != d.NumSectors() {
+		dv.capacity = ^uint64(0) / dv.perLBA * dv.perLBA
+	}
+	if opts.NumQueues == 0 {
+		opts.NumQueues = 1
+	}
+	if opts.SegMax == 0 {
+		opts.SegMax = defaultSegMax
+	}
+	opts.MaxDiscardSectors = dv.roundLimit(opts.MaxDiscardSectors)
+	opts.MaxWriteZeroesSectors = dv.roundLimit(opts.MaxWriteZeroesSectors)
+	copy(dv.serial[:], opts.Serial)
+	dv.opts = opts
+
+	dv.features = FeatureVersion1 | FeatureSegMax | FeatureBlkSize |
+		FeatureFlush | FeatureTopology | FeatureMQ | FeatureDiscard |
+		FeatureWriteZeroes | FeatureIndirectDesc | FeatureEventIdx
+	if opts.SizeMax != 0 {
+		dv.features |= FeatureSizeMax
+	}
+	if dv.readOnly {
+		dv.features |= FeatureRO
+	}
+	dv.config = dv.buildConfig()
+	return dv
+}
+
+// roundLimit applies the default to a discard/write-zeroes limit and rounds
+// it down to whole disk sectors (at least one), since the disk can only
+// zero whole sectors.
+func (dv *Device) roundLimit(v uint32) uint32 {
+	if v == 0 {
+		v = defaultMaxZeroSectors
+	}
+	p := uint32(dv.perLBA)
+	return max(v/p*p, p)
+}
+
+// Features are the device feature bits to offer (ring bits included).
+func (dv *Device) Features() uint64 { return dv.features }
+
+// Config returns a copy of the virtio_blk_config bytes.
+func (dv *Device) Config() []byte { return bytes.Clone(dv.config) }
+
+// NumQueues is the number of request queues offered.
+func (dv *Device) NumQueues() uint16 { return dv.opts.NumQueues }
+
+// ReadOnly reports whether writes are refused.
+func (dv *Device) ReadOnly() bool { return dv.readOnly }
+
+// inRange reports whether n virtio sectors at sector lie inside the disk.
+func (dv *Device) inRange(sector, n uint64) bool {
+	return sector <= dv.capacity && n <= dv.capacity-sector
+}

@@ -1,0 +1,262 @@
+package blk
+
+import (
+	"encoding/binary"
+
+	"github.com/nvblk/nvblk/virtq"
+)
+
+// Request types (virtio 1.2 §5.2.6).
+const (
+	typeIn          = 0
+	typeOut         = 1
+	typeFlush       = 4
+	typeGetID       = 8
+	typeDiscard     = 11
+	typeWriteZeroes = 13
+)
+
+// Status byte values.
+const (
+	statusOK     = 0
+	statusIOErr  = 1
+	statusUnsupp = 2
+)
+
+const (
+	headerSize = 16 // le32 type, le32 reserved, le64 sector
+	// zeroSegSize is struct virtio_blk_discard_write_zeroes: le64 sector,
+	// le32 num_sectors, le32 flags.
+	zeroSegSize = 16
+	flagUnmap   = 1
+)
+
+// Handler executes requests for one queue. It is reusable and, after its
+// iov has grown to the widest request seen, allocation-free. Not safe for
+// concurrent use: one per queue.
+type Handler struct {
+	dv  *Device
+	iov [][]byte // data windows of the request in flight, into guest memory
+}
+
+// NewHandler returns a Handler for one queue of dv.
+func (dv *Device) NewHandler() *Handler {
+	return &Handler{dv: dv, iov: make([][]byte, 0, dv.opts.SegMax+2)}
+}
+
+// Handle parses the request in c, executes it against the disk, writes the
+// status byte and returns the bytes written into writable segments (data
+// plus status). It returns 0 when the chain has no place for a status byte
+// or no readable 16-byte header: nothing was written then.
+//
+// Layout is free ("any layout"): the header may span descriptors and share
+// one with data; OUT data is every readable byte after the header; IN data
+// is every writable byte before the status byte, which is the last byte of
+// the last writable segment.
+func (h *Handler) Handle(c *virtq.Chain) (written uint32) {
+	status, ok := c.Status()
+	if !ok {
+		return 0
+	}
+	var hdr [headerSize]byte
+	seg, off, ok := readHeader(c.Segments, hdr[:])
+	if !ok {
+		return 0
+	}
+	typ := binary.LittleEndian.Uint32(hdr[0:])
+	sector := binary.LittleEndian.Uint64(hdr[8:])
+
+	var st byte
+	var n uint32 // data bytes written to the guest
+	switch typ {
+	case typeIn:
+		iov, total := h.inData(c.Segments)
+		if st = h.dv.readWrite(false, sector, iov, total); st == statusOK {
+			n = uint32(total)
+		}
+	case typeOut:
+		iov, total := h.outData(c.Segments, seg, off)
+		st = h.dv.readWrite(true, sector, iov, total)
+	case typeFlush:
+		st = h.dv.flush()
+	case typeGetID:
+		iov, _ := h.inData(c.Segments)
+		st, n = h.dv.getID(iov)
+	case typeDiscard, typeWriteZeroes:
+		iov, total := h.outData(c.Segments, seg, off)
+		st = h.dv.zero(typ == typeDiscard, iov, total)
+	default:
+		st = statusUnsupp
+	}
+	clear(h.iov) // drop references to guest memory between requests
+	status[0] = st
+	return n + 1
+}
+
+// readHeader copies the first len(dst) bytes of the chain into dst. They
+// must all be in readable segments. It returns where the bytes after the
+// header start.
+func readHeader(segs []virtq.Segment, dst []byte) (seg, off int, ok bool) {
+	need := dst
+	for i, s := range segs {
+		if len(need) == 0 {
+			return i, 0, true
+		}
+		if s.Writable {
+			return 0, 0, false
+		}
+		k := copy(need, s.Buf)
+		need = need[k:]
+		if len(need) == 0 {
+			return i, k, true
+		}
+	}
+	return len(segs), 0, len(need) == 0
+}
+
+// outData collects the readable bytes from segs[seg][off:] up to the first
+// writable segment, as sub-slices of guest memory.
+func (h *Handler) outData(segs []virtq.Segment, seg, off int) ([][]byte, uint64) {
+	iov := h.iov[:0]
+	var total uint64
+	for i := seg; i < len(segs) && !segs[i].Writable; i++ {
+		b := segs[i].Buf
+		if i == seg {
+			b = b[off:]
+		}
+		if len(b) > 0 {
+			iov = append(iov, b)
+			total += uint64(len(b))
+		}
+	}
+	h.iov = iov
+	return iov, total
+}
+
+// inData collects every writable byte except the status byte (the last
+// byte of the last writable segment), as sub-slices of guest memory.
+func (h *Handler) inData(segs []virtq.Segment) ([][]byte, uint64) {
+	last := -1
+	for i := len(segs) - 1; i >= 0; i-- {
+		if segs[i].Writable {
+			last = i
+			break
+		}
+	}
+	iov := h.iov[:0]
+	var total uint64
+	for i := 0; i <= last; i++ {
+		if !segs[i].Writable {
+			continue
+		}
+		b := segs[i].Buf
+		if i == last {
+			b = b[:len(b)-1] // Status() guaranteed it is non-empty
+		}
+		if len(b) > 0 {
+			iov = append(iov, b)
+			total += uint64(len(b))
+		}
+	}
+	h.iov = iov
+	return iov, total
+}
+
+// readWrite moves total bytes between iov and the disk at virtio sector.
+func (dv *Device) readWrite(write bool, sector uint64, iov [][]byte, total uint64) byte {
+	if write && dv.readOnly {
+		return statusIOErr
+	}
+	if total%sectorSize != 0 || total%uint64(dv.sectorSize) != 0 ||
+		sector%dv.perLBA != 0 || !dv.inRange(sector, total/sectorSize) {
+		return statusIOErr
+	}
+	if total == 0 {
+		return statusOK
+	}
+	lba := sector / dv.perLBA
+	var err error
+	if write {
+		err = dv.disk.WriteV(lba, iov)
+	} else {
+		err = dv.disk.ReadV(lba, iov)
+	}
+	if err != nil {
+		return statusIOErr
+	}
+	return statusOK
+}
+
+func (dv *Device) flush() byte {
+	if dv.disk.Flush() != nil {
+		return statusIOErr
+	}
+	return statusOK
+}
+
+// getID writes the serial, NUL-padded to 20 bytes (no terminator when it
+// is exactly 20), into as much of iov as there is room for.
+func (dv *Device) getID(iov [][]byte) (byte, uint32) {
+	src := dv.serial[:]
+	var n uint32
+	for _, b := range iov {
+		if len(src) == 0 {
+			break
+		}
+		k := copy(b, src)
+		src = src[k:]
+		n += uint32(k)
+	}
+	if n == 0 {
+		return statusIOErr, 0
+	}
+	return statusOK, n
+}
+
+// zero executes DISCARD or WRITE_ZEROES; both become Disk.WriteZeroes,
+// whose zeroing is an unmap. Only one segment per request is supported
+// (max_discard_seg = max_write_zeroes_seg = 1).
+func (dv *Device) zero(discard bool, iov [][]byte, total uint64) byte {
+	switch {
+	case total == 0 || total%zeroSegSize != 0:
+		return statusIOErr
+	case total > zeroSegSize:
+		return statusUnsupp
+	}
+	var seg [zeroSegSize]byte
+	gather(seg[:], iov)
+	sector := binary.LittleEndian.Uint64(seg[0:])
+	num := uint64(binary.LittleEndian.Uint32(seg[8:]))
+	flags := binary.LittleEndian.Uint32(seg[12:])
+	limit := uint64(dv.opts.MaxWriteZeroesSectors)
+	if discard {
+		limit = uint64(dv.opts.MaxDiscardSectors)
+		// §5.2.6.2: unmap is meaningless for discard and MUST be refused.
+		if flags != 0 {
+			return statusUnsupp
+		}
+	} else if flags&^flagUnmap != 0 {
+		return statusUnsupp
+	}
+	if dv.readOnly || num > limit || !dv.inRange(sector, num) ||
+		sector%dv.perLBA != 0 || num%dv.perLBA != 0 {
+		return statusIOErr
+	}
+	if num == 0 {
+		return statusOK
+	}
+	if dv.disk.WriteZeroes(sector/dv.perLBA, num/dv.perLBA) != nil {
+		return statusIOErr
+	}
+	return statusOK
+}
+
+// gather copies the start of iov into dst.
+func gather(dst []byte, iov [][]byte) {
+	for _, b := range iov {
+		if len(dst) == 0 {
+			return
+		}
+		dst = dst[copy(dst, b):]
+	}
+}
