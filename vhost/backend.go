@@ -1,0 +1,33 @@
+package vhost
+
+import "github.com/nvblk/nvblk/virtq"
+
+// Backend is the virtio device the Server exposes. The Server is
+// device-agnostic: it owns the socket, guest memory and vrings and asks the
+// Backend only for what is device-specific.
+type Backend interface {
+	// Features returns the virtio feature bits the device offers (device,
+	// ring and VERSION_1 bits). The server adds VHOST_USER_F_PROTOCOL_FEATURES.
+	Features() uint64
+	// Config returns the device config space (GET_CONFIG).
+	Config() []byte
+	// NumQueues is the number of virtqueues (GET_QUEUE_NUM).
+	NumQueues() int
+	// NewHandler returns a handler for one queue; each started queue gets
+	// its own and calls it from one goroutine only.
+	NewHandler() Handler
+	// Flush makes completed writes durable (Server.Shutdown).
+	Flush() error
+}
+
+// Handler processes one request chain and returns how many bytes it wrote
+// into the chain's device-writable buffers (the used element's len).
+type Handler interface {
+	Handle(c *virtq.Chain) uint32
+}
+
+// ConfigWriter is implemented by backends whose config space has writable
+// fields (SET_CONFIG); others refuse SET_CONFIG.
+type ConfigWriter interface {
+	SetConfig(offset uint32, data []byte, flags uint32) error
+}

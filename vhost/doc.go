@@ -1,0 +1,28 @@
+// Package vhost is nvblk's vhost-user back-end: the control plane that lets
+// QEMU (the vhost-user "front-end") hand a virtio device's queues and guest
+// memory to this process.
+//
+// The protocol is specified by QEMU's docs/interop/vhost-user.rst. QEMU
+// connects to our unix socket and sends requests (header + payload, file
+// descriptors in SCM_RIGHTS ancillary data): it negotiates features, shares
+// guest RAM as memfd/hugetlbfs file descriptors (SET_MEM_TABLE, ADD_MEM_REG),
+// describes each split virtqueue (SET_VRING_NUM/ADDR/BASE) and gives us an
+// eventfd to be kicked on (SET_VRING_KICK) and one to signal completions on
+// (SET_VRING_CALL).
+//
+// Where it sits in the data path:
+//
+//	guest virtio-blk driver
+//	  -> split ring in guest RAM (shared with us by mmap of the region fds)
+//	  -> per-queue worker (this package): kick eventfd -> virtq.Queue.Next
+//	  -> vhost/blk Handler (parses the virtio-blk request, zero-copy iovecs
+//	     straight into guest memory) -> btt.Device -> pmem
+//	  -> virtq.Queue.Push/Publish -> call eventfd -> guest interrupt
+//
+// The package is device-agnostic: a Backend supplies virtio features, config
+// space and per-queue handlers; the Server owns the socket, the guest memory
+// table, the vring state and the workers.
+//
+// wire.go holds the whole wire format. Guest memory mapping (mmap) lives only
+// in *_unsafe.go files.
+package vhost

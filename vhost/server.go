@@ -1,0 +1,220 @@
+package vhost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("vhost: server closed")
+
+// Options configure a Server.
+type Options struct {
+	// PollDuration is how long a queue worker busy-polls its ring before
+	// sleeping on the kick eventfd (--poll-us). Zero sleeps at once.
+	PollDuration time.Duration
+	// Logger receives protocol logs; nil means logrus.StandardLogger().
+	Logger logrus.FieldLogger
+}
+
+// Server serves one vhost-user front-end connection at a time for one
+// Backend. Later connections wait in the listen backlog until the current
+// one ends.
+type Server struct {
+	be      Backend
+	opts    Options
+	log     *logrus.Entry
+	connSeq atomic.Uint64
+	// slot holds a token while no connection is being served: the
+	// vhost-user model is one front-end per device.
+	slot chan struct{}
+	// quit is closed by Shutdown.
+	quit chan struct{}
+
+	mu sync.Mutex // guards the fields below
+	// +checklocks:mu
+	listeners map[net.Listener]struct{}
+	// +checklocks:mu
+	cur *session
+	// +checklocks:mu
+	closed bool
+}
+
+// NewServer returns a server for be.
+func NewServer(be Backend, opts Options) *Server {
+	var lg logrus.FieldLogger = logrus.StandardLogger()
+	if opts.Logger != nil {
+		lg = opts.Logger
+	}
+	s := &Server{
+		be: be, opts: opts, log: lg.WithField("component", "vhost"),
+		slot: make(chan struct{}, 1), quit: make(chan struct{}),
+		listeners: map[net.Listener]struct{}{},
+	}
+	s.slot <- struct{}{}
+	return s
+}
+
+// Listen creates a unix socket at path. A socket file left by a dead process
+// is removed; one with a live listener, a symlink, or any other kind of file
+// at path is refused.
+func Listen(path string) (*net.UnixListener, error) {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("vhost: listen %s: %w", path, err)
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return nil, fmt.Errorf("vhost: listen %s: refusing a symlink", path)
+	case fi.Mode()&fs.ModeSocket == 0:
+		return nil, fmt.Errorf("vhost: listen %s: exists and is not a socket", path)
+	default:
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("vhost: listen %s: %w", path, syscall.EADDRINUSE)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("vhost: listen %s: probing existing socket: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("vhost: listen %s: removing stale socket: %w", path, err)
+		}
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("vhost: listen %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// FileListener adopts an already-listening unix socket passed as fd (--fd).
+// The listener owns a duplicate; fd itself is closed.
+func FileListener(fd int) (*net.UnixListener, error) {
+	f := os.NewFile(uintptr(fd), fmt.Sprintf("fd-%d", fd))
+	if f == nil {
+		return nil, fmt.Errorf("vhost: fd %d: invalid", fd)
+	}
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("vhost: fd %d: %w", fd, err)
+	}
+	ul, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("vhost: fd %d: not a unix socket listener", fd)
+	}
+	return ul, nil
+}
+
+// Serve accepts front-ends on l and serves them one after another until
+// Shutdown (ErrServerClosed) or an accept error. A connection that fails or
+// is dropped for a malformed message does not stop it.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+	for {
+		select {
+		case <-s.slot:
+		case <-s.quit:
+			return ErrServerClosed
+		}
+		c, err := l.Accept()
+		if err != nil {
+			s.slot <- struct{}{}
+			select {
+			case <-s.quit:
+				return ErrServerClosed
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("vhost: accept: %w", err)
+		}
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			c.Close()
+			s.slot <- struct{}{}
+			continue
+		}
+		s.serveConn(uc)
+		s.slot <- struct{}{}
+	}
+}
+
+func (s *Server) serveConn(c *net.UnixConn) {
+	sess := newSession(s, c)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.Close()
+		return
+	}
+	s.cur = sess
+	s.mu.Unlock()
+	sess.serve()
+	s.mu.Lock()
+	s.cur = nil
+	s.mu.Unlock()
+}
+
+// Shutdown stops accepting, stops the queue workers after their in-flight
+// requests complete, closes the connection and flushes the backend.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.quit)
+	}
+	for l := range s.listeners {
+		l.Close()
+	}
+	cur := s.cur
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if cur != nil {
+			cur.close()
+		}
+		// Wait for the serving goroutine to let go of the slot.
+		select {
+		case <-s.slot:
+			s.slot <- struct{}{}
+		case <-ctx.Done():
+		}
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("vhost: shutdown: %w", ctx.Err())
+	}
+	if err := s.be.Flush(); err != nil {
+		return fmt.Errorf("vhost: shutdown: flush: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,641 @@
+package vhost
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// Errors a request can fail with (sent back as a non-zero REPLY_ACK).
+var (
+	ErrUnsupported = errors.New("vhost: unsupported request")
+	ErrBadVring    = errors.New("vhost: bad vring request")
+	ErrBadFeatures = errors.New("vhost: feature bits not offered")
+	ErrBadConfig   = errors.New("vhost: bad config access")
+)
+
+// Virtio device status bits we look at (virtio 1.2 §2.1).
+const statusNeedsReset = 0x40
+
+// maxQueueSize is the largest split virtqueue (virtio 1.2 §2.7).
+const maxQueueSize = 32768
+
+// vringState is the part of a vring that describes the guest's ring rather
+// than this connection: it is what a reconnecting front-end (INFLIGHT_SHMFD)
+// would need back, and so is kept apart from fds and workers.
+type vringState struct {
+	num     uint32    // SET_VRING_NUM; 0 = unset
+	addr    VringAddr // SET_VRING_ADDR, front-end user addresses
+	addrSet bool
+	base    uint16 // last avail idx: SET_VRING_BASE, refreshed when a worker stops
+	enabled bool   // SET_VRING_ENABLE
+}
+
+// vring is one queue as this connection sees it.
+type vring struct {
+	vringState
+	index    int
+	kick     *os.File // owned; nil when polling or not yet set
+	kickPoll bool     // SET_VRING_KICK with VringNoFD
+	started  bool     // kick received, until GET_VRING_BASE
+	// call and errFD are written by the session (under session.mu) and
+	// loaded by the worker; a replaced file is closed by the session, which
+	// Go makes safe against a concurrent Write.
+	call  atomic.Pointer[os.File]
+	errFD atomic.Pointer[os.File]
+	// broken is set by the worker when the ring is unusable (virtq.ErrBroken)
+	// and cleared by a device reset.
+	broken atomic.Bool
+	w      *worker // running worker, or nil
+}
+
+// session serves one front-end connection.
+type session struct {
+	srv  *Server
+	conn *net.UnixConn
+	log  *logrus.Entry
+
+	mu sync.Mutex // guards everything below; held while one request is handled
+	// +checklocks:mu
+	features uint64 // SET_FEATURES
+	// +checklocks:mu
+	protocol uint64 // SET_PROTOCOL_FEATURES
+	// +checklocks:mu
+	mem *memTable
+	// +checklocks:mu
+	vrings []*vring
+	// +checklocks:mu
+	status uint8 // SET_STATUS
+	// +checklocks:mu
+	closed bool
+}
+
+func newSession(srv *Server, conn *net.UnixConn) *session {
+	s := &session{srv: srv, conn: conn, log: srv.log.WithField("conn", srv.connSeq.Add(1))}
+	s.vrings = make([]*vring, srv.be.NumQueues())
+	for i := range s.vrings {
+		s.vrings[i] = &vring{index: i}
+	}
+	return s
+}
+
+// serve reads and handles requests until the connection ends or a request
+// is malformed.
+func (s *session) serve() {
+	defer s.close()
+	s.log.Info("vhost-user front-end connected")
+	for {
+		hdr, payload, fds, err := ReadMessage(s.conn)
+		if err != nil {
+			switch {
+			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+				s.log.Info("vhost-user front-end disconnected")
+			default:
+				s.log.WithError(err).Error("vhost: dropping connection: bad message")
+			}
+			return
+		}
+		m, err := decodeMessage(hdr, payload, len(fds))
+		if err != nil {
+			closeFDs(fds)
+			s.log.WithError(err).Error("vhost: dropping connection: malformed message")
+			return
+		}
+		if err := s.dispatch(m, fds); err != nil {
+			s.log.WithError(err).Error("vhost: dropping connection")
+			return
+		}
+	}
+}
+
+// dispatch handles one decoded request and sends its reply. It owns fds.
+// A returned error ends the connection.
+func (s *session) dispatch(m message, fds []int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		closeFDs(fds)
+		return net.ErrClosed
+	}
+	log := s.log.WithField("request", m.hdr.Request)
+	reply, err := s.handleLocked(m, fds)
+	if err != nil {
+		if errors.Is(err, ErrMalformed) {
+			return err
+		}
+		if errors.Is(err, ErrUnsupported) {
+			log.WithError(err).Warn("vhost: unsupported request")
+		} else {
+			log.WithError(err).Error("vhost: request failed")
+		}
+	} else {
+		log.Debug("vhost: request done")
+	}
+	if reply != nil {
+		return s.replyLocked(m.hdr.Request, reply)
+	}
+	if m.hdr.Flags&FlagNeedReply != 0 && s.protocol&ProtoReplyAck != 0 {
+		var ack uint64
+		if err != nil {
+			ack = 1
+		}
+		return s.replyLocked(m.hdr.Request, EncodeU64(ack))
+	}
+	return nil
+}
+
+// +checklocks:s.mu
+func (s *session) replyLocked(req Request, payload []byte) error {
+	if err := WriteMessage(s.conn, EncodeMessage(req, replyFlags, payload), nil); err != nil {
+		return fmt.Errorf("vhost: reply to %v: %w", req, err)
+	}
+	return nil
+}
+
+// handleLocked performs one request. It takes ownership of fds and closes
+// every one it does not keep. A non-nil reply is the request's own reply
+// body; errors wrapping ErrMalformed end the connection, others are
+// reported through REPLY_ACK.
+//
+// +checklocks:s.mu
+func (s *session) handleLocked(m message, fds []int) (reply []byte, err error) {
+	req := m.hdr.Request
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("vhost: %v: %w", req, err)
+		}
+	}()
+	if !m.known {
+		closeFDs(fds)
+		return nil, ErrUnsupported
+	}
+	switch req {
+	case ReqGetFeatures:
+		return EncodeU64(s.offeredFeatures()), nil
+	case ReqSetFeatures:
+		if m.u64&^s.offeredFeatures() != 0 {
+			return nil, fmt.Errorf("%w: %#x", ErrBadFeatures, m.u64&^s.offeredFeatures())
+		}
+		running := s.stopAllLocked()
+		s.features = m.u64
+		return nil, s.startLocked(running)
+	case ReqGetProtocolFeatures:
+		return EncodeU64(supportedProtocolFeatures), nil
+	case ReqSetProtocolFeatures:
+		if m.u64&^supportedProtocolFeatures != 0 {
+			s.protocol = m.u64 & supportedProtocolFeatures
+			return nil, fmt.Errorf("%w: protocol %#x", ErrBadFeatures, m.u64&^supportedProtocolFeatures)
+		}
+		s.protocol = m.u64
+		return nil, nil
+	case ReqSetOwner:
+		return nil, nil
+	case ReqResetOwner:
+		// Deprecated; the spec recommends ignoring it or disabling rings.
+		s.stopAllLocked()
+		for _, vr := range s.vrings {
+			vr.enabled = false
+		}
+		return nil, nil
+	case ReqResetDevice:
+		s.resetDeviceLocked()
+		return nil, nil
+	case ReqGetQueueNum:
+		return EncodeU64(uint64(len(s.vrings))), nil
+	case ReqGetMaxMemSlots:
+		return EncodeU64(MaxMemSlots), nil
+	case ReqSetMemTable:
+		return nil, s.setMemTableLocked(m.regions, fds)
+	case ReqAddMemReg:
+		return nil, s.addMemRegLocked(m.regions[0], fds[0])
+	case ReqRemMemReg:
+		closeFDs(fds)
+		return nil, s.remMemRegLocked(m.regions[0])
+	case ReqSetVringNum, ReqSetVringBase, ReqSetVringEnable:
+		return nil, s.setVringStateLocked(req, m.state)
+	case ReqGetVringBase:
+		vr, err := s.vringLocked(uint64(m.state.Index))
+		if err != nil {
+			// QEMU waits for this reply; a wrong index is a broken peer.
+			return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+		}
+		s.stopLocked(vr)
+		vr.started = false
+		if vr.kick != nil {
+			vr.kick.Close()
+			vr.kick = nil
+		}
+		return VringState{Index: m.state.Index, Num: uint32(vr.base)}.Encode(), nil
+	case ReqSetVringAddr:
+		return nil, s.setVringAddrLocked(m.addr)
+	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
+		return nil, s.setVringFDLocked(req, m.u64, fds)
+	case ReqGetConfig:
+		return s.getConfigLocked(m.config), nil
+	case ReqSetConfig:
+		cw, ok := s.srv.be.(ConfigWriter)
+		if !ok {
+			return nil, fmt.Errorf("%w: config space is read-only", ErrBadConfig)
+		}
+		return nil, cw.SetConfig(m.config.Offset, m.config.Payload, m.config.Flags)
+	case ReqSetStatus:
+		if m.u64 > 0xff {
+			return nil, fmt.Errorf("%w: status %#x", ErrBadConfig, m.u64)
+		}
+		s.status = uint8(m.u64)
+		if s.status == 0 {
+			// The driver reset the device: a broken ring may run again.
+			for _, vr := range s.vrings {
+				vr.broken.Store(false)
+			}
+		}
+		return nil, nil
+	case ReqGetStatus:
+		st := uint64(s.status)
+		for _, vr := range s.vrings {
+			if vr.broken.Load() {
+				st |= statusNeedsReset
+			}
+		}
+		return EncodeU64(st), nil
+	}
+	closeFDs(fds)
+	return nil, ErrUnsupported
+}
+
+func (s *session) offeredFeatures() uint64 {
+	return s.srv.be.Features() | FeatureProtocolFeatures
+}
+
+// +checklocks:s.mu
+func (s *session) vringLocked(index uint64) (*vring, error) {
+	if index >= uint64(len(s.vrings)) {
+		return nil, fmt.Errorf("%w: index %d of %d queues", ErrBadVring, index, len(s.vrings))
+	}
+	return s.vrings[index], nil
+}
+
+// +checklocks:s.mu
+func (s *session) setVringStateLocked(req Request, st VringState) error {
+	vr, err := s.vringLocked(uint64(st.Index))
+	if err != nil {
+		return err
+	}
+	switch req {
+	case ReqSetVringNum:
+		if st.Num == 0 || st.Num > maxQueueSize || st.Num&(st.Num-1) != 0 {
+			return fmt.Errorf("%w: queue size %d", ErrBadVring, st.Num)
+		}
+		if vr.w != nil {
+			return fmt.Errorf("%w: queue %d is running", ErrBadVring, st.Index)
+		}
+		vr.num = st.Num
+	case ReqSetVringBase:
+		if st.Num > 0xffff {
+			return fmt.Errorf("%w: base %d", ErrBadVring, st.Num)
+		}
+		if vr.w != nil {
+			return fmt.Errorf("%w: queue %d is running", ErrBadVring, st.Index)
+		}
+		vr.base = uint16(st.Num)
+	case ReqSetVringEnable:
+		if st.Num > 1 {
+			return fmt.Errorf("%w: enable %d", ErrBadVring, st.Num)
+		}
+		vr.enabled = st.Num == 1
+		if !vr.enabled {
+			s.stopLocked(vr)
+			return nil
+		}
+		return s.startLocked([]*vring{vr})
+	}
+	return nil
+}
+
+// +checklocks:s.mu
+func (s *session) setVringAddrLocked(a VringAddr) error {
+	vr, err := s.vringLocked(uint64(a.Index))
+	if err != nil {
+		return err
+	}
+	if a.Flags&^1 != 0 {
+		return fmt.Errorf("%w: vring flags %#x", ErrBadVring, a.Flags)
+	}
+	if a.Flags != 0 {
+		return fmt.Errorf("%w: dirty logging (VHOST_VRING_F_LOG)", ErrUnsupported)
+	}
+	if a.Desc%16 != 0 || a.Avail%2 != 0 || a.Used%4 != 0 {
+		return fmt.Errorf("%w: misaligned ring desc %#x avail %#x used %#x", ErrBadVring, a.Desc, a.Avail, a.Used)
+	}
+	if vr.num != 0 && s.mem != nil {
+		if _, err := s.ringGuestAddrsLocked(a, vr.num); err != nil {
+			return err
+		}
+	}
+	running := vr.w != nil
+	s.stopLocked(vr)
+	vr.addr, vr.addrSet = a, true
+	if running {
+		return s.startLocked([]*vring{vr})
+	}
+	return nil
+}
+
+// ringAddrs are a ring's parts as guest-physical addresses.
+type ringAddrs struct{ desc, avail, used uint64 }
+
+// ringGuestAddrsLocked translates the user addresses of SET_VRING_ADDR to
+// guest-physical ones, checking that each part of a num-entry ring lies
+// inside one region.
+//
+// +checklocks:s.mu
+func (s *session) ringGuestAddrsLocked(a VringAddr, num uint32) (ringAddrs, error) {
+	var r ringAddrs
+	var err error
+	n := uint64(num)
+	if r.desc, err = s.mem.userToGuest(a.Desc, 16*n); err != nil {
+		return r, fmt.Errorf("descriptor table: %w", err)
+	}
+	if r.avail, err = s.mem.userToGuest(a.Avail, 6+2*n); err != nil {
+		return r, fmt.Errorf("avail ring: %w", err)
+	}
+	if r.used, err = s.mem.userToGuest(a.Used, 6+8*n); err != nil {
+		return r, fmt.Errorf("used ring: %w", err)
+	}
+	return r, nil
+}
+
+// +checklocks:s.mu
+func (s *session) setVringFDLocked(req Request, v uint64, fds []int) error {
+	vr, err := s.vringLocked(v & vringIndexMask)
+	if err != nil {
+		closeFDs(fds)
+		return err
+	}
+	var f *os.File
+	if len(fds) == 1 {
+		if err := unix.SetNonblock(fds[0], true); err != nil {
+			unix.Close(fds[0])
+			return fmt.Errorf("eventfd: %w", err)
+		}
+		// A nonblocking fd is registered with the runtime poller, so a
+		// worker's Read can be interrupted with a deadline.
+		f = os.NewFile(uintptr(fds[0]), fmt.Sprintf("%v-%d", req, vr.index))
+	}
+	switch req {
+	case ReqSetVringKick:
+		s.stopLocked(vr)
+		if vr.kick != nil {
+			vr.kick.Close()
+		}
+		vr.kick, vr.kickPoll, vr.started = f, f == nil, true
+		return s.startLocked([]*vring{vr})
+	case ReqSetVringCall:
+		if old := vr.call.Swap(f); old != nil {
+			old.Close()
+		}
+		if f != nil && vr.w != nil {
+			// A completion may have been signalled on the old fd after
+			// the front-end stopped watching it; a spurious one is harmless.
+			signal(f)
+		}
+	case ReqSetVringErr:
+		if old := vr.errFD.Swap(f); old != nil {
+			old.Close()
+		}
+	}
+	return nil
+}
+
+// +checklocks:s.mu
+func (s *session) getConfigLocked(c ConfigSpace) []byte {
+	cfg := s.srv.be.Config()
+	end := uint64(c.Offset) + uint64(c.Size)
+	if c.Size == 0 || end > MaxConfigSize {
+		s.log.WithField("offset", c.Offset).WithField("size", c.Size).Warn("vhost: GET_CONFIG out of range")
+		return []byte{} // an empty payload tells the front-end it failed
+	}
+	out := make([]byte, c.Size) // exactly the size asked; zero past the device's config
+	if uint64(c.Offset) < uint64(len(cfg)) {
+		copy(out, cfg[c.Offset:])
+	}
+	return ConfigSpace{Offset: c.Offset, Flags: c.Flags, Payload: out}.Encode()
+}
+
+// setMemTableLocked maps every region (each fd once, then closed: the
+// mapping keeps the memory) and replaces the table, unmapping the old one.
+//
+// +checklocks:s.mu
+func (s *session) setMemTableLocked(regions []MemRegion, fds []int) error {
+	defer closeFDs(fds)
+	var mapped []*guestRegion
+	fail := func(err error) error {
+		for _, g := range mapped {
+			g.unmap()
+		}
+		return err
+	}
+	for i, r := range regions {
+		g, err := newGuestRegion(r, fds[i])
+		if err != nil {
+			return fail(fmt.Errorf("region %d: %w", i, err))
+		}
+		mapped = append(mapped, g)
+	}
+	t, err := newMemTable(mapped)
+	if err != nil {
+		return fail(err)
+	}
+	s.replaceMemLocked(t, true)
+	return nil
+}
+
+// +checklocks:s.mu
+func (s *session) addMemRegLocked(r MemRegion, fd int) error {
+	defer unix.Close(fd)
+	if s.mem.len() >= MaxMemSlots {
+		return fmt.Errorf("%w: all %d slots in use", ErrBadRegion, MaxMemSlots)
+	}
+	g, err := newGuestRegion(r, fd)
+	if err != nil {
+		return err
+	}
+	var regions []*guestRegion
+	if s.mem != nil {
+		regions = append(regions, s.mem.regions...)
+	}
+	t, err := newMemTable(append(regions, g))
+	if err != nil {
+		g.unmap()
+		return err
+	}
+	s.replaceMemLocked(t, false)
+	return nil
+}
+
+// +checklocks:s.mu
+func (s *session) remMemRegLocked(r MemRegion) error {
+	i := s.mem.find(r)
+	if i < 0 {
+		return fmt.Errorf("%w: no region at guest %#x user %#x size %#x", ErrBadRegion, r.GuestAddr, r.UserAddr, r.Size)
+	}
+	gone := s.mem.regions[i]
+	rest := append(append([]*guestRegion(nil), s.mem.regions[:i]...), s.mem.regions[i+1:]...)
+	t, _ := newMemTable(rest) // a subset of a valid table is valid
+	s.replaceMemLocked(t, false)
+	return gone.unmap()
+}
+
+// replaceMemLocked installs t. Workers hold windows into the old mappings,
+// so they are stopped (draining their in-flight requests) first and
+// restarted on the new table. unmapOld unmaps every old region (SET_MEM_TABLE
+// replaces all); otherwise the caller handles the one region that left.
+//
+// +checklocks:s.mu
+func (s *session) replaceMemLocked(t *memTable, unmapOld bool) {
+	running := s.stopAllLocked()
+	old := s.mem
+	s.mem = t
+	if unmapOld && old != nil {
+		for _, g := range old.regions {
+			if err := g.unmap(); err != nil {
+				s.log.WithError(err).Warn("vhost: munmap")
+			}
+		}
+	}
+	if err := s.startLocked(running); err != nil {
+		s.log.WithError(err).Error("vhost: restarting queues on the new memory table")
+	}
+}
+
+// resetDeviceLocked returns every vring to its initial state (RESET_DEVICE).
+// The memory table stays: it belongs to the connection, not the device.
+//
+// +checklocks:s.mu
+func (s *session) resetDeviceLocked() {
+	s.stopAllLocked()
+	for _, vr := range s.vrings {
+		vr.closeFiles()
+		vr.vringState = vringState{}
+		vr.started, vr.kickPoll = false, false
+		vr.broken.Store(false)
+	}
+	s.features, s.status = 0, 0
+}
+
+func (vr *vring) closeFiles() {
+	if vr.kick != nil {
+		vr.kick.Close()
+		vr.kick = nil
+	}
+	if f := vr.call.Swap(nil); f != nil {
+		f.Close()
+	}
+	if f := vr.errFD.Swap(nil); f != nil {
+		f.Close()
+	}
+}
+
+// runnableLocked says whether vr should have a worker: started by a kick,
+// enabled (rings start enabled when VHOST_USER_F_PROTOCOL_FEATURES was not
+// negotiated), fully described, memory mapped and not broken.
+//
+// +checklocks:s.mu
+func (s *session) runnableLocked(vr *vring) bool {
+	enabled := vr.enabled || s.features&FeatureProtocolFeatures == 0
+	return vr.started && enabled && vr.num != 0 && vr.addrSet && s.mem != nil &&
+		!vr.broken.Load() && !s.closed
+}
+
+// stopAllLocked stops every running worker and returns their vrings.
+//
+// +checklocks:s.mu
+func (s *session) stopAllLocked() []*vring {
+	var running []*vring
+	for _, vr := range s.vrings {
+		if vr.w != nil {
+			running = append(running, vr)
+			s.stopLocked(vr)
+		}
+	}
+	return running
+}
+
+// stopLocked stops vr's worker, if any, after it finished the chains it had
+// taken, and saves its last avail index as the ring's base.
+//
+// +checklocks:s.mu
+func (s *session) stopLocked(vr *vring) {
+	if vr.w == nil {
+		return
+	}
+	vr.base = vr.w.stop()
+	vr.w = nil
+}
+
+// startLocked starts a worker for every runnable vring of vrs that has none.
+//
+// +checklocks:s.mu
+func (s *session) startLocked(vrs []*vring) error {
+	var errs []error
+	for _, vr := range vrs {
+		if vr.w != nil || !s.runnableLocked(vr) {
+			continue
+		}
+		addrs, err := s.ringGuestAddrsLocked(vr.addr, vr.num)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%w: queue %d: %w", ErrBadVring, vr.index, err))
+			continue
+		}
+		w, err := startWorker(s, vr, addrs)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("queue %d: %w", vr.index, err))
+			continue
+		}
+		vr.w = w
+	}
+	return errors.Join(errs...)
+}
+
+// close stops the workers, releases every fd and mapping and closes the
+// connection. Idempotent.
+func (s *session) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.stopAllLocked()
+	s.closed = true
+	for _, vr := range s.vrings {
+		vr.closeFiles()
+	}
+	if s.mem != nil {
+		for _, g := range s.mem.regions {
+			g.unmap()
+		}
+		s.mem = nil
+	}
+	s.conn.Close()
+}
+
+// signal writes an eventfd increment. It never waits: EAGAIN (counter
+// saturated) already means "signalled", so the write bypasses the poller.
+func signal(f *os.File) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	one := [8]byte{1}
+	rc.Write(func(fd uintptr) bool {
+		unix.Write(int(fd), one[:])
+		return true
+	})
+}

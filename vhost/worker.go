@@ -1,0 +1,182 @@
+package vhost
+
+import (
+	"errors"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/nvblk/nvblk/virtq"
+)
+
+// publishBatch bounds how many completions wait for one used.idx store and
+// interrupt: enough to batch a deep queue, small enough that the first
+// request of a batch is not held back long.
+const publishBatch = 32
+
+// noKickPoll is how often a ring set up with VringNoFD (no kick eventfd) is
+// polled once it is idle.
+const noKickPoll = 50 * time.Microsecond
+
+// worker runs one started, enabled vring on its own goroutine: it is the
+// only user of q and h.
+type worker struct {
+	vr   *vring
+	q    *virtq.Queue
+	h    Handler
+	kick *os.File // borrowed from vr, which outlives the worker; nil = poll
+	poll time.Duration
+	log  *logrus.Entry
+
+	stopping atomic.Bool // set by stop, read by the worker
+	done     chan struct{}
+}
+
+// startWorker maps the ring at the guest addresses a and starts serving it
+// from vr.base.
+func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
+	q, err := virtq.New(s.mem, virtq.Config{
+		Size:         uint16(vr.num), // SET_VRING_NUM checked 1..32768
+		DescAddr:     a.desc,
+		AvailAddr:    a.avail,
+		UsedAddr:     a.used,
+		EventIdx:     s.features&FeatureRingEventIdx != 0,
+		IndirectDesc: s.features&FeatureRingIndirectDesc != 0,
+	})
+	if err != nil {
+		return nil, err
+	}
+	q.SetLastAvail(vr.base)
+	w := &worker{
+		vr:   vr,
+		q:    q,
+		h:    s.srv.be.NewHandler(),
+		kick: vr.kick,
+		poll: s.srv.opts.PollDuration,
+		log:  s.log.WithField("queue", vr.index),
+		done: make(chan struct{}),
+	}
+	go w.run()
+	return w, nil
+}
+
+// stop asks the worker to finish: it completes and publishes the chains it
+// already took, then exits. It returns the last avail index.
+func (w *worker) stop() uint16 {
+	w.stopping.Store(true)
+	if w.kick != nil {
+		// Set after the flag: a Read already blocked, or about to block,
+		// returns at once.
+		w.kick.SetReadDeadline(time.Now())
+	}
+	<-w.done
+	if w.kick != nil {
+		w.kick.SetReadDeadline(time.Time{})
+	}
+	return w.q.LastAvail()
+}
+
+func (w *worker) run() {
+	defer close(w.done)
+	c := w.q.NewChain()
+	for !w.stopping.Load() {
+		w.q.DisableKicks()
+		if !w.drain(c) {
+			return
+		}
+		if w.spin(c) {
+			continue
+		}
+		if w.q.EnableKicks() {
+			continue // work arrived while kicks were off
+		}
+		w.wait()
+	}
+}
+
+// drain processes chains until the ring is empty, publishing in batches.
+// It returns false when the ring broke.
+func (w *worker) drain(c *virtq.Chain) bool {
+	for n := 0; ; n++ {
+		got, ok := w.one(c)
+		if !ok {
+			return false
+		}
+		if !got || n+1 >= publishBatch || w.stopping.Load() {
+			w.publish()
+			if !got || w.stopping.Load() {
+				return true
+			}
+			n = -1
+		}
+	}
+}
+
+// spin busy-polls the ring for up to w.poll (--poll-us) before the worker
+// sleeps, trading a core for the latency of a kick and a wakeup.
+func (w *worker) spin(c *virtq.Chain) bool {
+	if w.poll <= 0 {
+		return false
+	}
+	for deadline := time.Now().Add(w.poll); time.Now().Before(deadline) && !w.stopping.Load(); {
+		got, ok := w.one(c)
+		if !ok {
+			return false
+		}
+		if got {
+			return true // drain publishes it with the rest
+		}
+	}
+	return false
+}
+
+// one takes and completes a single chain. got reports whether there was
+// one; ok is false once the ring is broken.
+func (w *worker) one(c *virtq.Chain) (got, ok bool) {
+	got, err := w.q.Next(c)
+	switch {
+	case err == nil && got:
+		w.q.Push(c.Head, w.h.Handle(c))
+	case errors.Is(err, virtq.ErrBadChain):
+		w.log.WithError(err).Warn("vhost: completing malformed chain with nothing written")
+		w.q.Push(c.Head, 0)
+	case err != nil:
+		w.broke(err)
+		return false, false
+	}
+	return got, true
+}
+
+func (w *worker) publish() {
+	if w.q.Publish() {
+		if f := w.vr.call.Load(); f != nil {
+			signal(f)
+		}
+	}
+}
+
+// broke stops serving a corrupt ring: the other queues go on, GET_STATUS
+// reports DEVICE_NEEDS_RESET and the error eventfd, if any, is signalled.
+func (w *worker) broke(err error) {
+	w.publish()
+	w.vr.broken.Store(true)
+	w.log.WithError(err).Error("vhost: queue stopped: device needs reset")
+	if f := w.vr.errFD.Load(); f != nil {
+		signal(f)
+	}
+}
+
+// wait sleeps until a kick (or, without a kick fd, for one poll interval).
+func (w *worker) wait() {
+	if w.kick == nil {
+		time.Sleep(noKickPoll)
+		return
+	}
+	var buf [8]byte
+	if _, err := w.kick.Read(buf[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		w.log.WithError(err).Warn("vhost: kick eventfd read failed; polling")
+		time.Sleep(noKickPoll)
+	}
+}
