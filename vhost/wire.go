@@ -110,17 +110,17 @@ const (
 
 // Protocol feature bits (GET/SET_PROTOCOL_FEATURES).
 const (
-	ProtoMQ                 uint64 = 1 << 0
-	ProtoLogSHMFD           uint64 = 1 << 1
-	ProtoReplyAck           uint64 = 1 << 3
-	ProtoBackendReq         uint64 = 1 << 5
-	ProtoConfig             uint64 = 1 << 9
-	ProtoInflightSHMFD      uint64 = 1 << 12
-	ProtoResetDevice        uint64 = 1 << 13
-	ProtoInbandNotify       uint64 = 1 << 14
-	ProtoConfigureMemSlots  uint64 = 1 << 15
-	ProtoStatus             uint64 = 1 << 16
-	supportedProtocolFeatures      = ProtoMQ | ProtoReplyAck | ProtoConfig |
+	ProtoMQ                   uint64 = 1 << 0
+	ProtoLogSHMFD             uint64 = 1 << 1
+	ProtoReplyAck             uint64 = 1 << 3
+	ProtoBackendReq           uint64 = 1 << 5
+	ProtoConfig               uint64 = 1 << 9
+	ProtoInflightSHMFD        uint64 = 1 << 12
+	ProtoResetDevice          uint64 = 1 << 13
+	ProtoInbandNotify         uint64 = 1 << 14
+	ProtoConfigureMemSlots    uint64 = 1 << 15
+	ProtoStatus               uint64 = 1 << 16
+	supportedProtocolFeatures        = ProtoMQ | ProtoReplyAck | ProtoConfig |
 		ProtoConfigureMemSlots | ProtoResetDevice | ProtoStatus
 )
 
