@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -102,6 +103,12 @@ func claimPath(path string, opts Options) (*claim, error) {
 			unix.Close(fd)
 			os.Remove(path)
 			return nil, fmt.Errorf("pmem: %s: size new medium to %d bytes: %w", path, opts.Size, err)
+		}
+		// The medium's own msyncs make its size durable, but not its name.
+		if err := syncParentDir(path); err != nil {
+			unix.Close(fd)
+			os.Remove(path)
+			return nil, fmt.Errorf("pmem: %s: make the new medium's directory entry durable: %w", path, err)
 		}
 	}
 	c := &claim{id: id, fd: fd, shared: opts.ReadOnly, holders: 1}
@@ -208,4 +215,13 @@ func releaseClaim(c *claim) error {
 	}
 	c.strayFDs = nil
 	return errors.Join(errs...)
+}
+
+func syncParentDir(path string) error {
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
 }

@@ -610,3 +610,66 @@ func stopHolder(t *testing.T, h *holder) {
 		t.Errorf("holder child: %v", err)
 	}
 }
+
+func TestConcurrentOpensOfOneFileLetExactlyOneWriterIn(t *testing.T) {
+	path := writeFileOfSize(t, testSize)
+	const openers = 8
+	results := make(chan *pmem.Medium, openers)
+	for range openers {
+		go func() {
+			m, err := pmem.Open(path, pmem.Options{})
+			if err != nil && !errors.Is(err, pmem.ErrBusy) {
+				t.Errorf("Open: %v", err)
+			}
+			results <- m
+		}()
+	}
+	winners := 0
+	for range openers {
+		if m := <-results; m != nil {
+			winners++
+			defer m.Close()
+		}
+	}
+	if winners != 1 {
+		t.Fatalf("%d concurrent writers got in, want exactly 1", winners)
+	}
+}
+
+func TestGoroutinesPersistDisjointRangesOfOneMediumConcurrently(t *testing.T) {
+	m, path := createMedium(t, pmem.Options{Durability: pmem.DurabilitySync})
+	const workers, block = 4, 4096
+	done := make(chan struct{})
+	for w := range workers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 32 {
+				off := int64((i*workers + w) * block)
+				b, err := m.Slice(off, block)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for j := range b {
+					b[j] = byte(w + 1)
+				}
+				if err := m.Persist(off, block); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	for range workers {
+		<-done
+	}
+	f, _ := os.Open(path)
+	defer f.Close()
+	got := make([]byte, block)
+	for i := range 32 * workers {
+		f.ReadAt(got, int64(i*block))
+		if want := bytes.Repeat([]byte{byte(i%workers + 1)}, block); !bytes.Equal(got, want) {
+			t.Fatalf("block %d reads %#x..., want %#x", i, got[0], want[0])
+		}
+	}
+}
