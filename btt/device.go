@@ -153,6 +153,10 @@ func (d *Device) NumSectors() uint64 { return d.nlba }
 // ReadOnly reports whether writes are refused.
 func (d *Device) ReadOnly() bool { return d.readOnly }
 
+// ErrorFlag reports whether an arena carries the error flag, which makes
+// the device read-only.
+func (d *Device) ErrorFlag() bool { return d.errorFlag }
+
 // UUID is the BTT's uuid (the same in every arena's info block).
 func (d *Device) UUID() [16]byte { return d.arenas[0].info.UUID }
 
