@@ -12,17 +12,23 @@
 // The BTT never issues read(2)/write(2): it copies guest data straight into a window of the
 // mapping returned by Slice and then calls Persist on that window before the next step of its
 // write protocol (data block, then flog entry, then map entry) may become durable. How much
-// Persist promises depends on the durability mode in force (see Durability and
-// /work/shared/design/durability.md):
+// Persist promises depends on the durability mode in force (see Durability, and
+// the project's durability design for why the BTT needs its steps ordered):
 //
-//	mode             Persist(off, n)                 Flush()               process crash / kill -9        host power loss
-//	---------------  ------------------------------  --------------------  -----------------------------  ------------------------------------------------
-//	DurabilityFlush  bounds check only, no syscall   msync(MS_SYNC) of     every retired store survives,  only what the last completed Flush covered; later
-//	                 (stores already in page cache)  the whole mapping     in program order: atomic       stores may be lost or torn in any order
-//	DurabilitySync   msync(MS_SYNC) of the page-     msync(MS_SYNC) of     every retired store survives:  every Persisted range is durable when Persist
-//	                 aligned range                   the whole mapping     atomic                         returns, so step order holds: atomic (slow)
-//	DurabilityDAX    CLWB / CLFLUSHOPT / CLFLUSH of  SFENCE                every retired store survives:  every Persisted range is durable when Persist
-//	                 each cache line, then SFENCE                          atomic                         returns, at near memory speed: atomic
+//	mode   Persist(off, n)                Flush()            kill -9 / backend crash   host power loss
+//	-----  -----------------------------  -----------------  ------------------------  ---------------------------------------
+//	Flush  bounds check only, no syscall  msync(MS_SYNC) of  atomic: every retired     only what the last completed Flush
+//	       (stores are in the page cache  the whole mapping  store survives, in        covered; later stores may be lost or
+//	       once they retire)                                 program order             torn, in any order
+//	Sync   msync(MS_SYNC) of the          msync(MS_SYNC) of  atomic                    atomic: each Persisted range is durable
+//	       page-aligned range             the whole mapping                            when Persist returns (a syscall and a
+//	                                                                                   device write per step)
+//	DAX    CLWB, else CLFLUSHOPT, else    SFENCE             atomic                    atomic: each Persisted range is durable
+//	       CLFLUSH per cache line, then                                                when Persist returns, at near memory
+//	       SFENCE                                                                      speed
+//
+// "Atomic" in the kill -9 column relies on x86 retiring stores in program order; the BTT
+// still writes its flog and map words with sync/atomic so the Go compiler cannot reorder them.
 //
 // DurabilityDAX needs a mapping with no page cache in between: a devdax device or a file on
 // an fsdax filesystem that accepted MAP_SYNC. Open never falls back silently from it.
