@@ -174,7 +174,10 @@ func run(st agentproto.Step) (any, error) {
 	case agentproto.OpRead:
 		return readData(st.Path)
 	case agentproto.OpWrite:
-		return nil, writeFile(st.Path, st.Value)
+		if st.Data != nil {
+			return nil, writeFile(st.Path, st.Data)
+		}
+		return nil, writeFile(st.Path, []byte(st.Value))
 	case agentproto.OpList:
 		return list(st.Path)
 	case agentproto.OpMakeBTT:
@@ -228,15 +231,15 @@ func readData(path string) (agentproto.ReadData, error) {
 	return d, nil
 }
 
-func writeFile(path, value string) error {
+func writeFile(path string, value []byte) error {
 	// Sysfs attributes want the whole value in one write(2).
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write([]byte(value)); err != nil {
+	if _, err := f.Write(value); err != nil {
 		f.Close()
-		return fmt.Errorf("write %q to %s: %w", value, path, err)
+		return fmt.Errorf("write %d bytes to %s: %w", len(value), path, err)
 	}
 	if !strings.HasPrefix(path, "/sys/") {
 		if err := f.Sync(); err != nil {
@@ -267,8 +270,13 @@ func makeBTT(st agentproto.Step) (agentproto.MakeBTTData, error) {
 	var d agentproto.MakeBTTData
 	nd := "/sys/bus/nd"
 	do := func(path, value string) error {
-		d.Trace = append(d.Trace, fmt.Sprintf("%s <- %s", path, value))
-		return writeFile(path, value)
+		err := writeFile(path, []byte(value))
+		if err != nil {
+			d.Trace = append(d.Trace, fmt.Sprintf("%s <- %s: refused: %v", path, value, errors.Unwrap(err)))
+		} else {
+			d.Trace = append(d.Trace, fmt.Sprintf("%s <- %s", path, value))
+		}
+		return err
 	}
 	ns := filepath.Join(nd, "devices", st.Namespace)
 	if err := waitFor(filepath.Join(ns, "driver"), 10*time.Second); err != nil {

@@ -42,6 +42,7 @@ var guestModules = []string{
 // libraries and the dynamic loader they need.
 var guestPrograms = map[string]string{
 	"/sbin/mkfs.ext4": "mkfs.ext4",
+	"/sbin/e2fsck":    "e2fsck",
 }
 
 // Kit is what every machine of a test run boots: one kernel, one base
@@ -149,7 +150,7 @@ func moduleOrder(release string, names []string) ([]string, error) {
 		return nil, err
 	}
 	deps := map[string][]string{} // module name -> relative paths of its deps
-	paths := map[string]string{}   // module name -> relative path
+	paths := map[string]string{}  // module name -> relative path
 	for _, line := range strings.Split(string(dep), "\n") {
 		mod, rest, ok := strings.Cut(line, ":")
 		if !ok {
