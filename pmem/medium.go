@@ -327,7 +327,8 @@ func (m *Medium) Zero(off, n int64) error {
 }
 
 // Close unmaps the medium and releases its claim. It is safe to call more than once; later
-// calls return nil.
+// calls return nil. Slices handed out earlier must not be touched after Close: their memory
+// is gone, and touching it faults.
 func (m *Medium) Close() error {
 	m.closeMu.Lock()
 	defer m.closeMu.Unlock()

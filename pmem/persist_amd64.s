@@ -1,3 +1,5 @@
+//go:build linux
+
 #include "textflag.h"
 
 // Each write-back routine rounds the start of p down to its cache line and steps a line at a
