@@ -1,0 +1,27 @@
+package vhost
+
+import "github.com/nvblk/nvblk/vhost/blk"
+
+// blkBackend serves a vhost/blk device.
+type blkBackend struct {
+	dv   *blk.Device
+	disk blk.Disk
+}
+
+// NewBlkBackend exposes dv, built on disk, as a vhost-user-blk device. disk
+// is flushed on Server.Shutdown.
+func NewBlkBackend(dv *blk.Device, disk blk.Disk) Backend {
+	return blkBackend{dv: dv, disk: disk}
+}
+
+func (b blkBackend) Features() uint64    { return b.dv.Features() }
+func (b blkBackend) Config() []byte      { return b.dv.Config() }
+func (b blkBackend) NumQueues() int      { return int(b.dv.NumQueues()) }
+func (b blkBackend) NewHandler() Handler { return b.dv.NewHandler() }
+
+func (b blkBackend) Flush() error {
+	if b.dv.ReadOnly() {
+		return nil // nothing was written; a read-only disk may refuse Flush
+	}
+	return b.disk.Flush()
+}

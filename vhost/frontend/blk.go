@@ -1,0 +1,531 @@
+package frontend
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nvblk/nvblk/vhost"
+)
+
+// virtio-blk request types and status values (virtio 1.2 §5.2.6).
+const (
+	TypeIn          = 0
+	TypeOut         = 1
+	TypeFlush       = 4
+	TypeGetID       = 8
+	TypeDiscard     = 11
+	TypeWriteZeroes = 13
+
+	StatusOK     = 0
+	StatusIOErr  = 1
+	StatusUnsupp = 2
+
+	// SectorSize is virtio-blk's unit for Sector and NumSectors.
+	SectorSize = 512
+	// IDBytes is the size of a GET_ID answer.
+	IDBytes = 20
+)
+
+// virtio-blk feature bits the front-end understands.
+const (
+	BlkFSizeMax     uint64 = 1 << 1
+	BlkFSegMax      uint64 = 1 << 2
+	BlkFRO          uint64 = 1 << 5
+	BlkFBlkSize     uint64 = 1 << 6
+	BlkFFlush       uint64 = 1 << 9
+	BlkFTopology    uint64 = 1 << 10
+	BlkFMQ          uint64 = 1 << 12
+	BlkFDiscard     uint64 = 1 << 13
+	BlkFWriteZeroes uint64 = 1 << 14
+)
+
+// ErrQueueFull is returned by Submit when no descriptor or slot is free.
+var ErrQueueFull = errors.New("frontend: queue full")
+
+// statusUnset marks a status byte the device has not written.
+const statusUnset = 0xff
+
+// Request is one virtio-blk request.
+type Request struct {
+	Type   uint32
+	Sector uint64 // in 512-byte sectors
+	// Data is written to the device (OUT) or filled from it (IN, GET_ID:
+	// its length is how much is read).
+	Data []byte
+	// NumSectors and Unmap describe DISCARD / WRITE_ZEROES.
+	NumSectors uint32
+	Unmap      bool
+
+	// Results, valid once Done.
+	Done    bool
+	Status  byte   // device's status byte (0xff if it wrote none)
+	Written uint32 // used element length
+
+	slot  int
+	descs []uint16
+}
+
+// slot layout: one request's header, status, discard segment, indirect
+// table and data buffer in guest memory.
+const (
+	slotHdr    = 0
+	slotStatus = 16
+	slotDWZ    = 32
+	slotTable  = 64
+)
+
+type slot struct {
+	gpa  uint64
+	buf  []byte
+	data uint64 // offset of the data buffer in buf
+}
+
+// Queue submits virtio-blk requests on one Ring. Not safe for concurrent
+// use: one goroutine per queue.
+type Queue struct {
+	Index    int
+	Ring     *Ring
+	indirect bool
+	segSize  int
+	maxIO    int
+	slots    []slot
+	free     []int    // free slots
+	freeDesc []uint16 // free descriptors
+	inflight map[uint16]*Request
+}
+
+func newQueue(mem *Memory, index int, o *Options, eventIdx, indirect bool) (*Queue, error) {
+	r, err := newRing(mem, o.QueueSize, eventIdx)
+	if err != nil {
+		return nil, err
+	}
+	q := &Queue{Index: index, Ring: r, indirect: indirect, segSize: o.SegSize, maxIO: o.MaxIO,
+		inflight: map[uint16]*Request{}}
+	maxSegs := o.MaxIO/max(o.SegSize, 1) + 1
+	if o.SegSize == 0 {
+		maxSegs = 1
+	}
+	tableLen := uint64(16 * (maxSegs + 3))
+	dataOff := (slotTable + tableLen + 4095) &^ 4095
+	for i := 0; i < int(o.QueueSize); i++ {
+		gpa, buf, err := mem.Alloc(dataOff+uint64(o.MaxIO), 4096)
+		if err != nil {
+			r.Close()
+			return nil, err
+		}
+		q.slots = append(q.slots, slot{gpa: gpa, buf: buf, data: dataOff})
+		q.free = append(q.free, i)
+		q.freeDesc = append(q.freeDesc, uint16(i))
+	}
+	return q, nil
+}
+
+type elem struct {
+	addr  uint64
+	n     uint32
+	write bool
+}
+
+// Submit places r on the ring (without notifying: call Kick).
+func (q *Queue) Submit(r *Request) error {
+	if len(r.Data) > q.maxIO {
+		return fmt.Errorf("frontend: %d bytes over MaxIO %d", len(r.Data), q.maxIO)
+	}
+	if len(q.free) == 0 {
+		return ErrQueueFull
+	}
+	si := q.free[len(q.free)-1]
+	s := &q.slots[si]
+	binary.LittleEndian.PutUint32(s.buf[slotHdr:], r.Type)
+	binary.LittleEndian.PutUint32(s.buf[slotHdr+4:], 0)
+	binary.LittleEndian.PutUint64(s.buf[slotHdr+8:], r.Sector)
+	s.buf[slotStatus] = statusUnset
+	els := []elem{{s.gpa + slotHdr, 16, false}}
+	switch r.Type {
+	case TypeDiscard, TypeWriteZeroes:
+		binary.LittleEndian.PutUint64(s.buf[slotDWZ:], r.Sector)
+		binary.LittleEndian.PutUint32(s.buf[slotDWZ+8:], r.NumSectors)
+		var flags uint32
+		if r.Unmap {
+			flags = 1
+		}
+		binary.LittleEndian.PutUint32(s.buf[slotDWZ+12:], flags)
+		els = append(els, elem{s.gpa + slotDWZ, 16, false})
+	case TypeFlush:
+	default:
+		write := r.Type != TypeOut
+		if !write {
+			copy(s.buf[s.data:], r.Data)
+		}
+		seg := q.segSize
+		if seg <= 0 {
+			seg = len(r.Data)
+		}
+		for off := 0; off < len(r.Data); off += seg {
+			n := min(seg, len(r.Data)-off)
+			els = append(els, elem{s.gpa + s.data + uint64(off), uint32(n), write})
+		}
+	}
+	els = append(els, elem{s.gpa + slotStatus, 1, true})
+
+	need := len(els)
+	if q.indirect && need > 1 {
+		need = 1
+	}
+	if len(q.freeDesc) < need {
+		return ErrQueueFull
+	}
+	q.free = q.free[:len(q.free)-1]
+	r.slot, r.Done, r.Status, r.Written = si, false, statusUnset, 0
+	r.descs = append(r.descs[:0], q.freeDesc[len(q.freeDesc)-need:]...)
+	q.freeDesc = q.freeDesc[:len(q.freeDesc)-need]
+	if need == 1 && len(els) > 1 {
+		t := s.buf[slotTable:]
+		for i, e := range els {
+			putDesc(t[16*i:], e, i+1 < len(els), uint16(i+1))
+		}
+		q.Ring.WriteDesc(r.descs[0], s.gpa+slotTable, uint32(16*len(els)), DescFIndirect, 0)
+	} else {
+		for i, e := range els {
+			var next uint16
+			if i+1 < len(els) {
+				next = r.descs[i+1]
+			}
+			var fl uint16
+			if i+1 < len(els) {
+				fl |= DescFNext
+			}
+			if e.write {
+				fl |= DescFWrite
+			}
+			q.Ring.WriteDesc(r.descs[i], e.addr, e.n, fl, next)
+		}
+	}
+	q.inflight[r.descs[0]] = r
+	q.Ring.PushAvail(r.descs[0])
+	return nil
+}
+
+func putDesc(d []byte, e elem, more bool, next uint16) {
+	var fl uint16
+	if more {
+		fl |= DescFNext
+	}
+	if e.write {
+		fl |= DescFWrite
+	}
+	binary.LittleEndian.PutUint64(d[0:], e.addr)
+	binary.LittleEndian.PutUint32(d[8:], e.n)
+	binary.LittleEndian.PutUint16(d[12:], fl)
+	binary.LittleEndian.PutUint16(d[14:], next)
+}
+
+// Kick notifies the device of submitted requests (subject to suppression).
+func (q *Queue) Kick() { q.Ring.Notify() }
+
+// Reap collects completed requests without waiting.
+func (q *Queue) Reap() ([]*Request, error) {
+	var done []*Request
+	for {
+		id, n, ok := q.Ring.PopUsed()
+		if !ok {
+			return done, nil
+		}
+		r := q.inflight[uint16(id)]
+		if id > 0xffff || r == nil {
+			return done, fmt.Errorf("frontend: queue %d: device completed unknown head %d", q.Index, id)
+		}
+		delete(q.inflight, uint16(id))
+		s := &q.slots[r.slot]
+		r.Status, r.Written, r.Done = s.buf[slotStatus], n, true
+		if r.Type == TypeIn || r.Type == TypeGetID {
+			copy(r.Data, s.buf[s.data:])
+		}
+		q.free = append(q.free, r.slot)
+		q.freeDesc = append(q.freeDesc, r.descs...)
+		done = append(done, r)
+	}
+}
+
+// Inflight is the number of submitted, unreaped requests.
+func (q *Queue) Inflight() int { return len(q.inflight) }
+
+// Wait reaps, sleeping on the call eventfd (re-checking the used ring
+// every few milliseconds in case the device suppressed the interrupt) until
+// at least one request completes or timeout passes.
+func (q *Queue) Wait(timeout time.Duration) ([]*Request, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		done, err := q.Reap()
+		if err != nil || len(done) > 0 {
+			return done, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, fmt.Errorf("frontend: queue %d: no completion within %v", q.Index, timeout)
+		}
+		if _, err := q.Ring.WaitCall(min(left, 5*time.Millisecond)); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// Do submits r, kicks and waits for it (other requests reaped meanwhile
+// are completed too).
+func (q *Queue) Do(r *Request, timeout time.Duration) error {
+	if err := q.Submit(r); err != nil {
+		return err
+	}
+	q.Kick()
+	deadline := time.Now().Add(timeout)
+	for !r.Done {
+		if _, err := q.Wait(time.Until(deadline)); err != nil {
+			return err
+		}
+	}
+	if r.Status != StatusOK {
+		return fmt.Errorf("frontend: request type %d sector %d: status %d", r.Type, r.Sector, r.Status)
+	}
+	return nil
+}
+
+// Options configure Connect.
+type Options struct {
+	NumQueues int    // default 1; capped by GET_QUEUE_NUM
+	QueueSize uint16 // default 64
+	MemSize   uint64 // guest memory bytes; default enough for the queues
+	Regions   int    // memory regions, default 1
+	MaxIO     int    // largest data transfer per request; default 128 KiB
+	SegSize   int    // split data into descriptors of this many bytes; 0 = one
+	Indirect  bool   // use indirect descriptor tables if offered
+	EventIdx  bool   // negotiate VIRTIO_RING_F_EVENT_IDX if offered
+	// MemSlots sends the regions with ADD_MEM_REG instead of SET_MEM_TABLE
+	// when CONFIGURE_MEM_SLOTS is offered.
+	MemSlots bool
+	// NoEnable leaves the rings disabled (no SET_VRING_ENABLE).
+	NoEnable bool
+}
+
+// Device is a connected vhost-user-blk back-end with its rings running.
+type Device struct {
+	Conn     *Conn
+	Mem      *Memory
+	Queues   []*Queue
+	Features uint64 // negotiated virtio features
+	Protocol uint64 // negotiated protocol features
+	Config   []byte // virtio_blk_config as read at connect (60 bytes)
+}
+
+// wantedProtocol is every protocol feature this front-end can use.
+const wantedProtocol = vhost.ProtoMQ | vhost.ProtoReplyAck | vhost.ProtoConfig | vhost.ProtoConfigureMemSlots
+
+// blkConfigSize is sizeof(struct virtio_blk_config) up to
+// write_zeroes_may_unmap and padding, what QEMU 7.2 asks for.
+const blkConfigSize = 60
+
+// Connect dials path and performs the whole QEMU-like start sequence.
+func Connect(path string, o Options) (*Device, error) {
+	c, err := Dial(path)
+	if err != nil {
+		return nil, err
+	}
+	d, err := Start(c, o)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Start runs the handshake and ring setup on an open connection.
+func Start(c *Conn, o Options) (*Device, error) {
+	if o.NumQueues == 0 {
+		o.NumQueues = 1
+	}
+	if o.QueueSize == 0 {
+		o.QueueSize = 64
+	}
+	if o.Regions == 0 {
+		o.Regions = 1
+	}
+	if o.MaxIO == 0 {
+		o.MaxIO = 128 << 10
+	}
+	d := &Device{Conn: c}
+	offered, err := c.GetU64(vhost.ReqGetFeatures)
+	if err != nil {
+		return nil, err
+	}
+	if offered&vhost.FeatureProtocolFeatures != 0 {
+		p, err := c.GetU64(vhost.ReqGetProtocolFeatures)
+		if err != nil {
+			return nil, err
+		}
+		d.Protocol = p & wantedProtocol
+		if err := c.SetU64(vhost.ReqSetProtocolFeatures, d.Protocol); err != nil {
+			return nil, err
+		}
+		c.SetProtocolFeatures(d.Protocol)
+	}
+	if d.Protocol&vhost.ProtoMQ != 0 {
+		n, err := c.GetU64(vhost.ReqGetQueueNum)
+		if err != nil {
+			return nil, err
+		}
+		if uint64(o.NumQueues) > n {
+			return nil, fmt.Errorf("frontend: %d queues asked, back-end has %d", o.NumQueues, n)
+		}
+	} else if o.NumQueues > 1 {
+		return nil, fmt.Errorf("frontend: back-end lacks PROTOCOL_F_MQ for %d queues", o.NumQueues)
+	}
+	if err := c.SetU64(vhost.ReqSetOwner, 0); err != nil {
+		return nil, err
+	}
+	if d.Protocol&vhost.ProtoConfig != 0 {
+		if d.Config, err = c.GetConfig(0, blkConfigSize); err != nil {
+			return nil, err
+		}
+	}
+	want := vhost.FeatureVersion1 | vhost.FeatureProtocolFeatures | BlkFSizeMax | BlkFSegMax |
+		BlkFRO | BlkFBlkSize | BlkFFlush | BlkFTopology | BlkFMQ | BlkFDiscard | BlkFWriteZeroes
+	if o.Indirect {
+		want |= vhost.FeatureRingIndirectDesc
+	}
+	if o.EventIdx {
+		want |= vhost.FeatureRingEventIdx
+	}
+	d.Features = offered & want
+	if err := c.SetU64(vhost.ReqSetFeatures, d.Features); err != nil {
+		return nil, err
+	}
+
+	perQueue := uint64(o.QueueSize) * (uint64(o.MaxIO) + 8192 + uint64(16*(o.MaxIO/max(o.SegSize, 1)+4)))
+	size := o.MemSize
+	if size == 0 {
+		size = uint64(o.NumQueues)*perQueue + 1<<20
+	}
+	page := uint64(4096) * uint64(o.Regions)
+	size = (size + page - 1) / page * page
+	if d.Mem, err = NewMemory(size, o.Regions); err != nil {
+		return nil, err
+	}
+	if err := d.sendMemory(o.MemSlots); err != nil {
+		d.Mem.Close()
+		return nil, err
+	}
+	for i := 0; i < o.NumQueues; i++ {
+		q, err := newQueue(d.Mem, i, &o, d.Features&vhost.FeatureRingEventIdx != 0, d.Features&vhost.FeatureRingIndirectDesc != 0)
+		if err != nil {
+			d.release()
+			return nil, err
+		}
+		d.Queues = append(d.Queues, q)
+		if err := d.startRing(q, !o.NoEnable); err != nil {
+			d.release()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+func (d *Device) sendMemory(slots bool) error {
+	if slots && d.Protocol&vhost.ProtoConfigureMemSlots != 0 {
+		max, err := d.Conn.GetU64(vhost.ReqGetMaxMemSlots)
+		if err != nil {
+			return err
+		}
+		if max < uint64(len(d.Mem.Regions)) {
+			return fmt.Errorf("frontend: back-end has %d memory slots", max)
+		}
+		for i := range d.Mem.Regions {
+			if _, err := d.Conn.Call(vhost.ReqAddMemReg, vhost.EncodeSingleRegion(d.Mem.VhostRegion(i)), []int{d.Mem.FD()}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	fds := make([]int, len(d.Mem.Regions))
+	for i := range fds {
+		fds[i] = d.Mem.FD()
+	}
+	_, err := d.Conn.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(d.Mem.VhostRegions()), fds)
+	return err
+}
+
+// startRing sends NUM, BASE, ADDR, CALL, KICK (and ENABLE) for q.
+func (d *Device) startRing(q *Queue, enable bool) error {
+	c, r, idx := d.Conn, q.Ring, uint32(q.Index)
+	if err := c.SetVringState(vhost.ReqSetVringNum, idx, uint32(r.Size)); err != nil {
+		return err
+	}
+	if err := c.SetVringState(vhost.ReqSetVringBase, idx, 0); err != nil {
+		return err
+	}
+	var a vhost.VringAddr
+	a.Index = idx
+	var err error
+	if a.Desc, err = d.Mem.UserAddr(r.DescAddr); err != nil {
+		return err
+	}
+	if a.Avail, err = d.Mem.UserAddr(r.AvailAddr); err != nil {
+		return err
+	}
+	if a.Used, err = d.Mem.UserAddr(r.UsedAddr); err != nil {
+		return err
+	}
+	if _, err := c.Call(vhost.ReqSetVringAddr, a.Encode(), nil); err != nil {
+		return err
+	}
+	if err := c.SetVringFD(vhost.ReqSetVringCall, idx, r.Call); err != nil {
+		return err
+	}
+	if err := c.SetVringFD(vhost.ReqSetVringKick, idx, r.Kick); err != nil {
+		return err
+	}
+	if enable && d.Features&vhost.FeatureProtocolFeatures != 0 {
+		return c.SetVringState(vhost.ReqSetVringEnable, idx, 1)
+	}
+	return nil
+}
+
+// Capacity is the disk size in 512-byte sectors (from the config space).
+func (d *Device) Capacity() uint64 {
+	if len(d.Config) < 8 {
+		return 0
+	}
+	return binary.LittleEndian.Uint64(d.Config)
+}
+
+// Stop stops every ring (GET_VRING_BASE) and returns their avail bases.
+func (d *Device) Stop() ([]uint32, error) {
+	var bases []uint32
+	for _, q := range d.Queues {
+		b, err := d.Conn.GetVringBase(uint32(q.Index))
+		if err != nil {
+			return bases, err
+		}
+		bases = append(bases, b)
+	}
+	return bases, nil
+}
+
+// Close stops the rings, disconnects and frees memory and eventfds.
+func (d *Device) Close() error {
+	_, err := d.Stop()
+	d.Conn.Close()
+	d.release()
+	return err
+}
+
+func (d *Device) release() {
+	for _, q := range d.Queues {
+		q.Ring.Close()
+	}
+	d.Queues = nil
+	if d.Mem != nil {
+		d.Mem.Close()
+		d.Mem = nil
+	}
+}

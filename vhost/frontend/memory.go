@@ -1,0 +1,124 @@
+package frontend
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/nvblk/nvblk/vhost"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoSpace is returned when guest memory is exhausted.
+var ErrNoSpace = errors.New("frontend: guest memory exhausted")
+
+// Region is one guest memory region: Size bytes of the memfd at Offset,
+// seen by the guest at GuestAddr.
+type Region struct {
+	GuestAddr uint64
+	Size      uint64
+	Offset    uint64
+}
+
+// Memory is the "guest RAM" a front-end shares: one memfd, mapped once here,
+// cut into regions with distinct guest addresses (so back-end translation
+// across regions is exercised). Not safe for concurrent Alloc.
+type Memory struct {
+	fd      int
+	mapping []byte
+	Regions []Region
+	next    []uint64 // per region: bump-allocation offset
+}
+
+// regionGap separates the guest addresses of consecutive regions, so a
+// back-end that confused guest addresses with offsets would notice.
+const regionGap = 1 << 32
+
+// guestBase is region 0's guest address: non-zero for the same reason.
+const guestBase = 0x10000
+
+// NewMemory creates size bytes of shared memory in n equal regions (size
+// must split into page multiples).
+func NewMemory(size uint64, n int) (*Memory, error) {
+	page := uint64(unix.Getpagesize())
+	if n < 1 || n > vhost.MaxMemRegions || size == 0 || size%(uint64(n)*page) != 0 {
+		return nil, fmt.Errorf("frontend: memory of %d bytes in %d regions", size, n)
+	}
+	fd, mapping, err := newMemfd(size)
+	if err != nil {
+		return nil, fmt.Errorf("frontend: guest memory: %w", err)
+	}
+	m := &Memory{fd: fd, mapping: mapping, next: make([]uint64, n)}
+	per := size / uint64(n)
+	for i := 0; i < n; i++ {
+		m.Regions = append(m.Regions, Region{GuestAddr: guestBase + uint64(i)*regionGap, Size: per, Offset: uint64(i) * per})
+	}
+	return m, nil
+}
+
+// FD is the memfd; it stays owned by Memory.
+func (m *Memory) FD() int { return m.fd }
+
+// Close unmaps the memory and closes the memfd.
+func (m *Memory) Close() error {
+	err := unmap(m.mapping)
+	if cerr := unix.Close(m.fd); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// VhostRegion describes region i for SET_MEM_TABLE / ADD_MEM_REG.
+func (m *Memory) VhostRegion(i int) vhost.MemRegion {
+	r := m.Regions[i]
+	return vhost.MemRegion{
+		GuestAddr:  r.GuestAddr,
+		Size:       r.Size,
+		UserAddr:   hostAddr(m.mapping[r.Offset:]),
+		MmapOffset: r.Offset,
+	}
+}
+
+// VhostRegions describes every region.
+func (m *Memory) VhostRegions() []vhost.MemRegion {
+	out := make([]vhost.MemRegion, len(m.Regions))
+	for i := range m.Regions {
+		out[i] = m.VhostRegion(i)
+	}
+	return out
+}
+
+// Slice returns n bytes at guest address gpa, or an error if not inside one
+// region.
+func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
+	for _, r := range m.Regions {
+		if gpa >= r.GuestAddr && gpa-r.GuestAddr <= r.Size && n <= r.Size-(gpa-r.GuestAddr) {
+			off := r.Offset + gpa - r.GuestAddr
+			return m.mapping[off : off+n : off+n], nil
+		}
+	}
+	return nil, fmt.Errorf("frontend: guest address %#x+%#x outside memory", gpa, n)
+}
+
+// UserAddr is the front-end virtual address of guest address gpa.
+func (m *Memory) UserAddr(gpa uint64) (uint64, error) {
+	b, err := m.Slice(gpa, 1)
+	if err != nil {
+		return 0, err
+	}
+	return hostAddr(b), nil
+}
+
+// Alloc reserves n bytes aligned to align (a power of two) in the first
+// region with room, zeroed, and returns the guest address and window.
+func (m *Memory) Alloc(n, align uint64) (uint64, []byte, error) {
+	for i, r := range m.Regions {
+		off := (m.next[i] + align - 1) &^ (align - 1)
+		if off+n <= r.Size {
+			m.next[i] = off + n
+			b, _ := m.Slice(r.GuestAddr+off, n)
+			clear(b)
+			return r.GuestAddr + off, b, nil
+		}
+	}
+	return 0, nil, fmt.Errorf("%w: %d bytes", ErrNoSpace, n)
+}
