@@ -241,7 +241,7 @@ func writeFile(path string, value []byte) error {
 		f.Close()
 		return fmt.Errorf("write %d bytes to %s: %w", len(value), path, err)
 	}
-	if !strings.HasPrefix(path, "/sys/") {
+	if !strings.HasPrefix(path, "/sys/") && !strings.HasPrefix(path, "/proc/") {
 		if err := f.Sync(); err != nil {
 			f.Close()
 			return err

@@ -21,7 +21,7 @@ const ReportPrefix = "NVBLK-AGENT "
 const (
 	OpWait         = "wait"          // Path appears within TimeoutMS
 	OpRead         = "read"          // Path's content -> ReadData
-	OpWrite        = "write"         // Data, or else Value, into Path (sysfs attribute, or file fsynced)
+	OpWrite        = "write"         // Data, or else Value, into Path (sysfs/proc attribute, or file fsynced)
 	OpList         = "list"          // Path's directory entries -> []string
 	OpMakeBTT      = "make-btt"      // kernel BTT on Namespace through sysfs -> MakeBTTData
 	OpWriteSectors = "write-sectors" // Data at LBA*SectorSize of Device, fsynced

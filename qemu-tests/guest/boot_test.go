@@ -41,3 +41,29 @@ func TestGuestBootsToTheAgentWhileQMPSaysRunning(t *testing.T) {
 	t.Logf("boot to agent: %v host wall, %.1f s guest uptime; whole run %v",
 		res.BootToAgent.Round(time.Millisecond), res.GuestUptime, res.Wall.Round(time.Millisecond))
 }
+
+// A step that fails must fail the run, and the steps after it must not
+// run: later steps build on earlier ones.
+func TestAgentStopsAtTheFirstFailingStep(t *testing.T) {
+	m := guest.Start(t, kit, guest.Config{Steps: []agentproto.Step{
+		{Op: agentproto.OpRead, Path: "/proc/version"},
+		{Op: agentproto.OpRead, Path: "/no/such/file"},
+		{Op: agentproto.OpRead, Path: "/proc/version"},
+	}})
+	res, err := m.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Finished() == nil {
+		t.Fatal("run with a failing step counted as finished")
+	}
+	if rep, ok := res.Step(0); !ok || !rep.OK {
+		t.Errorf("step 0 = %+v, want ok", rep)
+	}
+	if rep, ok := res.Step(1); !ok || rep.OK || !strings.Contains(rep.Error, "no such file") {
+		t.Errorf("step 1 = %+v, want a no-such-file failure", rep)
+	}
+	if rep, ok := res.Step(2); ok {
+		t.Errorf("step 2 ran after a failure: %+v", rep)
+	}
+}

@@ -21,6 +21,8 @@ func TestExt4OnAnNvblkFormattedBTTSurvivesRemountAndFsck(t *testing.T) {
 		{Op: agentproto.OpMount, Source: dev, Target: "/mnt", FSType: "ext4"},
 		{Op: agentproto.OpWrite, Path: "/mnt/payload.bin", Data: content},
 		{Op: agentproto.OpUmount, Target: "/mnt"},
+		// The read after remount must come from the BTT, not the page cache.
+		{Op: agentproto.OpWrite, Path: "/proc/sys/vm/drop_caches", Value: "3"},
 		{Op: agentproto.OpMount, Source: dev, Target: "/mnt", FSType: "ext4"},
 		{Op: agentproto.OpRead, Path: "/mnt/payload.bin"},
 		{Op: agentproto.OpUmount, Target: "/mnt"},
@@ -30,14 +32,14 @@ func TestExt4OnAnNvblkFormattedBTTSurvivesRemountAndFsck(t *testing.T) {
 	t.Logf("guest run %v (agent up after %v)", res.Wall, res.BootToAgent)
 
 	var back agentproto.ReadData
-	if err := res.Decode(6, &back); err != nil {
+	if err := res.Decode(7, &back); err != nil {
 		t.Fatal(err)
 	}
 	if back.Size != len(content) || back.SHA256 != sha(content) {
 		t.Fatalf("file read back after remount: %d bytes sha256 %s, want %d bytes %s", back.Size, back.SHA256, len(content), sha(content))
 	}
 	var fsck agentproto.ExecData
-	if err := res.Decode(8, &fsck); err != nil {
+	if err := res.Decode(9, &fsck); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("e2fsck in the guest:\n%s", fsck.Output)
