@@ -147,7 +147,9 @@ func New(mem Memory, cfg Config) (*Queue, error) {
 	usedLen := 6 + usedElemSize*size
 	if cfg.EventIdx {
 		// avail_event is written with a 32-bit compare-and-swap, which
-		// needs the two bytes after the used ring to be addressable.
+		// needs the two bytes after the used ring to be addressable. The
+		// ring is 4-aligned and 6+8*size long, so they sit before the next
+		// 4-byte boundary: inside any 4-aligned memory region.
 		usedLen += 2
 	}
 	used, err := translate(mem, cfg.UsedAddr, uint64(usedLen))

@@ -6,7 +6,7 @@ import "unsafe"
 // 16-bit field b[off:off+2], so the field can be loaded atomically (Go has no
 // 16-bit atomics). shift is the byte offset of the field inside the word.
 // ok is false when the host address is not 2-aligned or the word is not
-// entirely inside b.
+// entirely inside b; shift is still set in the latter case.
 func word16(b []byte, off int) (w *uint32, shift int, ok bool) {
 	if off < 0 || off+2 > len(b) {
 		return nil, 0, false
@@ -18,7 +18,7 @@ func word16(b []byte, off int) (w *uint32, shift int, ok bool) {
 	shift = int(p & 3)
 	start := off - shift
 	if start < 0 || start+4 > len(b) {
-		return nil, 0, false
+		return nil, shift, false
 	}
 	return (*uint32)(unsafe.Pointer(&b[start])), shift, true
 }
