@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
@@ -180,4 +181,26 @@ func checkNvblkCheck(t *testing.T, img string) {
 	if err != nil {
 		t.Fatalf("nvblk check after the guest: %v\n%s", err, out)
 	}
+}
+
+// info is the part of `nvblk info --json` the tests compare with what the
+// kernel reports.
+type info struct {
+	Version    string `json:"version"`
+	UUID       string `json:"uuid"`
+	SectorSize int    `json:"sector_size"`
+	NumSectors uint64 `json:"num_sectors"`
+}
+
+func nvblkInfo(t *testing.T, img string) info {
+	t.Helper()
+	out, err := nvblk(t, nil, "info", img, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var i info
+	if err := json.Unmarshal(out, &i); err != nil {
+		t.Fatalf("nvblk info --json: %v\n%s", err, out)
+	}
+	return i
 }

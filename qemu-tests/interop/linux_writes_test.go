@@ -100,6 +100,11 @@ func linuxWritesNvblkReads(t *testing.T, size int64, sectorSize int) {
 		ib.Major, ib.Minor, ib.InternalNLBA, ib.NFree, ib.InternalLBA, ib.MapOff, ib.LogOff)
 
 	checkNvblkCheck(t, img)
+	info := nvblkInfo(t, img)
+	if info.UUID != uuid || info.SectorSize != sectorSize || info.NumSectors != nlba {
+		t.Errorf("nvblk info: uuid %s, %d sectors of %d; the kernel made uuid %s, %d sectors of %d",
+			info.UUID, info.NumSectors, info.SectorSize, uuid, nlba, sectorSize)
+	}
 	lbas := []uint64{0, 1, 4, 5, 6, 7, 8, high - 1, high, high + 1, nlba - 1}
 	checkNvblkReads(t, img, lbas, want, sectorSize)
 }
