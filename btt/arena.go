@@ -29,6 +29,10 @@ type Arena struct {
 	// rtt[lane] is rttValid|block while the lane's reader copies that block.
 	// Written by the reader, read by every writer, atomically.
 	rtt []atomic.Uint32
+	// readers counts readers between publishing in rtt and clearing their
+	// slot. A reader increments it before it publishes, so a writer that
+	// sees zero knows no slot can hold its block and skips the scan.
+	readers atomic.Int32
 
 	// mapLocks serialise read-modify-write of map entries; entry premap uses
 	// mapLocks[premap/mapLockSpan % nfree].

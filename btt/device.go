@@ -274,6 +274,8 @@ func (d *Device) ReadV(lba uint64, iov [][]byte) error {
 func (d *Device) readSector(l *lane, a *Arena, premap uint32, dst *iovCursor) error {
 	block, trim, mediaErr := a.lookup(premap)
 	slot := &a.rtt[l.id]
+	a.readers.Add(1)
+	defer a.readers.Add(-1)
 	for {
 		if trim {
 			dst.zero(int(d.sector))
@@ -337,10 +339,12 @@ func (d *Device) writeSector(l *lane, a *Arena, premap uint32, src *iovCursor) e
 	}
 	// A reader that published this block before its previous owner moved
 	// on may still be copying it.
-	want := rttValid | newBlock
-	for i := range a.rtt {
-		for a.rtt[i].Load() == want {
-			runtime.Gosched()
+	if a.readers.Load() != 0 {
+		want := rttValid | newBlock
+		for i := range a.rtt {
+			for a.rtt[i].Load() == want {
+				runtime.Gosched()
+			}
 		}
 	}
 	off := int(newBlock) * int(a.internalLBASize)
