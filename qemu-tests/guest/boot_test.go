@@ -1,6 +1,8 @@
 package guest_test
 
 import (
+	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -65,5 +67,51 @@ func TestAgentStopsAtTheFirstFailingStep(t *testing.T) {
 	}
 	if rep, ok := res.Step(2); ok {
 		t.Errorf("step 2 ran after a failure: %+v", rep)
+	}
+}
+
+// vhost-user back ends map guest RAM, so it must be a shared memfd of the
+// same size as -m, and the guest must boot on it.
+func TestGuestBootsOnSharedMemfdMemory(t *testing.T) {
+	m := guest.Start(t, kit, guest.Config{
+		MemoryMiB:    256,
+		SharedMemory: true,
+		Steps:        []agentproto.Step{{Op: agentproto.OpRead, Path: "/proc/meminfo"}},
+	})
+	raw, err := m.QMP("query-memdev", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var memdevs []struct {
+		ID     string `json:"id"`
+		Size   int64  `json:"size"`
+		Share  bool   `json:"share"`
+		Policy string `json:"policy"`
+	}
+	if err := json.Unmarshal(raw, &memdevs); err != nil {
+		t.Fatalf("query-memdev %s: %v", raw, err)
+	}
+	if len(memdevs) != 1 || memdevs[0].Size != 256<<20 || !memdevs[0].Share {
+		t.Fatalf("query-memdev = %s, want one shared 256 MiB backend", raw)
+	}
+	res, err := m.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := res.Finished(); err != nil {
+		t.Fatal(err)
+	}
+	var meminfo agentproto.ReadData
+	if err := res.Decode(0, &meminfo); err != nil {
+		t.Fatal(err)
+	}
+	var totalKiB int
+	for _, line := range strings.Split(meminfo.Text, "\n") {
+		if strings.HasPrefix(line, "MemTotal:") {
+			totalKiB, _ = strconv.Atoi(strings.Fields(line)[1])
+		}
+	}
+	if totalKiB < 200<<10 || totalKiB > 256<<10 {
+		t.Fatalf("guest MemTotal = %d KiB, want close to 256 MiB", totalKiB)
 	}
 }

@@ -40,6 +40,10 @@ type Config struct {
 	Steps        []agentproto.Step
 }
 
+// Keep says whether NVBLK_GUEST_KEEP asks to keep the kit and each
+// machine's files after the tests, to rerun QEMU by hand.
+func Keep() bool { return os.Getenv("NVBLK_GUEST_KEEP") != "" }
+
 // Machine is a running QEMU.
 type Machine struct {
 	t       testing.TB
@@ -79,6 +83,14 @@ func Start(t testing.TB, kit *Kit, cfg Config) *Machine {
 		t.Fatal(err)
 	}
 	m := &Machine{t: t, dir: t.TempDir(), exited: make(chan struct{})}
+	if Keep() {
+		dir, err := os.MkdirTemp("", "nvblk-guest-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.dir = dir
+		t.Logf("keeping the machine's initramfs, consoles and QMP socket in %s", dir)
+	}
 	script, err := json.Marshal(cfg.Steps)
 	if err != nil {
 		t.Fatalf("encode agent script: %v", err)

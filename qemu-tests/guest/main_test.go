@@ -24,6 +24,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if guest.Keep() {
+		fmt.Fprintf(os.Stderr, "kept kernel %s and base initramfs %s\n", kit.Kernel, kit.Initramfs)
+	} else {
+		os.RemoveAll(dir)
+	}
 	os.Exit(code)
 }

@@ -40,7 +40,11 @@ func TestMain(m *testing.M) {
 		cliErr = fmt.Errorf("build nvblk CLI: %w\n%s", err, out)
 	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if guest.Keep() {
+		fmt.Fprintf(os.Stderr, "kept kernel %s and base initramfs %s\n", kit.Kernel, kit.Initramfs)
+	} else {
+		os.RemoveAll(dir)
+	}
 	os.Exit(code)
 }
 
