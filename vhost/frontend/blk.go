@@ -380,7 +380,7 @@ func Start(c *Conn, o Options) (*Device, error) {
 	} else if o.NumQueues > 1 {
 		return nil, fmt.Errorf("frontend: back-end lacks PROTOCOL_F_MQ for %d queues", o.NumQueues)
 	}
-	if err := c.SetU64(vhost.ReqSetOwner, 0); err != nil {
+	if _, err := c.Call(vhost.ReqSetOwner, nil, nil); err != nil {
 		return nil, err
 	}
 	if d.Protocol&vhost.ProtoConfig != 0 {
