@@ -86,10 +86,10 @@ func (d *memDisk) WriteZeroes(lba, n uint64) error {
 	return nil
 }
 
-func (d *memDisk) Flush() error        { d.flushes.Add(1); return nil }
-func (d *memDisk) SectorSize() uint32  { return d.ss }
-func (d *memDisk) NumSectors() uint64  { return uint64(len(d.data)) / uint64(d.ss) }
-func (d *memDisk) ReadOnly() bool      { return d.ro }
+func (d *memDisk) Flush() error       { d.flushes.Add(1); return nil }
+func (d *memDisk) SectorSize() uint32 { return d.ss }
+func (d *memDisk) NumSectors() uint64 { return uint64(len(d.data)) / uint64(d.ss) }
+func (d *memDisk) ReadOnly() bool     { return d.ro }
 func (d *memDisk) bytes(off, n int) []byte {
 	d.mu.Lock()
 	defer d.mu.Unlock()
