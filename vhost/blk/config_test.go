@@ -1,0 +1,144 @@
+package blk
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+)
+
+// TestConfigGolden pins the size and every offset of virtio_blk_config
+// against hand-written bytes (virtio 1.2 §5.2.4), for a 1 GiB disk of 4 KiB
+// sectors.
+func TestConfigGolden(t *testing.T) {
+	disk := newFakeDisk(4096, 0)
+	disk.data = nil
+	dv := NewDevice(&sizedDisk{fakeDisk: disk, sectors: 1 << 18}, Options{NumQueues: 4, SegMax: 254, SizeMax: 1 << 20})
+	want := []byte{
+		0x00, 0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, // 0  capacity = 2097152 sectors of 512
+		0x00, 0x00, 0x10, 0x00, // 8  size_max = 1 MiB
+		0xfe, 0x00, 0x00, 0x00, // 12 seg_max = 254
+		0x20, 0x08, // 16 cylinders = 2097152/(16*63) = 2080
+		0x10,                   // 18 heads
+		0x3f,                   // 19 sectors
+		0x00, 0x10, 0x00, 0x00, // 20 blk_size = 4096
+		0x00,       // 24 physical_block_exp
+		0x00,       // 25 alignment_offset
+		0x01, 0x00, // 26 min_io_size
+		0x01, 0x00, 0x00, 0x00, // 28 opt_io_size = 1 block of 4096
+		0x01,       // 32 writeback
+		0x00,       // 33 unused0
+		0x04, 0x00, // 34 num_queues
+		0x00, 0x00, 0x40, 0x00, // 36 max_discard_sectors = 4194304
+		0x01, 0x00, 0x00, 0x00, // 40 max_discard_seg
+		0x08, 0x00, 0x00, 0x00, // 44 discard_sector_alignment = 8
+		0x00, 0x00, 0x40, 0x00, // 48 max_write_zeroes_sectors
+		0x01, 0x00, 0x00, 0x00, // 52 max_write_zeroes_seg
+		0x01,             // 56 write_zeroes_may_unmap
+		0x00, 0x00, 0x00, // 57 unused1
+		0, 0, 0, 0, // 60 max_secure_erase_sectors
+		0, 0, 0, 0, // 64 max_secure_erase_seg
+		0, 0, 0, 0, // 68 secure_erase_sector_alignment
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // 72 zoned
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // 84
+	}
+	got := dv.Config()
+	if len(got) != 96 || len(want) != 96 {
+		t.Fatalf("config is %d bytes (golden %d), want 96", len(got), len(want))
+	}
+	if !bytes.Equal(got, want) {
+		for i := range want {
+			if got[i] != want[i] {
+				t.Errorf("offset %d: got %#02x, want %#02x", i, got[i], want[i])
+			}
+		}
+	}
+	got[0] = 0xff
+	if dv.Config()[0] == 0xff {
+		t.Fatal("Config returned the device's own buffer")
+	}
+}
+
+// sizedDisk reports a capacity without backing it; only config is read.
+type sizedDisk struct {
+	*fakeDisk
+	sectors uint64
+}
+
+func (d *sizedDisk) NumSectors() uint64 { return d.sectors }
+
+func TestConfigDefaults512(t *testing.T) {
+	dv := NewDevice(newFakeDisk(512, testSectors), Options{MaxDiscardSectors: 1001})
+	cfg := dv.Config()
+	le32 := func(off int) uint32 { return binary.LittleEndian.Uint32(cfg[off:]) }
+	checks := []struct {
+		name string
+		off  int
+		want uint32
+	}{
+		{"capacity", cfgCapacity, testSectors},
+		{"seg_max default", cfgSegMax, defaultSegMax},
+		{"blk_size", cfgBlkSize, 512},
+		{"opt_io_size is a page", cfgOptIOSize, 8},
+		{"max_discard_sectors as given", cfgMaxDiscardSectors, 1001},
+		{"discard_sector_alignment", cfgDiscardSectorAlign, 1},
+		{"max_write_zeroes_sectors default", cfgMaxWriteZeroesSecs, defaultMaxZeroSectors},
+	}
+	for _, c := range checks {
+		if got := le32(c.off); got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, got, c.want)
+		}
+	}
+	if got := binary.LittleEndian.Uint16(cfg[cfgNumQueues:]); got != 1 {
+		t.Errorf("num_queues default %d, want 1", got)
+	}
+}
+
+func TestConfigLimitsRoundedToDiskSectors(t *testing.T) {
+	dv := NewDevice(newFakeDisk(4096, testSectors), Options{MaxDiscardSectors: 1001, MaxWriteZeroesSectors: 3})
+	cfg := dv.Config()
+	if got := binary.LittleEndian.Uint32(cfg[cfgMaxDiscardSectors:]); got != 1000 {
+		t.Errorf("max_discard_sectors %d, want 1001 rounded down to 1000", got)
+	}
+	if got := binary.LittleEndian.Uint32(cfg[cfgMaxWriteZeroesSecs:]); got != 8 {
+		t.Errorf("max_write_zeroes_sectors %d, want at least one disk sector (8)", got)
+	}
+}
+
+func TestFeatures(t *testing.T) {
+	always := FeatureVersion1 | FeatureSegMax | FeatureBlkSize | FeatureFlush | FeatureTopology |
+		FeatureMQ | FeatureDiscard | FeatureWriteZeroes | FeatureIndirectDesc | FeatureEventIdx
+	tests := []struct {
+		name      string
+		diskRO    bool
+		opts      Options
+		want, not uint64
+	}{
+		{"read-write", false, Options{}, always, FeatureRO | FeatureSizeMax | FeatureGeometry | FeatureConfigWCE},
+		{"disk read-only", true, Options{}, always | FeatureRO, 0},
+		{"forced read-only", false, Options{ReadOnly: true}, always | FeatureRO, 0},
+		{"size max", false, Options{SizeMax: 65536}, always | FeatureSizeMax, FeatureRO},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := newFakeDisk(512, testSectors)
+			d.ro = tt.diskRO
+			dv := NewDevice(d, tt.opts)
+			f := dv.Features()
+			if f&tt.want != tt.want || f&tt.not != 0 {
+				t.Fatalf("features %#x, want %#x set and %#x clear", f, tt.want, tt.not)
+			}
+			if dv.ReadOnly() != (f&FeatureRO != 0) {
+				t.Fatal("ReadOnly disagrees with FeatureRO")
+			}
+		})
+	}
+}
+
+func TestNewDeviceBadSectorSize(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Fatal("NewDevice accepted a 100-byte sector")
+		}
+	}()
+	NewDevice(newFakeDisk(100, 1), Options{})
+}
