@@ -592,7 +592,14 @@ func TestFileListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fl, err := vhost.FileListener(int(f.Fd()))
+	// FileListener takes ownership of the fd it is given: hand it a
+	// duplicate so f's own close (or finalizer) cannot close it twice.
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := vhost.FileListener(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
