@@ -16,7 +16,7 @@ const qsdPath = "/usr/bin/qemu-storage-daemon"
 func startQSD(t *testing.T, size int64) (sock, img string) {
 	t.Helper()
 	if _, err := os.Stat(qsdPath); err != nil {
-		t.Skip("qemu-storage-daemon not installed")
+		t.Fatalf("qemu-storage-daemon not installed (%v): run scripts/install-deps.sh", err)
 	}
 	dir := t.TempDir()
 	img, sock = filepath.Join(dir, "disk.img"), filepath.Join(dir, "qsd.sock")
