@@ -196,7 +196,7 @@ func commandLine(kit *Kit, cfg Config, initrd, dir string) ([]string, error) {
 		machine += ",memory-backend=mem"
 		args = append(args, "-object", fmt.Sprintf("memory-backend-memfd,id=mem,size=%dM,share=on", mem))
 	}
-	appendLine := "console=ttyS0 panic=-1 loglevel=6"
+	appendLine := "console=ttyS0 panic=-1 loglevel=7"
 	if cfg.Append != "" {
 		appendLine += " " + cfg.Append
 	}
