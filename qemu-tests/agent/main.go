@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -328,24 +329,60 @@ func writeSectors(st agentproto.Step) error {
 	if st.SectorSize == 0 || len(st.Data)%st.SectorSize != 0 {
 		return fmt.Errorf("%d bytes is not whole %d-byte sectors", len(st.Data), st.SectorSize)
 	}
-	f, err := os.OpenFile(st.Device, os.O_WRONLY, 0)
+	if st.CPU != nil {
+		// The O_DIRECT write below submits its bios from this thread, so
+		// they run on the pinned CPU.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var set unix.CPUSet
+		set.Set(*st.CPU)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			return fmt.Errorf("pin to CPU %d: %w", *st.CPU, err)
+		}
+		defer func() {
+			var all unix.CPUSet
+			for i := 0; i < runtime.NumCPU(); i++ {
+				all.Set(i)
+			}
+			_ = unix.SchedSetaffinity(0, &all)
+		}()
+	}
+	f, err := os.OpenFile(st.Device, os.O_WRONLY|unix.O_DIRECT, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if _, err := f.WriteAt(st.Data, int64(st.LBA)*int64(st.SectorSize)); err != nil {
+	buf, err := alignedBuffer(len(st.Data))
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(buf)
+	copy(buf, st.Data)
+	if _, err := f.WriteAt(buf, int64(st.LBA)*int64(st.SectorSize)); err != nil {
 		return err
 	}
 	return f.Sync()
 }
 
+// alignedBuffer is page-aligned memory for O_DIRECT, which moves data
+// between the caller's buffer and the device without the page cache, so the
+// bios are submitted (and the BTT lane taken) by the calling thread, and
+// reads come from the BTT rather than from what the page cache remembers.
+func alignedBuffer(n int) ([]byte, error) {
+	return unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+}
+
 func readSectors(st agentproto.Step) ([]agentproto.SectorDigest, error) {
-	f, err := os.Open(st.Device)
+	f, err := os.OpenFile(st.Device, os.O_RDONLY|unix.O_DIRECT, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	buf := make([]byte, st.SectorSize)
+	buf, err := alignedBuffer(st.SectorSize)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Munmap(buf)
 	zero := make([]byte, st.SectorSize)
 	var out []agentproto.SectorDigest
 	for i := 0; i < st.Count; i++ {

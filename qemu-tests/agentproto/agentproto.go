@@ -52,6 +52,7 @@ type Step struct {
 	Device     string   `json:"device,omitempty"`
 	SectorSize int      `json:"sector_size,omitempty"`
 	LBA        uint64   `json:"lba,omitempty"`
+	CPU        *int     `json:"cpu,omitempty"` // write-sectors: run on this CPU (the kernel's BTT picks its lane by CPU)
 	Count      int      `json:"count,omitempty"`
 	Data       []byte   `json:"data,omitempty"`
 	Argv       []string `json:"argv,omitempty"`

@@ -66,7 +66,8 @@ func NewKit(dir string) (*Kit, error) {
 	k := &Kit{Kernel: kernel, Release: release, Initramfs: filepath.Join(dir, "base.cpio")}
 	agent := filepath.Join(dir, "agent")
 	build := exec.Command("go", "build", "-trimpath", "-o", agent, "github.com/nvblk/nvblk/qemu-tests/agent")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	// GOFLAGS from the caller (say -race) would not fit a static binary.
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOFLAGS=-buildvcs=false")
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build guest agent: %w\n%s", err, out)
 	}

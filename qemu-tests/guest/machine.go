@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,6 +29,7 @@ const DefaultTimeout = 3 * time.Minute
 // Config describes one machine.
 type Config struct {
 	MemoryMiB int // guest RAM; 256 when zero
+	CPUs      int // 1 when zero
 	// NVDIMMs are image files exposed as label-less NVDIMMs, each becoming
 	// the whole of namespaceN.0 in the guest. Their size is the file's.
 	NVDIMMs []string
@@ -172,6 +174,7 @@ func commandLine(kit *Kit, cfg Config, initrd, dir string) ([]string, error) {
 	if mem == 0 {
 		mem = 256
 	}
+	cpus := max(cfg.CPUs, 1)
 	machine := "q35,accel=tcg"
 	memArg := fmt.Sprintf("%dM", mem)
 	var args []string
@@ -201,7 +204,7 @@ func commandLine(kit *Kit, cfg Config, initrd, dir string) ([]string, error) {
 		appendLine += " " + cfg.Append
 	}
 	head := []string{
-		"-machine", machine, "-cpu", "max", "-m", memArg, "-smp", "1",
+		"-machine", machine, "-cpu", "max", "-m", memArg, "-smp", strconv.Itoa(cpus),
 		"-nographic", "-no-reboot", "-monitor", "none",
 		"-kernel", kit.Kernel, "-initrd", initrd, "-append", appendLine,
 		"-serial", "file:" + filepath.Join(dir, "console.log"),

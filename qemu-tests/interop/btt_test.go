@@ -64,6 +64,24 @@ func readInfoBlock(t *testing.T, img string) infoBlock {
 	return ib
 }
 
+// flogSlotSeq is the sequence number of one of a lane's two flog entries
+// (struct log_group: four 16-byte entries of which a 1.1 arena uses 0 and 1;
+// seq is the last u32 of an entry). A fresh arena has seq 0 in slot 1.
+func flogSlotSeq(t *testing.T, img string, ib infoBlock, lane, slot int) uint32 {
+	t.Helper()
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 4)
+	off := int64(infoOffset) + int64(ib.LogOff) + int64(lane)*64 + int64(slot)*16 + 12
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatalf("read flog lane %d: %v", lane, err)
+	}
+	return binary.LittleEndian.Uint32(b)
+}
+
 // sparseImage makes the file a label-less NVDIMM is backed by.
 func sparseImage(t *testing.T, size int64) string {
 	t.Helper()

@@ -10,21 +10,28 @@ import (
 )
 
 func TestLinuxCreatesA4096ByteSectorBTTAndNvblkReadsWhatItWrote(t *testing.T) {
-	linuxWritesNvblkReads(t, 64<<20, 4096)
+	linuxWritesNvblkReads(t, 64<<20, 4096, 1)
 }
 
 func TestLinuxCreatesA512ByteSectorBTTAndNvblkReadsWhatItWrote(t *testing.T) {
-	linuxWritesNvblkReads(t, 64<<20, 512)
+	linuxWritesNvblkReads(t, 64<<20, 512, 1)
 }
 
 // 320 MiB of 512-byte sectors: a map of 2.5 MiB, so the map and the flog
 // sit far from the info block and nvblk must honour the offsets Linux
 // wrote instead of assuming a small layout.
 func TestLinuxCreatesABTTWithALargeMapAndNvblkReadsWhatItWrote(t *testing.T) {
-	linuxWritesNvblkReads(t, 320<<20, 512)
+	linuxWritesNvblkReads(t, 320<<20, 512, 1)
 }
 
-func linuxWritesNvblkReads(t *testing.T, size int64, sectorSize int) {
+// Linux gives each CPU its own flog lane (nd_region_acquire_lane): with
+// writes pinned to two CPUs, two lanes hold the latest map updates and
+// nvblk must honour both.
+func TestLinuxWritesThroughTwoFlogLanesAndNvblkReadsWhatItWrote(t *testing.T) {
+	linuxWritesNvblkReads(t, 64<<20, 4096, 2)
+}
+
+func linuxWritesNvblkReads(t *testing.T, size int64, sectorSize, cpus int) {
 	img := sparseImage(t, size)
 	uuid := newUUID(t)
 	dev := "/dev/pmem0s"
@@ -43,15 +50,20 @@ func linuxWritesNvblkReads(t *testing.T, size int64, sectorSize int) {
 		{Op: agentproto.OpRead, Path: "/sys/block/pmem0s/size"},
 		{Op: agentproto.OpRead, Path: "/sys/block/pmem0s/queue/logical_block_size"},
 	}
-	for _, w := range writes {
-		steps = append(steps, agentproto.Step{Op: agentproto.OpWriteSectors, Device: dev, SectorSize: sectorSize, LBA: w.LBA, Data: w.Data})
+	for i, w := range writes {
+		st := agentproto.Step{Op: agentproto.OpWriteSectors, Device: dev, SectorSize: sectorSize, LBA: w.LBA, Data: w.Data}
+		if cpus > 1 {
+			cpu := i % cpus
+			st.CPU = &cpu
+		}
+		steps = append(steps, st)
 	}
 	readLow := len(steps)
 	steps = append(steps, agentproto.Step{Op: agentproto.OpReadSectors, Device: dev, SectorSize: sectorSize, LBA: 0, Count: 10})
 	readHigh := len(steps)
 	steps = append(steps, agentproto.Step{Op: agentproto.OpReadSectors, Device: dev, SectorSize: sectorSize, LBA: high - 1, Count: 3})
 
-	res := guest.Run(t, kit, guest.Config{NVDIMMs: []string{img}, Steps: steps})
+	res := guest.Run(t, kit, guest.Config{NVDIMMs: []string{img}, CPUs: cpus, Steps: steps})
 	t.Logf("guest run %v (agent up after %v)", res.Wall, res.BootToAgent)
 
 	var made agentproto.MakeBTTData
@@ -98,6 +110,12 @@ func linuxWritesNvblkReads(t *testing.T, size int64, sectorSize int) {
 	}
 	t.Logf("kernel layout: v%d.%d, %d+%d free blocks of %d bytes, map at %d, flog at %d",
 		ib.Major, ib.Minor, ib.InternalNLBA, ib.NFree, ib.InternalLBA, ib.MapOff, ib.LogOff)
+
+	for lane := 0; lane < cpus; lane++ {
+		if seq := flogSlotSeq(t, img, ib, lane, 1); seq == 0 {
+			t.Errorf("flog lane %d was never written by the kernel; the test meant to use %d lanes", lane, cpus)
+		}
+	}
 
 	checkNvblkCheck(t, img)
 	info := nvblkInfo(t, img)
