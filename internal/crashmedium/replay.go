@@ -124,6 +124,10 @@ type Image struct {
 	kept []Word
 }
 
+// NewImage serves buf as a plain medium: no barriers recorded, no crashes.
+// Tests use it to build a starting image cheaply before recording begins.
+func NewImage(buf []byte) *Image { return &Image{buf: buf} }
+
 // Kept lists the pending words this image kept.
 func (im *Image) Kept() []Word { return im.kept }
 
