@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/vhost"
+	"github.com/nvblk/nvblk/vhost/blk"
+)
+
+func init() {
+	register(&command{name: "serve", summary: "serve the BTT on FILE to QEMU as a vhost-user-blk device (also: nvblk --socket-path ...)",
+		usage: "--socket-path PATH | --fd N  --blk-file FILE [--read-only] [--num-queues N] [--poll-us N] " +
+			"[--durability MODE] [--serial S] [--log-level LEVEL] [--log-format text|json] | --print-capabilities",
+		run: runServe})
+	flagSets["serve"] = func() *flag.FlagSet { fs, _ := serveFlags(); return fs }
+}
+
+// maxServeQueues bounds --num-queues: one worker goroutine per queue.
+const maxServeQueues = 16
+
+// shutdownGrace bounds how long in-flight requests may take to finish
+// after SIGINT/SIGTERM (the management layer sends SIGKILL a few seconds
+// after SIGTERM).
+const shutdownGrace = 5 * time.Second
+
+type serveArgs struct {
+	socketPath string
+	fd         int
+	blkFile    string
+	readOnly   bool
+	numQueues  uint
+	pollUS     uint
+	durability string
+	serial     string
+	logLevel   string
+	logFormat  string
+	printCaps  bool
+}
+
+func serveFlags() (*flag.FlagSet, *serveArgs) {
+	a := &serveArgs{}
+	fs := newFlagSet("serve")
+	fs.StringVar(&a.socketPath, "socket-path", "", "create and listen on this vhost-user unix socket (incompatible with --fd)")
+	fs.IntVar(&a.fd, "fd", -1, "serve on this inherited, already-listening unix socket fd (incompatible with --socket-path)")
+	fs.StringVar(&a.blkFile, "blk-file", "", "the BTT image (an emulated-NVDIMM file, a pmem block device or devdax) to serve (required)")
+	fs.BoolVar(&a.readOnly, "read-only", false, "offer a read-only disk (VIRTIO_BLK_F_RO); the image is opened read-only")
+	fs.UintVar(&a.numQueues, "num-queues", 1, fmt.Sprintf("request queues to offer, 1..%d", maxServeQueues))
+	fs.UintVar(&a.pollUS, "poll-us", 0, "busy-poll each queue this many microseconds before sleeping on its kick")
+	fs.StringVar(&a.durability, "durability", "auto", durabilityHelp)
+	fs.StringVar(&a.serial, "serial", "", "GET_ID serial, at most 20 bytes (default: nvblk- and the BTT uuid's first hex digits)")
+	fs.StringVar(&a.logLevel, "log-level", "info", "log level: panic, fatal, error, warn, info, debug or trace")
+	fs.StringVar(&a.logFormat, "log-format", "text", "log format on stderr: text or json")
+	fs.BoolVar(&a.printCaps, "print-capabilities", false, "print the vhost-user backend capabilities as JSON and exit")
+	return fs, a
+}
+
+// backendCapabilities is the vhost-user.json VHostUserBackendCapabilities
+// answer for type "block": the options of the "Backend program
+// conventions" we implement.
+type backendCapabilities struct {
+	Type     string   `json:"type"`
+	Features []string `json:"features"`
+}
+
+var blockCapabilities = backendCapabilities{Type: "block", Features: []string{"read-only", "blk-file"}}
+
+// wantsCapabilities reports whether --print-capabilities is among args: the
+// conventions say every other option is then ignored, valid or not.
+func wantsCapabilities(args []string) bool {
+	for _, a := range args {
+		if a == "--" {
+			return false
+		}
+		switch a {
+		case "--print-capabilities", "-print-capabilities", "--print-capabilities=true", "-print-capabilities=true":
+			return true
+		}
+	}
+	return false
+}
+
+// serveContext ends on SIGINT or SIGTERM; tests replace it.
+var serveContext = func() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func runServe(env *environment, args []string) error {
+	if wantsCapabilities(args) {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(blockCapabilities)
+	}
+	fs, a := serveFlags()
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected arguments %q (the image is given with --blk-file)", pos)
+	}
+	switch {
+	case a.socketPath != "" && a.fd >= 0:
+		return usagef("--socket-path and --fd are mutually exclusive")
+	case a.socketPath == "" && a.fd < 0:
+		return usagef("missing --socket-path or --fd")
+	case a.fd >= 0 && a.fd <= 2:
+		return usagef("--fd %d: fds 0, 1 and 2 are stdin, stdout and stderr", a.fd)
+	case a.blkFile == "":
+		return usagef("missing --blk-file")
+	case a.numQueues < 1 || a.numQueues > maxServeQueues:
+		return usagef("--num-queues %d: want 1..%d", a.numQueues, maxServeQueues)
+	case a.pollUS > 1_000_000:
+		return usagef("--poll-us %d: want at most 1000000 (one second)", a.pollUS)
+	case len(a.serial) > 20:
+		return usagef("--serial %q: at most 20 bytes", a.serial)
+	}
+	dur, err := parseDurability(a.durability)
+	if err != nil {
+		return err
+	}
+	lg, err := newLogger(env.stderr, a.logLevel, a.logFormat)
+	if err != nil {
+		return err
+	}
+
+	m, d, err := openImage(a.blkFile, a.readOnly, dur)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	defer d.Close()
+	serial := a.serial
+	if serial == "" {
+		serial = defaultSerial(d.UUID())
+	}
+	dv := blk.NewDevice(d, blk.Options{NumQueues: uint16(a.numQueues), ReadOnly: a.readOnly, Serial: serial})
+
+	var l *net.UnixListener
+	if a.fd >= 0 {
+		l, err = vhost.FileListener(a.fd)
+	} else {
+		l, err = vhost.Listen(a.socketPath)
+	}
+	if err != nil {
+		return err
+	}
+	socket := a.socketPath
+	if socket == "" {
+		socket = l.Addr().String()
+	}
+	capacity := int64(d.NumSectors()) * int64(d.SectorSize())
+	lg.WithFields(logrus.Fields{
+		"socket": socket, "image": a.blkFile, "btt": d.Version().String(), "uuid": btt.FormatUUID(d.UUID()),
+		"sector_size": d.SectorSize(), "sectors": d.NumSectors(), "capacity": humanBytes(capacity),
+		"durability": m.Durability().String(), "read_only": dv.ReadOnly(), "num_queues": a.numQueues,
+		"poll_us": a.pollUS, "serial": serial,
+	}).Info("serving vhost-user-blk")
+	qemu := qemuOptions(socket, a.numQueues)
+	lg.WithField("qemu", strings.Join(qemu, " ")).Info("attach with these QEMU options")
+	printQEMUOptions(env.stdout, a.blkFile, qemu)
+
+	srv := vhost.NewServer(vhost.NewBlkBackend(dv, d), vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: lg})
+	ctx, stop := serveContext()
+	defer stop()
+	err = srv.ServeContext(ctx, l, shutdownGrace)
+	if ctx.Err() != nil {
+		lg.Info("signal received: stopped serving")
+	}
+	if cerr := d.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("closing the BTT: %w", cerr)
+	}
+	if cerr := m.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("closing %s: %w", a.blkFile, cerr)
+	}
+	if err == nil {
+		lg.Info("image flushed and closed")
+	}
+	return err
+}
+
+// defaultSerial is "nvblk-" and the first 14 hex digits of the BTT uuid:
+// stable across restarts, 20 bytes, what /dev/disk/by-id shows.
+func defaultSerial(uuid [16]byte) string {
+	return "nvblk-" + strings.ReplaceAll(btt.FormatUUID(uuid), "-", "")[:14]
+}
+
+func newLogger(w io.Writer, level, format string) (*logrus.Logger, error) {
+	lv, err := logrus.ParseLevel(level)
+	if err != nil {
+		return nil, usagef("--log-level %q: want panic, fatal, error, warn, info, debug or trace", level)
+	}
+	lg := logrus.New()
+	lg.SetOutput(w)
+	lg.SetLevel(lv)
+	switch format {
+	case "text":
+		lg.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	case "json":
+		lg.SetFormatter(&logrus.JSONFormatter{})
+	default:
+		return nil, usagef("--log-format %q: want text or json", format)
+	}
+	return lg, nil
+}
+
+// qemuOptions are the QEMU arguments that attach a guest to socket. The
+// guest's RAM must be shared (memfd, share=on) for a vhost-user back-end
+// to map it; its size is the user's choice and must match -m.
+func qemuOptions(socket string, queues uint) []string {
+	return []string{
+		"-object", "memory-backend-memfd,id=mem,size=1G,share=on",
+		"-machine", "memory-backend=mem", "-m", "1G",
+		"-chardev", "socket,id=nvblk0,path=" + socket,
+		"-device", fmt.Sprintf("vhost-user-blk-pci,chardev=nvblk0,num-queues=%d", queues),
+	}
+}
+
+// printQEMUOptions prints the options as a block ready to paste into a
+// shell command line.
+func printQEMUOptions(w io.Writer, image string, opts []string) {
+	fmt.Fprintf(w, "# attach %s to a guest (size= and -m are the guest's RAM; keep them equal):\n", image)
+	for i := 0; i < len(opts); i += 2 {
+		sep := " \\"
+		if i+2 >= len(opts) {
+			sep = ""
+		}
+		fmt.Fprintf(w, "  %s %s%s\n", opts[i], opts[i+1], sep)
+	}
+}
