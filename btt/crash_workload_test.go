@@ -73,10 +73,11 @@ type history struct {
 	sector  uint32
 	ops     []*crashOp
 	touched map[uint64]bool
+	written map[[2]uint64][]byte // sectorContent by (op id, lba), made once
 }
 
 func newHistory(sector uint32) *history {
-	return &history{sector: sector, touched: map[uint64]bool{}}
+	return &history{sector: sector, touched: map[uint64]bool{}, written: map[[2]uint64][]byte{}}
 }
 
 func (h *history) begin(kind opKind, lba, n uint64, barriers int) *crashOp {
@@ -92,7 +93,13 @@ func (h *history) contentOf(o *crashOp, lba uint64) []byte {
 	if o == nil || o.kind == opZero {
 		return make([]byte, h.sector)
 	}
-	return sectorContent(h.sector, o.id, lba)
+	key := [2]uint64{uint64(o.id), lba}
+	b, ok := h.written[key]
+	if !ok {
+		b = sectorContent(h.sector, o.id, lba)
+		h.written[key] = b
+	}
+	return b
 }
 
 // allowed is what lba may hold after a crash at point k: the content of the
@@ -275,7 +282,7 @@ func (rec *recording) issue(d *btt.Device, kind opKind, lba, n uint64, barriers 
 	case opWrite:
 		data := make([]byte, 0, n*uint64(rec.sector))
 		for i := uint64(0); i < n; i++ {
-			data = append(data, sectorContent(rec.sector, o.id, lba+i)...)
+			data = append(data, rec.h.contentOf(o, lba+i)...)
 		}
 		// Split the vector off a sector boundary, as guest buffers are.
 		cut := min(len(data), 100+o.id%7*64)

@@ -179,7 +179,7 @@ func diff(work, durable []byte) []Word {
 	var out []Word
 	for p := 0; p < len(work); p += pageSize {
 		end := min(p+pageSize, len(work))
-		if bytes.Equal(work[p:end], durable[p:end]) {
+		if pagesEqual(work[p:end], durable[p:end]) {
 			continue
 		}
 		for o := p; o+WordSize <= end; o += WordSize {

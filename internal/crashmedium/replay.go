@@ -111,7 +111,7 @@ func (r *Replayer) Image(keep Subset) (*Image, error) {
 func restore(dst, src []byte) {
 	for p := 0; p < len(dst); p += pageSize {
 		end := min(p+pageSize, len(dst))
-		if !bytes.Equal(dst[p:end], src[p:end]) {
+		if !pagesEqual(dst[p:end], src[p:end]) {
 			copy(dst[p:end], src[p:end])
 		}
 	}
