@@ -78,7 +78,15 @@ func main() {
 	}
 	for i, st := range script {
 		t0 := time.Now()
-		data, err := run(st)
+		if st.Op == agentproto.OpSwitchRoot {
+			// Success is only known from the new init's reports; this one
+			// says the old /init got as far as exec.
+			a.report(agentproto.Report{Step: i, Op: st.Op, OK: true, MS: time.Since(t0).Milliseconds()})
+			err := switchRoot(st)
+			a.report(agentproto.Report{Step: i, Op: st.Op, Error: errString(err)})
+			return
+		}
+		data, err := runExpecting(st)
 		rep := agentproto.Report{Step: i, Op: st.Op, OK: err == nil, Error: errString(err),
 			MS: time.Since(t0).Milliseconds()}
 		if data != nil {
@@ -168,6 +176,24 @@ func readScript() ([]agentproto.Step, error) {
 	return steps, nil
 }
 
+// runExpecting runs st and, for a step that must fail, turns the
+// expected failure into success and success into a failure.
+func runExpecting(st agentproto.Step) (any, error) {
+	data, err := run(st)
+	if len(st.ExpectError) == 0 {
+		return data, err
+	}
+	if err == nil {
+		return data, fmt.Errorf("succeeded, want an error containing one of %q", st.ExpectError)
+	}
+	for _, want := range st.ExpectError {
+		if strings.Contains(strings.ToLower(err.Error()), strings.ToLower(want)) {
+			return agentproto.ExpectedErrorData{Error: err.Error()}, nil
+		}
+	}
+	return nil, fmt.Errorf("failed with %w, want an error containing one of %q", err, st.ExpectError)
+}
+
 func run(st agentproto.Step) (any, error) {
 	switch st.Op {
 	case agentproto.OpWait:
@@ -175,6 +201,9 @@ func run(st agentproto.Step) (any, error) {
 	case agentproto.OpRead:
 		return readData(st.Path)
 	case agentproto.OpWrite:
+		if st.Data == nil && st.Seed != "" {
+			return nil, writeFile(st.Path, agentproto.PatternBytes(st.Seed, st.Size))
+		}
 		if st.Data != nil {
 			return nil, writeFile(st.Path, st.Data)
 		}
@@ -199,6 +228,26 @@ func run(st agentproto.Step) (any, error) {
 	case agentproto.OpSync:
 		unix.Sync()
 		return nil, nil
+	case agentproto.OpFlush:
+		return nil, flush(st.Device)
+	case agentproto.OpDiscard:
+		return nil, rangeIoctl(st, unix.BLKDISCARD)
+	case agentproto.OpZeroOut:
+		return nil, rangeIoctl(st, unix.BLKZEROOUT)
+	case agentproto.OpCheckSectors:
+		return checkSectors(st)
+	case agentproto.OpParallel:
+		return parallelWrite(st)
+	case agentproto.OpWaitGone:
+		return nil, waitGone(st.Path, time.Duration(st.TimeoutMS)*time.Millisecond)
+	case agentproto.OpCopy:
+		return nil, copyFile(st.Path, st.Target)
+	case agentproto.OpWriteTree:
+		return writeTree(st.Path, st.Seed, st.Count)
+	case agentproto.OpHashTree:
+		return hashTree(st.Path)
+	case agentproto.OpRootMount:
+		return rootMount(st.Device)
 	}
 	return nil, fmt.Errorf("unknown op %q", st.Op)
 }
@@ -326,7 +375,10 @@ func makeBTT(st agentproto.Step) (agentproto.MakeBTTData, error) {
 }
 
 func writeSectors(st agentproto.Step) error {
-	if st.SectorSize == 0 || len(st.Data)%st.SectorSize != 0 {
+	if st.Data == nil && st.Seed != "" {
+		st.Data = agentproto.Patterns(st.Seed, st.LBA, st.Count, st.SectorSize)
+	}
+	if st.SectorSize == 0 || len(st.Data) == 0 || len(st.Data)%st.SectorSize != 0 {
 		return fmt.Errorf("%d bytes is not whole %d-byte sectors", len(st.Data), st.SectorSize)
 	}
 	if st.CPU != nil {

@@ -4,7 +4,13 @@
 // serial port.
 package agentproto
 
-import "encoding/json"
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+)
 
 // ScriptPath is where the harness puts the script inside the initramfs.
 const ScriptPath = "/nvblk-script.json"
@@ -30,6 +36,21 @@ const (
 	OpMount        = "mount"         // Source on Target as FSType with Options
 	OpUmount       = "umount"        // Target
 	OpSync         = "sync"          // sync(2)
+
+	// Block-device and virtio-blk steps.
+	OpFlush        = "flush"          // fsync(2) of Device: a virtio-blk FLUSH
+	OpDiscard      = "discard"        // BLKDISCARD of Count sectors from LBA
+	OpZeroOut      = "zero-out"       // BLKZEROOUT of Count sectors from LBA
+	OpCheckSectors = "check-sectors"  // Count sectors from LBA against Pattern(Seed) -> CheckData
+	OpParallel     = "parallel-write" // Count sectors of Pattern(Seed) from LBA by Workers pinned goroutines -> []WorkerData
+	OpWaitGone     = "wait-gone"      // Path disappears within TimeoutMS
+
+	// File-system and root steps.
+	OpCopy       = "copy"        // Path to Target, mode 0755, fsynced
+	OpWriteTree  = "write-tree"  // Tree(Seed, Count) under Path -> []FileDigest
+	OpHashTree   = "hash-tree"   // every regular file under Path -> []FileDigest
+	OpRootMount  = "root-mount"  // the mount of "/" -> RootMountData; fails unless its source is Device
+	OpSwitchRoot = "switch-root" // mount Source on Target, make it "/", exec Path (default /sbin/init)
 )
 
 // Ops that only appear in reports.
@@ -60,6 +81,17 @@ type Step struct {
 	Target     string   `json:"target,omitempty"`
 	FSType     string   `json:"fstype,omitempty"`
 	Options    string   `json:"options,omitempty"`
+	// Seed names generated content (Pattern, Tree) so that scripts stay
+	// small and the host can compute the same bytes. write-sectors and
+	// write use it when Data is empty.
+	Seed    string `json:"seed,omitempty"`
+	Size    int    `json:"size,omitempty"`    // write with Seed: bytes of Pattern(Seed, 0..)
+	Workers int    `json:"workers,omitempty"` // parallel-write goroutines, worker i pinned to CPU i mod NumCPU
+	Chunk   int    `json:"chunk,omitempty"`   // parallel-write sectors per write; 1 when zero
+	// ExpectError turns a step inside out: it succeeds only by failing
+	// with an error containing one of these strings (case-insensitive),
+	// which is reported as ExpectedErrorData.
+	ExpectError []string `json:"expect_error,omitempty"`
 }
 
 // Report is one line the agent writes after ReportPrefix.
@@ -105,4 +137,95 @@ type SectorDigest struct {
 type ExecData struct {
 	Exit   int    `json:"exit"`
 	Output string `json:"output"`
+}
+
+// ExpectedErrorData is what a step with ExpectError reports when it failed
+// as expected.
+type ExpectedErrorData struct {
+	Error string `json:"error"`
+}
+
+// CheckData is what check-sectors found.
+type CheckData struct {
+	Checked    int      `json:"checked"`
+	Mismatches []uint64 `json:"mismatches,omitempty"` // LBAs, at most 32
+	Heads      []string `json:"heads,omitempty"`      // first 16 bytes of each mismatch, hex
+}
+
+// WorkerData is one parallel-write goroutine's account.
+type WorkerData struct {
+	Worker int   `json:"worker"`
+	Pinned int   `json:"pinned"` // the CPU it was pinned to
+	CPUs   []int `json:"cpus"`   // the CPUs it found itself on after its writes (getcpu)
+	Writes int   `json:"writes"`
+	LBAs   int   `json:"lbas"`
+}
+
+// FileDigest identifies one file of a tree.
+type FileDigest struct {
+	Path   string `json:"path"` // relative to the tree's root
+	Size   int    `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// RootMountData is the line of /proc/self/mountinfo that mounts "/".
+type RootMountData struct {
+	Source string `json:"source"`
+	FSType string `json:"fstype"`
+	Line   string `json:"line"`
+}
+
+// Pattern is one sector of content that only (seed, lba) produces, so that
+// a sector read from the wrong place, or left over from another run,
+// cannot pass for the right one.
+func Pattern(seed string, lba uint64, sectorSize int) []byte {
+	h := sha256.Sum256([]byte(seed + "/" + strconv.FormatUint(lba, 10)))
+	b := make([]byte, sectorSize)
+	_, _ = rand.NewChaCha8(h).Read(b)
+	return b
+}
+
+// Patterns is Pattern for count sectors from lba, end to end.
+func Patterns(seed string, lba uint64, count, sectorSize int) []byte {
+	b := make([]byte, 0, count*sectorSize)
+	for i := 0; i < count; i++ {
+		b = append(b, Pattern(seed, lba+uint64(i), sectorSize)...)
+	}
+	return b
+}
+
+// TreeFile is one file of a generated tree; its content is
+// Patterns(seed+"/"+Path, 0, ...) cut to Size.
+type TreeFile struct {
+	Path string
+	Size int
+}
+
+// treeSizes mixes the sizes a file system treats differently: empty,
+// inline-small, one byte either side of a block, and multi-extent.
+var treeSizes = []int{0, 1, 100, 4095, 4096, 4097, 65536, 300_000, 1 << 20}
+
+// Tree is n files spread over nested directories, with sizes from
+// treeSizes; the host and the agent both derive it from the seed.
+func Tree(seed string, n int) []TreeFile {
+	files := make([]TreeFile, n)
+	for i := range files {
+		dir := fmt.Sprintf("d%d", i%4)
+		if i%3 == 0 {
+			dir += fmt.Sprintf("/sub%d/deeper", i%2)
+		}
+		files[i] = TreeFile{Path: fmt.Sprintf("%s/f%03d.bin", dir, i), Size: treeSizes[i%len(treeSizes)]}
+	}
+	return files
+}
+
+// Content is the file's bytes.
+func (f TreeFile) Content(seed string) []byte {
+	return PatternBytes(seed+"/"+f.Path, f.Size)
+}
+
+// PatternBytes is size bytes of Patterns(seed, 0, ...).
+func PatternBytes(seed string, size int) []byte {
+	const unit = 4096
+	return Patterns(seed, 0, (size+unit-1)/unit, unit)[:size]
 }

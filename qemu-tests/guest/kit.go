@@ -52,6 +52,7 @@ type Kit struct {
 	Release   string // its uname -r
 	Initramfs string // base newc archive; each machine appends its script
 	Modules   []string
+	Agent     string // the static agent binary, /init of every archive
 }
 
 // NewKit finds the kernel and QEMU and builds the base initramfs into dir.
@@ -63,15 +64,20 @@ func NewKit(dir string) (*Kit, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &Kit{Kernel: kernel, Release: release, Initramfs: filepath.Join(dir, "base.cpio")}
 	agent := filepath.Join(dir, "agent")
+	k := &Kit{Kernel: kernel, Release: release, Initramfs: filepath.Join(dir, "base.cpio"), Agent: agent}
 	build := exec.Command("go", "build", "-trimpath", "-o", agent, "github.com/nvblk/nvblk/qemu-tests/agent")
 	// GOFLAGS from the caller (say -race) would not fit a static binary.
 	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOFLAGS=-buildvcs=false")
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build guest agent: %w\n%s", err, out)
 	}
-	if err := k.writeInitramfs(agent); err != nil {
+	mods, err := moduleOrder(k.Release, guestModules)
+	if err != nil {
+		return nil, fmt.Errorf("build initramfs: %w", err)
+	}
+	k.Modules = mods
+	if err := k.writeInitramfs(k.Initramfs, mods, guestPrograms); err != nil {
 		return nil, fmt.Errorf("build initramfs: %w", err)
 	}
 	return k, nil
@@ -256,17 +262,23 @@ func sharedObjects(path string) ([]string, error) {
 	return out, walk(path)
 }
 
-func (k *Kit) writeInitramfs(agent string) error {
-	mods, err := moduleOrder(k.Release, guestModules)
+// MinimalInitramfs writes to path a base archive holding only the agent
+// and the named modules with their dependencies: no programs, nothing for
+// NVDIMMs. Boot it with Config.Initramfs.
+func (k *Kit) MinimalInitramfs(path string, modules ...string) error {
+	mods, err := moduleOrder(k.Release, modules)
 	if err != nil {
 		return err
 	}
-	k.Modules = mods
-	files := map[string]string{"/init": agent} // guest path -> host path
+	return k.writeInitramfs(path, mods, nil)
+}
+
+func (k *Kit) writeInitramfs(path string, mods []string, programs map[string]string) error {
+	files := map[string]string{"/init": k.Agent} // guest path -> host path
 	for _, m := range mods {
 		files[m] = m
 	}
-	for guestPath, name := range guestPrograms {
+	for guestPath, name := range programs {
 		host, err := exec.LookPath(name)
 		if err != nil {
 			for _, dir := range []string{"/usr/sbin", "/sbin"} {
@@ -292,7 +304,7 @@ func (k *Kit) writeInitramfs(agent string) error {
 		files["/etc/mke2fs.conf"] = "/etc/mke2fs.conf"
 	}
 
-	out, err := os.Create(k.Initramfs)
+	out, err := os.Create(path)
 	if err != nil {
 		return err
 	}
@@ -360,8 +372,11 @@ func (k *Kit) writeInitramfs(agent string) error {
 // initramfsWithScript writes the base archive followed by a second archive
 // holding the script: the kernel unpacks concatenated newc archives in
 // order.
-func (k *Kit) initramfsWithScript(path string, script []byte) error {
-	base, err := os.ReadFile(k.Initramfs)
+func (k *Kit) initramfsWithScript(path, basePath string, script []byte) error {
+	if basePath == "" {
+		basePath = k.Initramfs
+	}
+	base, err := os.ReadFile(basePath)
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,9 @@ type Config struct {
 	Append       string   // appended to the kernel command line
 	Timeout      time.Duration
 	Steps        []agentproto.Step
+	// Initramfs is the base archive the script is appended to; the kit's
+	// when empty (see Kit.MinimalInitramfs).
+	Initramfs string
 }
 
 // Keep says whether NVBLK_GUEST_KEEP asks to keep the kit and each
@@ -61,6 +64,7 @@ type Machine struct {
 	mu        sync.Mutex
 	reports   []agentproto.Report
 	firstBoot time.Duration // host time from start to the agent's boot report
+	events    []qmp.Event
 	tailOff   int64
 	partial   []byte
 }
@@ -98,7 +102,7 @@ func Start(t testing.TB, kit *Kit, cfg Config) *Machine {
 		t.Fatalf("encode agent script: %v", err)
 	}
 	initrd := filepath.Join(m.dir, "initramfs.cpio")
-	if err := kit.initramfsWithScript(initrd, script); err != nil {
+	if err := kit.initramfsWithScript(initrd, cfg.Initramfs, script); err != nil {
 		t.Fatal(err)
 	}
 	m.args, err = commandLine(kit, cfg, initrd, m.dir)
@@ -224,6 +228,20 @@ func (m *Machine) connectQMP() error {
 				return fmt.Errorf("QMP handshake: %w", err)
 			}
 			m.mon = mon
+			// go-qemu hands events over an unbuffered channel and blocks
+			// command replies behind them, so they are drained from the
+			// start and kept for WaitEvent.
+			events, err := mon.Events(context.Background())
+			if err != nil {
+				return fmt.Errorf("QMP events: %w", err)
+			}
+			go func() {
+				for e := range events {
+					m.mu.Lock()
+					m.events = append(m.events, e)
+					m.mu.Unlock()
+				}
+			}()
 			return nil
 		}
 		select {
@@ -271,6 +289,47 @@ func (m *Machine) Status() (string, error) {
 		Status string `json:"status"`
 	}
 	return st.Status, json.Unmarshal(raw, &st)
+}
+
+// WaitEvent waits for a QMP event named name (say DEVICE_DELETED) whose
+// data match: every key of match equals the event's value. Events seen
+// since the machine started count, so call it after the command.
+func (m *Machine) WaitEvent(name string, match map[string]any, timeout time.Duration) (qmp.Event, error) {
+	deadline := time.After(timeout)
+	for {
+		m.mu.Lock()
+		for _, e := range m.events {
+			if e.Event == name && eventMatches(e, match) {
+				m.mu.Unlock()
+				return e, nil
+			}
+		}
+		m.mu.Unlock()
+		select {
+		case <-m.exited:
+			return qmp.Event{}, fmt.Errorf("machine exited without a %s event: %v", name, m.waitErr)
+		case <-deadline:
+			return qmp.Event{}, fmt.Errorf("no %s event %v within %v", name, match, timeout)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func eventMatches(e qmp.Event, match map[string]any) bool {
+	for k, v := range match {
+		if fmt.Sprint(e.Data[k]) != fmt.Sprint(v) {
+			return false
+		}
+	}
+	return true
+}
+
+// Reports is what the agent reported so far.
+func (m *Machine) Reports() []agentproto.Report {
+	m.readAgent()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]agentproto.Report(nil), m.reports...)
 }
 
 // Quit asks QEMU to exit at once.
@@ -418,6 +477,21 @@ func (r *Result) Step(i int) (agentproto.Report, bool) {
 		}
 	}
 	return agentproto.Report{}, false
+}
+
+// Stages splits the reports at each agent boot: a guest that switches root
+// runs one agent from the initramfs and another from the new root, and
+// each numbers its steps from 0.
+func (r *Result) Stages() []*Result {
+	var out []*Result
+	for _, rep := range r.Reports {
+		if rep.Op == agentproto.OpBoot || len(out) == 0 {
+			out = append(out, &Result{BootToAgent: r.BootToAgent, Wall: r.Wall})
+		}
+		cur := out[len(out)-1]
+		cur.Reports = append(cur.Reports, rep)
+	}
+	return out
 }
 
 // Decode unmarshals step i's data into v.
