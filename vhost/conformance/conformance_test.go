@@ -1,0 +1,326 @@
+package conformance_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/pmem"
+	"github.com/nvblk/nvblk/vhost"
+	"github.com/nvblk/nvblk/vhost/blk"
+	"github.com/nvblk/nvblk/vhost/conformance"
+	"github.com/nvblk/nvblk/vhost/frontend"
+)
+
+type serverOpts struct {
+	queues   uint16
+	readOnly bool
+	lbaSize  uint32
+}
+
+// startNvblk serves a fresh BTT image in-process, as `nvblk serve` does,
+// and returns its socket and image path.
+func startNvblk(t *testing.T, o serverOpts) (sock, img string) {
+	t.Helper()
+	dir := t.TempDir()
+	img, sock = filepath.Join(dir, "disk.img"), filepath.Join(dir, "nvblk.sock")
+	m, err := pmem.Open(img, pmem.Options{Create: true, Size: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := btt.Format(m, btt.FormatOptions{LBASize: o.lbaSize}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := btt.Open(m, btt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg := logrus.New()
+	lg.SetLevel(logrus.WarnLevel)
+	dv := blk.NewDevice(d, blk.Options{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-conformance"})
+	srv := vhost.NewServer(vhost.NewBlkBackend(dv, d), vhost.Options{Logger: lg})
+	l, err := vhost.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if err := <-served; !errors.Is(err, vhost.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+		d.Close()
+		m.Close()
+	})
+	return sock, img
+}
+
+func report(t *testing.T, rep *conformance.Report) string {
+	t.Helper()
+	var b strings.Builder
+	for _, r := range rep.Results {
+		fmt.Fprintf(&b, "%-45s %-4s %s\n", r.Name, r.Outcome, r.Detail)
+	}
+	return b.String()
+}
+
+func run(t *testing.T, sock string, o conformance.Options) *conformance.Report {
+	t.Helper()
+	rep, err := conformance.Run(sock, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if testing.Verbose() {
+		t.Logf("\n%s", report(t, rep))
+	}
+	return rep
+}
+
+func wantAllPass(t *testing.T, rep *conformance.Report, skipsAllowed map[string]bool) {
+	t.Helper()
+	for _, r := range rep.Results {
+		if r.Outcome == conformance.Fail || (r.Outcome == conformance.Skip && !skipsAllowed[r.Name]) {
+			t.Errorf("%s: %s: %s", r.Name, r.Outcome, r.Detail)
+		}
+	}
+}
+
+// Skips nvblk is expected to report: read-only checks on a writable disk.
+var writableSkips = map[string]bool{"readonly/write-refused": true, "readonly/write-zeroes-refused": true}
+
+func TestNvblkPassesEveryCheckDestructively(t *testing.T) {
+	for _, ss := range []uint32{512, 4096} {
+		t.Run(fmt.Sprintf("sector-size-%d", ss), func(t *testing.T) {
+			sock, _ := startNvblk(t, serverOpts{queues: 2, lbaSize: ss})
+			rep := run(t, sock, conformance.Options{Destructive: true})
+			wantAllPass(t, rep, writableSkips)
+			if rep.BlockSize != ss {
+				t.Errorf("blk_size %d, want %d", rep.BlockSize, ss)
+			}
+		})
+	}
+}
+
+func TestWithoutDestructiveNothingIsWritten(t *testing.T) {
+	sock, img := startNvblk(t, serverOpts{queues: 2})
+	before, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := run(t, sock, conformance.Options{})
+	if len(rep.Failed()) > 0 {
+		t.Errorf("failed:\n%s", report(t, rep))
+	}
+	for _, r := range rep.Results {
+		if r.Outcome == conformance.Skip && !writableSkips[r.Name] && !strings.Contains(r.Detail, "--destructive") {
+			t.Errorf("%s skipped for another reason than needing --destructive: %s", r.Name, r.Detail)
+		}
+	}
+	after, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Error("a non-destructive run changed the image")
+	}
+}
+
+func TestADestructiveRunRestoresTheScratchRange(t *testing.T) {
+	sock, _ := startNvblk(t, serverOpts{})
+	// Put recognisable data in the scratch range (the last 256 KiB) first.
+	d, err := frontend.Connect(sock, frontend.Options{MaxIO: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail := d.Capacity() - 512
+	data := bytes.Repeat([]byte("precious data "), (256<<10)/14+1)[:256<<10]
+	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeOut, Sector: tail, Data: data}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+
+	rep := run(t, sock, conformance.Options{Destructive: true})
+	if len(rep.Failed()) > 0 || rep.Outcomes()["scratch/restore"] != conformance.Pass {
+		t.Fatalf("run:\n%s", report(t, rep))
+	}
+
+	d, err = frontend.Connect(sock, frontend.Options{MaxIO: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	got := make([]byte, len(data))
+	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Sector: tail, Data: got}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the scratch range does not hold its data after the run")
+	}
+}
+
+func TestAReadOnlyDeviceRefusesWrites(t *testing.T) {
+	sock, _ := startNvblk(t, serverOpts{readOnly: true})
+	rep := run(t, sock, conformance.Options{Destructive: true})
+	got := rep.Outcomes()
+	for _, name := range []string{"readonly/write-refused", "readonly/write-zeroes-refused"} {
+		if got[name] != conformance.Pass {
+			t.Errorf("%s: %s\n%s", name, got[name], report(t, rep))
+		}
+	}
+	if len(rep.Failed()) > 0 {
+		t.Errorf("failed:\n%s", report(t, rep))
+	}
+}
+
+func TestAnUnreachableSocketIsAnError(t *testing.T) {
+	_, err := conformance.Run(filepath.Join(t.TempDir(), "nobody.sock"), conformance.Options{Timeout: time.Second})
+	if !errors.Is(err, conformance.ErrUnreachable) {
+		t.Fatalf("Run on a missing socket = %v, want ErrUnreachable", err)
+	}
+}
+
+const qsdPath = "/usr/bin/qemu-storage-daemon"
+
+func startQSD(t *testing.T, size int64, writable bool, queues int) string {
+	t.Helper()
+	if _, err := os.Stat(qsdPath); err != nil {
+		t.Fatalf("qemu-storage-daemon not installed (%v): run scripts/install-deps.sh", err)
+	}
+	dir := t.TempDir()
+	img, sock := filepath.Join(dir, "disk.img"), filepath.Join(dir, "qsd.sock")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+	w := "on"
+	if !writable {
+		w = "off"
+	}
+	cmd := exec.Command(qsdPath,
+		"--blockdev", "driver=file,node-name=f,filename="+img,
+		"--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path="+sock+",writable="+w+fmt.Sprintf(",num-queues=%d", queues))
+	// Output goes to a file, read only once the daemon is gone.
+	logPath := filepath.Join(dir, "qsd.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() string {
+		cmd.Process.Kill()
+		<-exited
+		b, _ := os.ReadFile(logPath)
+		return string(b)
+	}
+	t.Cleanup(func() {
+		if out := stop(); t.Failed() {
+			t.Logf("qemu-storage-daemon output:\n%s", out)
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			return sock
+		}
+		select {
+		case <-exited:
+			t.Fatalf("qemu-storage-daemon exited: %s", stop())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("qemu-storage-daemon did not create %s", sock)
+		}
+	}
+}
+
+// TestQSDConformanceIsAsRecorded runs the suite against qemu-storage-daemon
+// (libvhost-user + QEMU's virtio-blk handler) and pins its outcome: every
+// check passes except those listed, so a change in QSD's behaviour or in
+// the suite shows up here.
+func TestQSDConformanceIsAsRecorded(t *testing.T) {
+	// racyInQSD pass or fail from run to run (about one run in nine fails):
+	// libvhost-user answers GET_VRING_BASE with every request it consumed
+	// while some are still in flight in QEMU's block layer; they complete
+	// after the reply, into a stopped ring, and the late call-eventfd write
+	// ends in "vu_panic: Error writing eventfd: Bad file descriptor", which
+	// drops the connection, so the restart fails too.
+	racyInQSD := map[string]bool{"ring/get-vring-base-running": true, "ring/restart-from-base": true}
+	writeSkips := []string{"io/write-read", "io/write-past-end", "io/write-zeroes", "io/write-zeroes-unmap",
+		"io/write-zeroes-reserved-flags", "io/write-zeroes-two-segments", "io/write-zeroes-num-sectors-max",
+		"io/discard", "io/discard-unmap-flag", "io/discard-reserved-flags", "io/discard-two-segments",
+		"io/discard-num-sectors-max"}
+	cases := []struct {
+		name     string
+		writable bool
+		queues   int
+		fails    []string
+		skips    []string
+	}{
+		{"writable-2-queues", true, 2,
+			// QSD answers GET_CONFIG from offset 0 whatever offset is asked
+			// (QEMU itself always reads from 0, so guests never notice).
+			[]string{"config/read-at-offset"},
+			[]string{"readonly/write-refused", "readonly/write-zeroes-refused"}},
+		{"writable-1-queue", true, 1,
+			[]string{"config/read-at-offset"},
+			[]string{"ring/multiqueue", "readonly/write-refused", "readonly/write-zeroes-refused"}},
+		{"read-only", false, 1,
+			[]string{"config/read-at-offset"},
+			append([]string{"ring/multiqueue"}, writeSkips...)},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			sock := startQSD(t, 64<<20, c.writable, c.queues)
+			rep := run(t, sock, conformance.Options{Destructive: true})
+			want := map[string]conformance.Outcome{}
+			for _, n := range c.fails {
+				want[n] = conformance.Fail
+			}
+			for _, n := range c.skips {
+				want[n] = conformance.Skip
+			}
+			for _, r := range rep.Results {
+				if racyInQSD[r.Name] && r.Outcome != conformance.Skip {
+					if r.Outcome == conformance.Fail {
+						t.Logf("%s failed this time (a known race in QSD): %s", r.Name, r.Detail)
+					}
+					delete(want, r.Name)
+					continue
+				}
+				w, ok := want[r.Name]
+				if !ok {
+					w = conformance.Pass
+				}
+				if r.Outcome != w {
+					t.Errorf("%s: %s, recorded %s: %s", r.Name, r.Outcome, w, r.Detail)
+				}
+				delete(want, r.Name)
+			}
+			for n := range want {
+				t.Errorf("%s: recorded, but the suite no longer runs it", n)
+			}
+		})
+	}
+}
