@@ -93,7 +93,9 @@ func wantsCapabilities(args []string) bool {
 }
 
 // serveContext ends on SIGINT or SIGTERM; tests replace it.
-var serveContext = func() (context.Context, context.CancelFunc) {
+var serveContext = signalContext
+
+func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 

@@ -1,0 +1,399 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nvblk/nvblk/pmem"
+	"github.com/nvblk/nvblk/vhost/frontend"
+)
+
+const ioTimeout = 5 * time.Second
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// checkFDs fails the test if it leaves more fds open than it found.
+func checkFDs(t *testing.T) {
+	before := openFDs(t)
+	t.Cleanup(func() {
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			after := openFDs(t)
+			if after <= before {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("fd leak: %d open before, %d after", before, after)
+				return
+			}
+		}
+	})
+}
+
+func waitForSocket(t *testing.T, sock string, exited <-chan struct{}) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			return
+		}
+		select {
+		case <-exited:
+			t.Fatal("serve exited before creating its socket")
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no socket at %s", sock)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer the server's goroutines may log into while
+// the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// servingInProcess runs `nvblk args...` in-process with its signal context
+// replaced by stop; it returns the exit code channel and the output.
+func servingInProcess(t *testing.T, args ...string) (stop func() int, stdout, stderr *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	serveContext = func() (context.Context, context.CancelFunc) { return ctx, cancel }
+	t.Cleanup(func() { serveContext = signalContext })
+	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	env := &environment{stdin: bytes.NewReader(nil), stdout: stdout, stderr: stderr}
+	code := make(chan int, 1)
+	exited := make(chan struct{})
+	go func() { code <- run(env, args); close(exited) }()
+	for i, a := range args {
+		if a == "--socket-path" {
+			waitForSocket(t, args[i+1], exited)
+		}
+	}
+	var once sync.Once
+	var c int
+	stop = func() int {
+		once.Do(func() {
+			cancel()
+			select {
+			case c = <-code:
+			case <-time.After(15 * time.Second):
+				t.Fatal("serve did not return after its context ended")
+			}
+		})
+		return c
+	}
+	t.Cleanup(func() { stop() })
+	return stop, stdout, stderr
+}
+
+func TestServeWritesThroughTheSocketAndFlushesOnStop(t *testing.T) {
+	img := formatted(t)
+	checkFDs(t)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	stop, stdout, stderr := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--num-queues", "2", "--log-format", "json")
+
+	d, err := frontend.Connect(sock, frontend.Options{NumQueues: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("served by nvblk "), 4096/16*2)
+	if err := d.Queues[1].Do(&frontend.Request{Type: frontend.TypeOut, Sector: 8 * 5, Data: data}, ioTimeout); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Sector: 8 * 5, Data: got}, ioTimeout); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back: %v, equal %v", err, bytes.Equal(got, data))
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stdout.String(), "vhost-user-blk-pci,chardev=nvblk0,num-queues=2") ||
+		!strings.Contains(stdout.String(), "path="+sock) || !strings.Contains(stdout.String(), "share=on") {
+		t.Errorf("stdout lacks the QEMU options:\n%s", stdout)
+	}
+	var first map[string]any
+	line, _, _ := strings.Cut(stderr.String(), "\n")
+	if err := json.Unmarshal([]byte(line), &first); err != nil || first["socket"] != sock || first["durability"] != "flush" {
+		t.Errorf("first log line is not the JSON start record (%v): %s", err, line)
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left behind: %v", err)
+	}
+	// The image is released and holds the data.
+	code, out, errOut := nvblk(t, nil, "read", img, "--lba", "5", "--count", "2")
+	if code != 0 || out != string(data) {
+		t.Fatalf("nvblk read after serve: exit %d (%s), equal %v", code, errOut, out == string(data))
+	}
+}
+
+func TestConformanceCommandPassesAgainstServe(t *testing.T) {
+	img := formatted(t)
+	checkFDs(t)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	stop, _, stderr := servingInProcess(t, "--socket-path", sock, "--blk-file", img, "--num-queues", "2", "--log-level", "warn")
+	code, out, errOut := nvblk(t, nil, "conformance", "--socket-path", sock, "--destructive", "--json")
+	if code != 0 {
+		t.Fatalf("conformance: exit %d: %s\n%s", code, errOut, out)
+	}
+	var rep struct {
+		Checks []struct{ Name, Result, Detail string }
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.Checks) < 30 {
+		t.Fatalf("conformance --json: %v, %d checks", err, len(rep.Checks))
+	}
+	code, out, _ = nvblk(t, nil, "conformance", "--socket-path", sock)
+	if code != 0 || !strings.Contains(out, "0 failed") {
+		t.Fatalf("conformance without --destructive: exit %d:\n%s", code, out)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d: %s", code, stderr)
+	}
+}
+
+func TestConformanceAgainstNothingFails(t *testing.T) {
+	code, _, stderr := nvblk(t, nil, "conformance", "--socket-path", filepath.Join(t.TempDir(), "none.sock"))
+	if code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "unreachable") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestPrintCapabilitiesIgnoresEverythingElse(t *testing.T) {
+	for _, args := range [][]string{
+		{"--print-capabilities"},
+		{"serve", "--print-capabilities"},
+		{"--socket-path", "/nonexistent/x.sock", "--print-capabilities", "--no-such-flag"},
+	} {
+		code, out, stderr := nvblk(t, nil, args...)
+		var caps struct {
+			Type     string   `json:"type"`
+			Features []string `json:"features"`
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &caps) != nil {
+			t.Fatalf("%q: exit %d, stdout %q, stderr %q", args, code, out, stderr)
+		}
+		if caps.Type != "block" || strings.Join(caps.Features, ",") != "read-only,blk-file" {
+			t.Errorf("%q: capabilities %+v", args, caps)
+		}
+	}
+}
+
+func TestServeUsageErrors(t *testing.T) {
+	img := formatted(t)
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no socket", []string{"serve", "--blk-file", img}, "missing --socket-path or --fd"},
+		{"socket and fd", []string{"serve", "--socket-path", "s", "--fd", "3", "--blk-file", img}, "mutually exclusive"},
+		{"fd of stdout", []string{"--fd", "1", "--blk-file", img}, "--fd 1"},
+		{"no image", []string{"--socket-path", "s"}, "missing --blk-file"},
+		{"zero queues", []string{"--socket-path", "s", "--blk-file", img, "--num-queues", "0"}, "--num-queues"},
+		{"too many queues", []string{"--socket-path", "s", "--blk-file", img, "--num-queues", "17"}, "--num-queues"},
+		{"bad durability", []string{"--socket-path", "s", "--blk-file", img, "--durability", "maybe"}, "durability"},
+		{"bad log format", []string{"--socket-path", "s", "--blk-file", img, "--log-format", "xml"}, "--log-format"},
+		{"bad log level", []string{"--socket-path", "s", "--blk-file", img, "--log-level", "loud"}, "--log-level"},
+		{"long serial", []string{"--socket-path", "s", "--blk-file", img, "--serial", strings.Repeat("x", 21)}, "--serial"},
+		{"positional image", []string{"serve", "--socket-path", "s", img}, "--blk-file"},
+		{"unknown flag", []string{"serve", "--socket-path", "s", "--blk-file", img, "--colour"}, "not defined"},
+		{"conformance without socket", []string{"conformance"}, "--socket-path"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, stderr := nvblk(t, nil, c.args...)
+			if code != 2 || !strings.Contains(stderr, c.want) || !strings.Contains(stderr, "usage: nvblk") {
+				t.Fatalf("exit %d, stderr %q", code, stderr)
+			}
+		})
+	}
+}
+
+func TestServeFailsOnABusyMissingOrCorruptImage(t *testing.T) {
+	busy := formatted(t)
+	m, err := pmem.Open(busy, pmem.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	corrupt := filepath.Join(t.TempDir(), "zero.img")
+	if err := os.WriteFile(corrupt, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(corrupt, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, img, want string }{
+		{"busy", busy, "pid"},
+		{"missing", filepath.Join(t.TempDir(), "none.img"), "no such file"},
+		{"not a BTT", corrupt, corrupt},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			checkFDs(t)
+			sock := filepath.Join(t.TempDir(), "s.sock")
+			code, _, stderr := nvblk(t, nil, "--socket-path", sock, "--blk-file", c.img)
+			if code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.want) {
+				t.Fatalf("exit %d, stderr %q", code, stderr)
+			}
+			if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("a socket was created for an image that cannot be served: %v", err)
+			}
+		})
+	}
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// binary builds cmd/nvblk once for the tests that need a real process
+// (signals, inherited fds).
+func binary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "nvblk-bin")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "nvblk")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			binErr = errors.New(string(out))
+		}
+	})
+	if binErr != nil {
+		t.Fatalf("building nvblk: %v", binErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+// serveProcess starts the binary and returns it with a channel closed on
+// exit.
+func serveProcess(t *testing.T, cmd *exec.Cmd) (<-chan struct{}, *syncBuffer) {
+	t.Helper()
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	return exited, out
+}
+
+func writeThrough(t *testing.T, sock string, sector uint64, data []byte) {
+	t.Helper()
+	d, err := frontend.Connect(sock, frontend.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeOut, Sector: sector, Data: data}, ioTimeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func terminate(t *testing.T, cmd *exec.Cmd, exited <-chan struct{}, out *syncBuffer) {
+	t.Helper()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no exit after SIGTERM:\n%s", out)
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit %d after SIGTERM:\n%s", code, out)
+	}
+}
+
+func TestServeProcessExitsZeroOnSIGTERMWithTheDataOnDisk(t *testing.T) {
+	img := formatted(t)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	// No subcommand: the vhost-user backend program conventions.
+	cmd := exec.Command(binary(t), "--socket-path", sock, "--blk-file", img)
+	exited, out := serveProcess(t, cmd)
+	waitForSocket(t, sock, exited)
+	data := bytes.Repeat([]byte{0x5a, 0xc3}, 4096)
+	writeThrough(t, sock, 8, data)
+	terminate(t, cmd, exited, out)
+	code, got, stderr := nvblk(t, nil, "read", img, "--lba", "1", "--count", "2")
+	if code != 0 || got != string(data) {
+		t.Fatalf("nvblk read: exit %d (%s), equal %v", code, stderr, got == string(data))
+	}
+}
+
+func TestServeProcessOnAnInheritedListeningFd(t *testing.T) {
+	img := formatted(t)
+	sock := filepath.Join(t.TempDir(), "inherited.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	cmd := exec.Command(binary(t), "serve", "--fd", "3", "--blk-file", img)
+	cmd.ExtraFiles = []*os.File{f} // fd 3 in the child
+	exited, out := serveProcess(t, cmd)
+	f.Close()
+	data := bytes.Repeat([]byte{0x17}, 4096)
+	writeThrough(t, sock, 0, data)
+	terminate(t, cmd, exited, out)
+	if code, got, _ := nvblk(t, nil, "read", img, "--lba", "0"); code != 0 || got != string(data) {
+		t.Fatalf("nvblk read: exit %d, equal %v", code, got == string(data))
+	}
+}
