@@ -4,7 +4,7 @@ BIN     := bin/nvblk
 IMG     ?= nvblk.img
 SOCK    ?= nvblk.sock
 
-.PHONY: all build run test deps vet bench fuzz clean
+.PHONY: all build run test deps vet bench bench-compare fuzz clean
 
 all: build
 
@@ -29,6 +29,10 @@ test: deps vet
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./btt/ ./pmem/
+
+# bench-compare measures nvblk against qemu-storage-daemon (a few minutes).
+bench-compare: build
+	./scripts/bench-compare.sh
 
 clean:
 	rm -rf bin

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# bench-compare: the same `nvblk bench` matrix against nvblk and against
+# qemu-storage-daemon's vhost-user-blk export, on images of the same size,
+# with a nvblk/QSD ratio per row. Each back-end is tried in a few
+# configurations and its best one (by IOPS) is kept per row. All
+# configurations run side by side (idle ones sleep) and each row is measured
+# for every configuration back to back, so a load spike from something else
+# on the machine hits both sides alike; the 1-minute load average is printed
+# next to each row.
+#
+# Environment: BIN (nvblk binary, default bin/nvblk), SIZE (image size,
+# default 1G), TIME (measured seconds per point, default 4s), RAMP (default
+# 1s), KEEP=1 keeps the work directory.
+set -euo pipefail
+
+BIN=${BIN:-bin/nvblk}
+SIZE=${SIZE:-1G}
+TIME=${TIME:-4s}
+RAMP=${RAMP:-1s}
+QSD=${QSD:-qemu-storage-daemon}
+command -v "$QSD" >/dev/null || { echo "bench-compare: $QSD not found (scripts/install-deps.sh installs it)" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "bench-compare: $BIN not built (make build)" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/nvblk-bench.XXXXXX)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	if [ "${KEEP:-0}" = 1 ]; then echo "results kept in $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+# Configurations: name, then how to start it on socket $1 and image $2.
+NVBLK_CFGS=(nvblk nvblk-poll50)
+QSD_CFGS=(qsd-threads qsd-io_uring qsd-io_uring-iothread)
+start_cfg() {
+	local cfg=$1 sock=$2 img=$3
+	local exp="type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$sock,writable=on,num-queues=2"
+	case $cfg in
+	nvblk) exec "$BIN" serve --socket-path "$sock" --blk-file "$img" --num-queues 2 --log-level warn ;;
+	nvblk-poll50) exec "$BIN" serve --socket-path "$sock" --blk-file "$img" --num-queues 2 --poll-us 50 --log-level warn ;;
+	qsd-threads) exec "$QSD" --blockdev "driver=file,node-name=f,filename=$img,cache.direct=off,aio=threads" --export "$exp" ;;
+	qsd-io_uring) exec "$QSD" --blockdev "driver=file,node-name=f,filename=$img,cache.direct=off,aio=io_uring" --export "$exp" ;;
+	qsd-io_uring-iothread) exec "$QSD" --object iothread,id=io0 \
+		--blockdev "driver=file,node-name=f,filename=$img,cache.direct=off,aio=io_uring" --export "$exp,iothread=io0" ;;
+	esac
+}
+
+declare -A PID
+echo "== setup: $SIZE images in $WORK"
+"$BIN" format "$WORK/nvblk0.img" --size "$SIZE" --sector-size 4096 >/dev/null
+BYTES=$(stat -c %s "$WORK/nvblk0.img")
+cp --sparse=always "$WORK/nvblk0.img" "$WORK/nvblk1.img"
+i=0
+for cfg in "${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}"; do
+	case $cfg in
+	nvblk*) img=$WORK/nvblk$i.img; i=$((i + 1)) ;;
+	*) img=$WORK/$cfg.raw; truncate -s "$BYTES" "$img" ;;
+	esac
+	start_cfg "$cfg" "$WORK/$cfg.sock" "$img" >"$WORK/$cfg.log" 2>&1 &
+	PID[$cfg]=$!
+	PIDS+=("$!")
+done
+for cfg in "${!PID[@]}"; do
+	for _ in $(seq 100); do [ -S "$WORK/$cfg.sock" ] && break; sleep 0.1; done
+	[ -S "$WORK/$cfg.sock" ] || { echo "bench-compare: $cfg did not start:" >&2; cat "$WORK/$cfg.log" >&2; exit 1; }
+	# Write every block once: no back-end reads holes or allocates pages
+	# on its first write during the matrix.
+	"$BIN" bench --socket-path "$WORK/$cfg.sock" --rw write --bs 128k --iodepth 16 --time 1s --fill >/dev/null
+done
+
+# The matrix: name rw bs iodepth queues.
+ROWS=(
+	"4k-randread-qd1-q1 randread 4k 1 1"
+	"4k-randread-qd32-q1 randread 4k 32 1"
+	"4k-randread-qd32-q2 randread 4k 32 2"
+	"4k-randwrite-qd1-q1 randwrite 4k 1 1"
+	"4k-randwrite-qd32-q1 randwrite 4k 32 1"
+	"4k-randwrite-qd32-q2 randwrite 4k 32 2"
+	"128k-read-qd16-q1 read 128k 16 1"
+	"128k-read-qd16-q2 read 128k 16 2"
+	"128k-write-qd16-q1 write 128k 16 1"
+	"128k-write-qd16-q2 write 128k 16 2"
+)
+
+# num FILE KEY: a number from bench --json output.
+num() { sed -n "s/.*\"$2\": *\([-0-9.e+]*\).*/\1/p" "$1"; }
+
+echo "== matrix: ${#ROWS[@]} rows x $((${#NVBLK_CFGS[@]} + ${#QSD_CFGS[@]})) configurations, $TIME each after a $RAMP ramp"
+mkdir -p "$WORK/res"
+for row in "${ROWS[@]}"; do
+	read -r name rw bs qd q <<<"$row"
+	cut -d' ' -f1 /proc/loadavg >"$WORK/res/$name.load"
+	for cfg in "${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}"; do
+		"$BIN" bench --socket-path "$WORK/$cfg.sock" --rw "$rw" --bs "$bs" --iodepth "$qd" --queues "$q" \
+			--time "$TIME" --ramp "$RAMP" --pid "${PID[$cfg]}" --json >"$WORK/res/$name.$cfg.json"
+		printf '  %-22s %-22s %10.0f IOPS\n' "$name" "$cfg" "$(num "$WORK/res/$name.$cfg.json" iops)"
+	done
+done
+
+# best ROW CFG...: the configuration with the most IOPS.
+best() {
+	local name=$1 b="" bi=0
+	shift
+	for cfg in "$@"; do
+		local v
+		v=$(num "$WORK/res/$name.$cfg.json" iops)
+		if awk -v a="$v" -v b="$bi" 'BEGIN { exit !(a > b) }'; then b=$cfg bi=$v; fi
+	done
+	echo "$b"
+}
+
+echo
+echo "== nvblk vs qemu-storage-daemon $("$QSD" --version | head -1 | awk '{print $3}') ($(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores)"
+echo
+echo "| test | load | nvblk IOPS | QSD IOPS | **ratio** | nvblk MB/s | QSD MB/s | nvblk p50 / p99 / p99.9 µs | QSD p50 / p99 / p99.9 µs | nvblk CPU % (gen) | QSD CPU % (gen) | nvblk cfg | QSD cfg |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+for row in "${ROWS[@]}"; do
+	read -r name _ <<<"$row"
+	n=$(best "$name" "${NVBLK_CFGS[@]}")
+	s=$(best "$name" "${QSD_CFGS[@]}")
+	nf=$WORK/res/$name.$n.json sf=$WORK/res/$name.$s.json
+	awk -v name="$name" -v load="$(cat "$WORK/res/$name.load")" -v ncfg="$n" -v scfg="$s" \
+		-v ni="$(num "$nf" iops)" -v si="$(num "$sf" iops)" -v nm="$(num "$nf" mb_per_s)" -v sm="$(num "$sf" mb_per_s)" \
+		-v n50="$(num "$nf" lat_p50_us)" -v n99="$(num "$nf" lat_p99_us)" -v n999="$(num "$nf" lat_p999_us)" \
+		-v s50="$(num "$sf" lat_p50_us)" -v s99="$(num "$sf" lat_p99_us)" -v s999="$(num "$sf" lat_p999_us)" \
+		-v nc="$(num "$nf" backend_cpu_pct)" -v ng="$(num "$nf" loadgen_cpu_pct)" \
+		-v sc="$(num "$sf" backend_cpu_pct)" -v sg="$(num "$sf" loadgen_cpu_pct)" \
+		'BEGIN { printf "| %s | %s | %.0f | %.0f | **%.2f** | %.0f | %.0f | %.1f / %.1f / %.1f | %.1f / %.1f / %.1f | %.0f (%.0f) | %.0f (%.0f) | %s | %s |\n",
+			name, load, ni, si, ni / si, nm, sm, n50, n99, n999, s50, s99, s999, nc, ng, sc, sg, ncfg, scfg }'
+done
+echo
+echo "every configuration, IOPS:"
+printf '%-22s' test
+for cfg in "${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}"; do printf ' %22s' "$cfg"; done
+echo
+for row in "${ROWS[@]}"; do
+	read -r name _ <<<"$row"
+	printf '%-22s' "$name"
+	for cfg in "${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}"; do printf ' %22.0f' "$(num "$WORK/res/$name.$cfg.json" iops)"; done
+	echo
+done
+echo "load average after the matrix: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+echo
+echo "== engine vs memcpy: go test -run '^\$' -bench . ./btt/"
+go test -run '^$' -bench . ./btt/
