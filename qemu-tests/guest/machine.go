@@ -324,6 +324,39 @@ func eventMatches(e qmp.Event, match map[string]any) bool {
 	return true
 }
 
+// WaitStep waits for the agent's report of script step i, the way
+// WaitReport waits for an op: a test that acts on the machine between
+// steps (QMP hot plug) learns the guest got there.
+func (m *Machine) WaitStep(i int, timeout time.Duration) (agentproto.Report, error) {
+	find := func() (agentproto.Report, bool) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, r := range m.reports {
+			if r.Step == i {
+				return r, true
+			}
+		}
+		return agentproto.Report{}, false
+	}
+	deadline := time.After(timeout)
+	for {
+		if r, ok := find(); ok {
+			return r, nil
+		}
+		select {
+		case <-m.exited:
+			m.readAgent()
+			if r, ok := find(); ok {
+				return r, nil
+			}
+			return agentproto.Report{}, fmt.Errorf("machine exited without a report of step %d: %v", i, m.waitErr)
+		case <-deadline:
+			return agentproto.Report{}, fmt.Errorf("no report of step %d within %v", i, timeout)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // Reports is what the agent reported so far.
 func (m *Machine) Reports() []agentproto.Report {
 	m.readAgent()
