@@ -365,6 +365,14 @@ func (m *Machine) Reports() []agentproto.Report {
 	return append([]agentproto.Report(nil), m.reports...)
 }
 
+// Kill ends QEMU with SIGKILL, the way a crash or the OOM killer would:
+// no device reset, no vhost-user goodbye, requests left in flight.
+func (m *Machine) Kill() {
+	_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
+	<-m.exited
+	m.readAgent()
+}
+
 // Quit asks QEMU to exit at once.
 func (m *Machine) Quit() error {
 	_, err := m.QMP("quit", nil)
