@@ -135,4 +135,3 @@ func TestCrashAtEveryBarrierOfTwoInterleavedWritersLeavesEachSectorOldOrNew(t *t
 		rec.verifyAll(t)
 	}
 }
-
