@@ -88,15 +88,18 @@ func checkSectors(st agentproto.Step) (agentproto.CheckData, error) {
 				want = agentproto.Pattern(st.Seed, lba+uint64(i), st.SectorSize)
 			}
 			d.Checked++
-			if !bytes.Equal(got, want) && len(d.Mismatches) < 32 {
+			if bytes.Equal(got, want) {
+				continue
+			}
+			if d.Differ++; len(d.Mismatches) < 32 {
 				d.Mismatches = append(d.Mismatches, lba+uint64(i))
 				d.Heads = append(d.Heads, hex.EncodeToString(got[:16]))
 			}
 		}
 		done += n
 	}
-	if len(d.Mismatches) > 0 {
-		return d, fmt.Errorf("%d of %d sectors differ, first at lba %d", len(d.Mismatches), d.Checked, d.Mismatches[0])
+	if d.Differ > 0 {
+		return d, fmt.Errorf("%d of %d sectors differ, first at lba %d", d.Differ, d.Checked, d.Mismatches[0])
 	}
 	return d, nil
 }

@@ -148,6 +148,7 @@ type ExpectedErrorData struct {
 // CheckData is what check-sectors found.
 type CheckData struct {
 	Checked    int      `json:"checked"`
+	Differ     int      `json:"differ,omitempty"`
 	Mismatches []uint64 `json:"mismatches,omitempty"` // LBAs, at most 32
 	Heads      []string `json:"heads,omitempty"`      // first 16 bytes of each mismatch, hex
 }
