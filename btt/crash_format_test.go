@@ -126,7 +126,9 @@ func exploreFormat(t *testing.T, old oldBTT, opts btt.FormatOptions) {
 	t.Logf("%d crash points, %d crash images: %v", m.Barriers()+1, images, seen)
 }
 
-func uuid(b byte) [16]byte { return [16]byte{b, 1, 2, 3, 4, 5, 0x46, 7, 0x88, 9, 10, 11, 12, 13, 14, 15} }
+func uuid(b byte) [16]byte {
+	return [16]byte{b, 1, 2, 3, 4, 5, 0x46, 7, 0x88, 9, 10, 11, 12, 13, 14, 15}
+}
 
 func writtenSectors(size uint32) map[uint64][]byte {
 	return map[uint64][]byte{0: sectorContent(size, 900, 0), 7: sectorContent(size, 901, 7), 300: sectorContent(size, 902, 300)}
