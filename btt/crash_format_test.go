@@ -143,3 +143,15 @@ func TestCrashDuringReformatLeavesTheOldBTTWholeOrNone(t *testing.T) {
 		oldBTT{opts: &btt.FormatOptions{LBASize: 512, UUID: uuid(0x01)}, written: writtenSectors(512)},
 		btt.FormatOptions{LBASize: 4096, UUID: uuid(0x02)})
 }
+
+func TestCrashDuringVersion11FormatOverAVersion20BTTLeavesTheOldWholeOrNone(t *testing.T) {
+	exploreFormat(t,
+		oldBTT{opts: &btt.FormatOptions{LBASize: 4096, UUID: uuid(0x20), Version: btt.Version20}, written: writtenSectors(4096)},
+		btt.FormatOptions{LBASize: 4096, UUID: uuid(0x11)})
+}
+
+func TestCrashDuringVersion20FormatOverAVersion11BTTLeavesTheOldWholeOrNone(t *testing.T) {
+	exploreFormat(t,
+		oldBTT{opts: &btt.FormatOptions{LBASize: 4096, UUID: uuid(0x11)}, written: writtenSectors(4096)},
+		btt.FormatOptions{LBASize: 4096, UUID: uuid(0x20), Version: btt.Version20})
+}

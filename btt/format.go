@@ -52,18 +52,22 @@ func Format(m Medium, opts FormatOptions) error {
 	for i := range arenas {
 		g := &arenas[i]
 		for _, off := range []int64{g.infoOff, g.info2Off} {
-			if err := zeroPersist(m, off, InfoSize); err != nil {
+			if err := eraseInfo(m, off); err != nil {
 				return fmt.Errorf("btt: format: arena %d: %w", i, err)
 			}
 		}
 	}
-	// A version 2.0 info block at 0 left from an earlier format would be
-	// found by nothing once 1.1 is there, but erase it so tools agree.
-	if opts.Version == Version11 {
-		if b, err := m.Slice(0, InfoSize); err == nil && [16]byte(b[:16]) == Signature {
-			if err := zeroPersist(m, 0, InfoSize); err != nil {
-				return fmt.Errorf("btt: format: %w", err)
-			}
+	// An info block of the other version, left from an earlier format,
+	// would be found by Open: a 1.1 block at 4 KiB lies in a 2.0 BTT's
+	// data area and Open tries 1.1 first; a 2.0 block at 0 would be found
+	// once the 1.1 one is gone. Erase it before any area is rewritten.
+	other := Version20.initialOffset()
+	if opts.Version == Version20 {
+		other = Version11.initialOffset()
+	}
+	if b, err := m.Slice(other, InfoSize); err == nil && [16]byte(b[:16]) == Signature {
+		if err := eraseInfo(m, other); err != nil {
+			return fmt.Errorf("btt: format: %w", err)
 		}
 	}
 	for i := range arenas {
@@ -72,6 +76,16 @@ func Format(m Medium, opts FormatOptions) error {
 		}
 	}
 	return m.Flush()
+}
+
+// eraseInfo erases an info block signature first: a crash that tears the
+// erase then leaves a block without a signature (no BTT there), never one
+// with a signature and a bad checksum (a corrupt BTT).
+func eraseInfo(m Medium, off int64) error {
+	if err := zeroPersist(m, off, int64(len(Signature))); err != nil {
+		return err
+	}
+	return zeroPersist(m, off, InfoSize)
 }
 
 func zeroPersist(m Medium, off, n int64) error {
