@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -159,9 +160,12 @@ func runServe(env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	socket := a.socketPath
-	if socket == "" {
-		socket = l.Addr().String()
+	socket := l.Addr().String() // the --fd socket's own path
+	if a.socketPath != "" {
+		socket = a.socketPath
+	}
+	if abs, err := filepath.Abs(socket); err == nil && socket != "" {
+		socket = abs // QEMU may run from another directory
 	}
 	capacity := int64(d.NumSectors()) * int64(d.SectorSize())
 	lg.WithFields(logrus.Fields{
