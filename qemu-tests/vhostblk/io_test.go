@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/nvblk/nvblk/qemu-tests/agentproto"
+	"github.com/nvblk/nvblk/qemu-tests/guest"
 )
 
 const dev = "/dev/vda"
@@ -168,7 +169,8 @@ var deviceSteps = []agentproto.Step{
 	{Op: agentproto.OpList, Path: "/sys/block/vda/mq"},
 }
 
-// geometry is what the guest saw of the device.
+// geometry is what the guest saw of the device; readGeometry decodes the
+// reports of deviceSteps by their place in that list.
 type geometry struct {
 	sectors512, logical, physical, discardMax, zeroesMax int64
 	writeCache                                           string
@@ -176,9 +178,7 @@ type geometry struct {
 	queues                                               int
 }
 
-func readGeometry(t *testing.T, res interface {
-	Decode(int, any) error
-}) geometry {
+func readGeometry(t *testing.T, res *guest.Result) geometry {
 	t.Helper()
 	num := func(i int) int64 {
 		var d agentproto.ReadData

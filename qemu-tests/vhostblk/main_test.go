@@ -304,19 +304,6 @@ func checkConsole(t *testing.T, m *guest.Machine, allow ...*regexp.Regexp) {
 	}
 }
 
-// stepIndex finds the script index of the first step with op, so that
-// tests decode reports by meaning rather than by counting.
-func stepIndex(t *testing.T, steps []agentproto.Step, op string, path string) int {
-	t.Helper()
-	for i, st := range steps {
-		if st.Op == op && (path == "" || st.Path == path) {
-			return i
-		}
-	}
-	t.Fatalf("no %s step %s in the script", op, path)
-	return -1
-}
-
 func decode[T any](t *testing.T, res *guest.Result, i int) T {
 	t.Helper()
 	var v T
