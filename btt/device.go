@@ -262,20 +262,44 @@ func (d *Device) ReadV(lba uint64, iov [][]byte) error {
 	}
 	defer d.release(l)
 	cur := iovCursor{iov: iov}
+	// The arena's reader count and the lane's rtt slot are held across
+	// the sectors of one read, not taken per sector: each sector then
+	// costs one atomic publish instead of four locked operations, which
+	// is most of the engine's overhead over memcpy on large reads.
+	var held *Arena
 	for i := uint64(0); i < n; i++ {
 		a, premap := d.locate(lba + i)
+		if a != held {
+			if held != nil {
+				held.endRead(l)
+			}
+			a.readers.Add(1)
+			held = a
+		}
 		if err := d.readSector(l, a, premap, &cur); err != nil {
+			held.endRead(l)
 			return fmt.Errorf("btt: read LBA %d: %w", lba+i, err)
 		}
+	}
+	if held != nil {
+		held.endRead(l)
 	}
 	return nil
 }
 
+// endRead clears the lane's rtt slot and leaves the arena's readers.
+func (a *Arena) endRead(l *lane) {
+	a.rtt[l.id].Store(0)
+	a.readers.Add(-1)
+}
+
+// readSector copies one sector. The caller counts itself in a.readers
+// around it. The lane's rtt slot is left publishing the block read: the
+// next sector's publish replaces it and endRead clears it, so a writer
+// waiting for that block waits at most until then.
 func (d *Device) readSector(l *lane, a *Arena, premap uint32, dst *iovCursor) error {
 	block, trim, mediaErr := a.lookup(premap)
 	slot := &a.rtt[l.id]
-	a.readers.Add(1)
-	defer a.readers.Add(-1)
 	for {
 		if trim {
 			dst.zero(int(d.sector))
@@ -298,7 +322,6 @@ func (d *Device) readSector(l *lane, a *Arena, premap uint32, dst *iovCursor) er
 	}
 	off := int(block) * int(a.internalLBASize)
 	dst.copyFrom(a.dataArea[off : off+int(d.sector)])
-	slot.Store(0)
 	return nil
 }
 
