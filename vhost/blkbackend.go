@@ -17,11 +17,32 @@ func NewBlkBackend(dv *blk.Device, disk blk.Disk) Backend {
 func (b blkBackend) Features() uint64    { return b.dv.Features() }
 func (b blkBackend) Config() []byte      { return b.dv.Config() }
 func (b blkBackend) NumQueues() int      { return int(b.dv.NumQueues()) }
-func (b blkBackend) NewHandler() Handler { return b.dv.NewHandler() }
+func (b blkBackend) NewHandler() Handler { return blkHandler{b.dv.NewHandler()} }
 
 func (b blkBackend) Flush() error {
 	if b.dv.ReadOnly() {
 		return nil // nothing was written; a read-only disk may refuse Flush
 	}
 	return b.disk.Flush()
+}
+
+// blkHandler is a vhost/blk handler that reports its requests' outcomes
+// to the worker's statistics.
+type blkHandler struct{ *blk.Handler }
+
+func (h blkHandler) LastOutcome() Outcome {
+	o := h.Last()
+	if !o.Valid {
+		return Outcome{Op: OpOther, Status: StatusOther}
+	}
+	op := OpOther
+	switch o.Type {
+	case blk.TypeIn:
+		op = OpRead
+	case blk.TypeOut:
+		op = OpWrite
+	case blk.TypeFlush:
+		op = OpFlush
+	}
+	return Outcome{Op: op, Bytes: o.Bytes, Status: min(o.Status, StatusOther)}
 }

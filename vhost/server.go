@@ -35,6 +35,9 @@ type Server struct {
 	opts    Options
 	log     *logrus.Entry
 	connSeq atomic.Uint64
+	// counters are each queue's statistics (stats.go), kept across
+	// connections; only the queue's worker writes them.
+	counters []queueCounters
 	// slot holds a token while no connection is being served: the
 	// vhost-user model is one front-end per device.
 	slot chan struct{}
@@ -59,6 +62,7 @@ func NewServer(be Backend, opts Options) *Server {
 	s := &Server{
 		be: be, opts: opts, log: lg.WithField("component", "vhost"),
 		slot: make(chan struct{}, 1), quit: make(chan struct{}),
+		counters:  make([]queueCounters, be.NumQueues()),
 		listeners: map[net.Listener]struct{}{},
 	}
 	s.slot <- struct{}{}

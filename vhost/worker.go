@@ -29,6 +29,10 @@ type worker struct {
 	kick *os.File // borrowed from vr, which outlives the worker; nil = poll
 	poll time.Duration
 	log  *logrus.Entry
+	// stats are the queue's counters; rep is h when it reports outcomes.
+	stats   *queueCounters
+	rep     Reporter
+	pending uint32 // chains pushed since the last publish
 
 	stopping atomic.Bool // set by stop, read by the worker
 	done     chan struct{}
@@ -58,6 +62,9 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 		log:  s.log.WithField("queue", vr.index),
 		done: make(chan struct{}),
 	}
+	w.stats = &s.srv.counters[vr.index]
+	w.rep, _ = w.h.(Reporter)
+	w.stats.lastAvail.Store(uint32(vr.base))
 	go w.run()
 	return w, nil
 }
@@ -138,9 +145,14 @@ func (w *worker) one(c *virtq.Chain) (got, ok bool) {
 	got, err := w.q.Next(c)
 	switch {
 	case err == nil && got:
-		w.q.Push(c.Head, w.h.Handle(c))
+		w.taken()
+		start := time.Now()
+		n := w.h.Handle(c)
+		w.completed(time.Since(start))
+		w.q.Push(c.Head, n)
 	case errors.Is(err, virtq.ErrBadChain):
 		w.log.WithError(err).Warn("vhost: completing malformed chain with nothing written")
+		w.taken()
 		w.q.Push(c.Head, 0)
 	case err != nil:
 		w.broke(err)
@@ -149,7 +161,27 @@ func (w *worker) one(c *virtq.Chain) (got, ok bool) {
 	return got, true
 }
 
+// taken counts a chain taken off the ring.
+func (w *worker) taken() {
+	w.pending++
+	w.stats.inFlight.Store(w.pending)
+	w.stats.lastAvail.Store(uint32(w.q.LastAvail()))
+}
+
+// completed counts the request the handler just completed.
+func (w *worker) completed(d time.Duration) {
+	o := Outcome{Op: OpOther, Status: StatusOther}
+	if w.rep != nil {
+		o = w.rep.LastOutcome()
+	}
+	w.stats.record(o, d)
+}
+
 func (w *worker) publish() {
+	if w.pending != 0 {
+		w.pending = 0
+		w.stats.inFlight.Store(0)
+	}
 	if w.q.Publish() {
 		if f := w.vr.call.Load(); f != nil {
 			signal(f)

@@ -35,9 +35,33 @@ const (
 // iov has grown to the widest request seen, allocation-free. Not safe for
 // concurrent use: one per queue.
 type Handler struct {
-	dv  *Device
-	iov [][]byte // data windows of the request in flight, into guest memory
+	dv   *Device
+	iov  [][]byte // data windows of the request in flight, into guest memory
+	last Outcome  // the request Handle executed last
 }
+
+// Request types (virtio 1.2 §5.2.6) as an Outcome reports them.
+const (
+	TypeIn          = typeIn
+	TypeOut         = typeOut
+	TypeFlush       = typeFlush
+	TypeGetID       = typeGetID
+	TypeDiscard     = typeDiscard
+	TypeWriteZeroes = typeWriteZeroes
+)
+
+// Outcome describes a request a Handler executed, for statistics.
+type Outcome struct {
+	Type   uint32 // TypeIn, TypeOut, ...
+	Bytes  uint64 // data bytes moved to or from guest memory (IN, OUT only)
+	Status byte   // the status byte written: 0 OK, 1 IOERR, 2 UNSUPP
+	// Valid is false when the chain had no status byte or header and so
+	// was completed with nothing written.
+	Valid bool
+}
+
+// Last returns what the latest Handle call executed.
+func (h *Handler) Last() Outcome { return h.last }
 
 // NewHandler returns a Handler for one queue of dv.
 func (dv *Device) NewHandler() *Handler {
@@ -54,6 +78,7 @@ func (dv *Device) NewHandler() *Handler {
 // is every writable byte before the status byte, which is the last byte of
 // the last writable segment.
 func (h *Handler) Handle(c *virtq.Chain) (written uint32) {
+	h.last = Outcome{}
 	status, ok := c.Status()
 	if !ok {
 		return 0
@@ -67,16 +92,19 @@ func (h *Handler) Handle(c *virtq.Chain) (written uint32) {
 	sector := binary.LittleEndian.Uint64(hdr[8:])
 
 	var st byte
-	var n uint32 // data bytes written to the guest
+	var n uint32     // data bytes written to the guest
+	var moved uint64 // data bytes read or written, for Last
 	switch typ {
 	case typeIn:
 		iov, total := h.inData(c.Segments)
 		if st = h.dv.readWrite(false, sector, iov, total); st == statusOK {
-			n = uint32(total)
+			n, moved = uint32(total), total
 		}
 	case typeOut:
 		iov, total := h.outData(c.Segments, seg, off)
-		st = h.dv.readWrite(true, sector, iov, total)
+		if st = h.dv.readWrite(true, sector, iov, total); st == statusOK {
+			moved = total
+		}
 	case typeFlush:
 		st = h.dv.flush()
 	case typeGetID:
@@ -90,6 +118,7 @@ func (h *Handler) Handle(c *virtq.Chain) (written uint32) {
 	}
 	clear(h.iov) // drop references to guest memory between requests
 	status[0] = st
+	h.last = Outcome{Type: typ, Bytes: moved, Status: st, Valid: true}
 	return n + 1
 }
 

@@ -1,0 +1,273 @@
+package vhost
+
+import (
+	"math/bits"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/cpu"
+)
+
+// Op is the kind of request a handler reports (Reporter).
+type Op uint8
+
+// Request kinds counted apart.
+const (
+	OpRead  Op = iota // data from the device to the guest
+	OpWrite           // data from the guest to the device
+	OpFlush
+	OpOther // anything else: GET_ID, discard, write zeroes, unknown types
+	numOps
+)
+
+// Status classes of a completed request (the virtio-blk status byte).
+const (
+	StatusOK          = 0
+	StatusIOErr       = 1
+	StatusUnsupported = 2
+	StatusOther       = 3 // no status byte, or a value outside 0..2
+	numStatuses       = 4
+)
+
+// Outcome is what a handler says about the request it just handled.
+type Outcome struct {
+	Op     Op
+	Bytes  uint64 // data bytes moved between guest memory and the device
+	Status uint8  // StatusOK, StatusIOErr, StatusUnsupported or StatusOther
+}
+
+// Reporter is implemented by Handlers that can describe the request their
+// last Handle call executed. The worker asks right after Handle, on the
+// same goroutine. Handlers that are not Reporters are counted as OpOther
+// with StatusOther.
+type Reporter interface {
+	LastOutcome() Outcome
+}
+
+// LatencyBuckets is the number of log2 buckets of a LatencyHistogram.
+const LatencyBuckets = 32
+
+// LatencyHistogram counts request service times (Handler.Handle, from the
+// chain taken off the ring to its completion pushed) in log2 buckets:
+// bucket 0 holds durations under 1ns, bucket b >= 1 those in
+// [2^(b-1), 2^b) ns; the last bucket also holds everything longer.
+type LatencyHistogram [LatencyBuckets]uint64
+
+// latencyBucket is the bucket of d.
+func latencyBucket(d time.Duration) int {
+	if d <= 0 {
+		return 0
+	}
+	return min(bits.Len64(uint64(d)), LatencyBuckets-1)
+}
+
+// BucketUpper is the exclusive upper bound of bucket b.
+func BucketUpper(b int) time.Duration { return time.Duration(1) << b }
+
+// Count is the number of samples.
+func (h *LatencyHistogram) Count() uint64 {
+	var n uint64
+	for _, c := range h {
+		n += c
+	}
+	return n
+}
+
+// Quantile returns the upper bound of the bucket holding the q-quantile
+// (0 < q <= 1), or 0 without samples: p99 is "99% of requests took less
+// than this".
+func (h *LatencyHistogram) Quantile(q float64) time.Duration {
+	total := h.Count()
+	if total == 0 {
+		return 0
+	}
+	rank := uint64(q*float64(total) + 0.5)
+	rank = max(1, min(rank, total))
+	var seen uint64
+	for b, c := range h {
+		seen += c
+		if seen >= rank {
+			return BucketUpper(b)
+		}
+	}
+	return BucketUpper(LatencyBuckets - 1)
+}
+
+// Add adds o's counts to h.
+func (h *LatencyHistogram) Add(o *LatencyHistogram) {
+	for i := range h {
+		h[i] += o[i]
+	}
+}
+
+// queueCounters are one queue's counters, kept by the Server across
+// connections. Only the queue's worker writes them, and a queue has at most
+// one worker at a time (a new one starts after the old one's done channel
+// closed), so each update is a plain load and store, not a locked
+// read-modify-write; readers (Server.Stats) load atomically. The pads keep
+// two queues' workers off each other's cache lines.
+type queueCounters struct {
+	_            cpu.CacheLinePad
+	lastAvail    atomic.Uint32 // the ring's next avail index to take
+	inFlight     atomic.Uint32 // taken off the ring, completion not yet published
+	requests     atomic.Uint64
+	bytesRead    atomic.Uint64
+	bytesWritten atomic.Uint64
+	ops          [numOps]atomic.Uint64
+	status       [numStatuses]atomic.Uint64
+	latency      [LatencyBuckets]atomic.Uint64
+	_            cpu.CacheLinePad
+}
+
+func inc(c *atomic.Uint64, n uint64) { c.Store(c.Load() + n) }
+
+// record counts one completed request. Allocation-free.
+func (c *queueCounters) record(o Outcome, d time.Duration) {
+	inc(&c.requests, 1)
+	switch o.Op {
+	case OpRead:
+		inc(&c.bytesRead, o.Bytes)
+	case OpWrite:
+		inc(&c.bytesWritten, o.Bytes)
+	}
+	inc(&c.ops[min(o.Op, OpOther)], 1)
+	inc(&c.status[min(o.Status, StatusOther)], 1)
+	inc(&c.latency[latencyBucket(d)], 1)
+}
+
+// QueueStats is one queue in a Stats snapshot. Counters accumulate over
+// the server's life, across front-end connections.
+type QueueStats struct {
+	Index int `json:"index"`
+	// Enabled, Running and Broken describe the ring of the current
+	// connection (all false without one): enabled by the front-end, served
+	// by a worker, stopped on a malformed ring until a device reset.
+	Enabled bool `json:"enabled"`
+	Running bool `json:"running"`
+	Broken  bool `json:"broken"`
+	// LastAvail is the next avail ring index the device will take.
+	LastAvail uint16 `json:"last_avail"`
+	// InFlight counts requests taken off the ring whose completions are
+	// not yet published in the used ring.
+	InFlight     uint32           `json:"in_flight"`
+	Requests     uint64           `json:"requests"`
+	Reads        uint64           `json:"reads"`
+	Writes       uint64           `json:"writes"`
+	Flushes      uint64           `json:"flushes"`
+	Others       uint64           `json:"others"`
+	BytesRead    uint64           `json:"bytes_read"`
+	BytesWritten uint64           `json:"bytes_written"`
+	OK           uint64           `json:"status_ok"`
+	IOErrors     uint64           `json:"status_ioerr"`
+	Unsupported  uint64           `json:"status_unsupp"`
+	OtherStatus  uint64           `json:"status_other"`
+	Latency      LatencyHistogram `json:"latency_log2_ns"`
+}
+
+// Stats is a snapshot of a Server (Server.Stats).
+type Stats struct {
+	Time time.Time `json:"time"`
+	// Connected says whether a front-end is being served; Connections
+	// counts those accepted so far.
+	Connected   bool         `json:"connected"`
+	Connections uint64       `json:"connections"`
+	Queues      []QueueStats `json:"queues"`
+}
+
+// Total sums the queues' counters into one QueueStats (Index -1).
+func (s *Stats) Total() QueueStats {
+	t := QueueStats{Index: -1}
+	for i := range s.Queues {
+		q := &s.Queues[i]
+		t.InFlight += q.InFlight
+		t.Requests += q.Requests
+		t.Reads += q.Reads
+		t.Writes += q.Writes
+		t.Flushes += q.Flushes
+		t.Others += q.Others
+		t.BytesRead += q.BytesRead
+		t.BytesWritten += q.BytesWritten
+		t.OK += q.OK
+		t.IOErrors += q.IOErrors
+		t.Unsupported += q.Unsupported
+		t.OtherStatus += q.OtherStatus
+		t.Latency.Add(&q.Latency)
+	}
+	return t
+}
+
+func (c *queueCounters) snapshot(q *QueueStats) {
+	q.LastAvail = uint16(c.lastAvail.Load())
+	q.InFlight = c.inFlight.Load()
+	q.Requests = c.requests.Load()
+	q.BytesRead = c.bytesRead.Load()
+	q.BytesWritten = c.bytesWritten.Load()
+	q.Reads, q.Writes = c.ops[OpRead].Load(), c.ops[OpWrite].Load()
+	q.Flushes, q.Others = c.ops[OpFlush].Load(), c.ops[OpOther].Load()
+	q.OK, q.IOErrors = c.status[StatusOK].Load(), c.status[StatusIOErr].Load()
+	q.Unsupported, q.OtherStatus = c.status[StatusUnsupported].Load(), c.status[StatusOther].Load()
+	for i := range c.latency {
+		q.Latency[i] = c.latency[i].Load()
+	}
+}
+
+// Stats returns a snapshot of every queue's counters and, while a
+// front-end is connected, its rings' state.
+func (s *Server) Stats() Stats {
+	st := Stats{Time: time.Now(), Connections: s.connSeq.Load(), Queues: make([]QueueStats, len(s.counters))}
+	for i := range s.counters {
+		st.Queues[i].Index = i
+		s.counters[i].snapshot(&st.Queues[i])
+	}
+	s.mu.Lock()
+	cur := s.cur
+	s.mu.Unlock()
+	if cur != nil {
+		st.Connected = cur.ringStates(st.Queues)
+	}
+	if !st.Connected {
+		for i := range st.Queues {
+			st.Queues[i].LastAvail, st.Queues[i].InFlight = 0, 0 // no ring
+		}
+	}
+	return st
+}
+
+// ringStates fills in the current connection's view of each ring. It
+// returns false once the session has closed.
+func (s *session) ringStates(qs []QueueStats) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	for i, vr := range s.vrings {
+		if i >= len(qs) {
+			break
+		}
+		q := &qs[i]
+		q.Enabled = vr.enabled || (vr.started && s.features&FeatureProtocolFeatures == 0)
+		q.Running = vr.w != nil
+		q.Broken = vr.broken.Load()
+		if vr.w == nil {
+			q.LastAvail, q.InFlight = vr.base, 0
+		}
+	}
+	return true
+}
+
+// Detach drops the current front-end, if any, as if it had disconnected:
+// its queues finish the requests they took, then the connection closes and
+// the server accepts the next front-end. It reports whether one was
+// connected.
+func (s *Server) Detach() bool {
+	s.mu.Lock()
+	cur := s.cur
+	s.mu.Unlock()
+	if cur == nil {
+		return false
+	}
+	cur.log.Info("vhost-user front-end detached on request")
+	cur.close()
+	return true
+}
