@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -67,39 +65,6 @@ func NewServer(be Backend, opts Options) *Server {
 	}
 	s.slot <- struct{}{}
 	return s
-}
-
-// Listen creates a unix socket at path. A socket file left by a dead process
-// is removed; one with a live listener, a symlink, or any other kind of file
-// at path is refused.
-func Listen(path string) (*net.UnixListener, error) {
-	fi, err := os.Lstat(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, fmt.Errorf("vhost: listen %s: %w", path, err)
-	case fi.Mode()&fs.ModeSymlink != 0:
-		return nil, fmt.Errorf("vhost: listen %s: refusing a symlink", path)
-	case fi.Mode()&fs.ModeSocket == 0:
-		return nil, fmt.Errorf("vhost: listen %s: exists and is not a socket", path)
-	default:
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			c.Close()
-			return nil, fmt.Errorf("vhost: listen %s: %w", path, syscall.EADDRINUSE)
-		}
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("vhost: listen %s: probing existing socket: %w", path, err)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("vhost: listen %s: removing stale socket: %w", path, err)
-		}
-	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("vhost: listen %s: %w", path, err)
-	}
-	return l, nil
 }
 
 // FileListener adopts an already-listening unix socket passed as fd (--fd).

@@ -29,6 +29,7 @@ type worker struct {
 	kick *os.File // borrowed from vr, which outlives the worker; nil = poll
 	poll time.Duration
 	log  *logrus.Entry
+	bad  badChainLog // malformed chains (badchain.go)
 	// stats are the queue's counters; rep is h when it reports outcomes.
 	stats   *queueCounters
 	rep     Reporter
@@ -151,9 +152,8 @@ func (w *worker) one(c *virtq.Chain) (got, ok bool) {
 		w.completed(time.Since(start))
 		w.q.Push(c.Head, n)
 	case errors.Is(err, virtq.ErrBadChain):
-		w.log.WithError(err).Warn("vhost: completing malformed chain with nothing written")
 		w.taken()
-		w.q.Push(c.Head, 0)
+		w.badChain(c, err)
 	case err != nil:
 		w.broke(err)
 		return false, false

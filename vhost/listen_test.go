@@ -1,0 +1,153 @@
+package vhost_test
+
+import (
+	"errors"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nvblk/nvblk/vhost"
+)
+
+// TestListenMode: the socket is the owner's alone unless widened, and gets
+// exactly the mode asked whatever the umask.
+func TestListenMode(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		mode  fs.FileMode
+		umask int
+	}{
+		{"default", vhost.DefaultSocketMode, 0o022},
+		{"default under umask 0", vhost.DefaultSocketMode, 0},
+		{"group widened past the umask", 0o660, 0o077},
+		{"world", 0o666, 0o022},
+		{"narrowed", 0o400, 0o022},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkFDs(t)
+			// The umask is process-wide: no parallel subtests here.
+			old := syscall.Umask(tc.umask)
+			defer syscall.Umask(old)
+			sock := filepath.Join(t.TempDir(), "s")
+			l, err := vhost.ListenMode(sock, tc.mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			fi, err := os.Lstat(sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode()&fs.ModeSocket == 0 || fi.Mode().Perm() != tc.mode {
+				t.Fatalf("socket mode %v, want %v", fi.Mode(), tc.mode)
+			}
+		})
+	}
+	t.Run("Listen is 0600", func(t *testing.T) {
+		sock := filepath.Join(t.TempDir(), "s")
+		l, err := vhost.Listen(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		if fi, err := os.Lstat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("mode %v, %v; want 0600", fi.Mode(), err)
+		}
+	})
+}
+
+// TestListenExistingPath: what is found at the socket path decides.
+func TestListenExistingPath(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		prepare func(t *testing.T, dir, path string)
+		ok      bool
+		wantErr error
+	}{
+		{"stale socket of a dead backend is replaced", func(t *testing.T, dir, path string) {
+			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.SetUnlinkOnClose(false)
+			l.Close()
+		}, true, nil},
+		{"live socket is refused", func(t *testing.T, dir, path string) {
+			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+		}, false, unix.EADDRINUSE},
+		{"symlink to nothing is refused", func(t *testing.T, dir, path string) {
+			if err := os.Symlink(filepath.Join(dir, "target"), path); err != nil {
+				t.Fatal(err)
+			}
+		}, false, nil},
+		{"symlink to a stale socket is refused", func(t *testing.T, dir, path string) {
+			target := filepath.Join(dir, "target")
+			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: target, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.SetUnlinkOnClose(false)
+			l.Close()
+			if err := os.Symlink(target, path); err != nil {
+				t.Fatal(err)
+			}
+		}, false, nil},
+		{"regular file is refused", func(t *testing.T, dir, path string) {
+			if err := os.WriteFile(path, []byte("keep"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, false, nil},
+		{"directory is refused", func(t *testing.T, dir, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkFDs(t)
+			dir := t.TempDir()
+			path := filepath.Join(dir, "s")
+			tc.prepare(t, dir, path)
+			before, _ := os.Lstat(path)
+			targetBefore, targetErr := os.Lstat(filepath.Join(dir, "target"))
+			l, lerr := vhost.Listen(path)
+			if tc.ok {
+				if lerr != nil {
+					t.Fatal(lerr)
+				}
+				defer l.Close()
+				c, err := net.Dial("unix", path)
+				if err != nil {
+					t.Fatalf("the new socket does not accept: %v", err)
+				}
+				c.Close()
+				return
+			}
+			if lerr == nil {
+				l.Close()
+				t.Fatal("Listen succeeded")
+			}
+			if tc.wantErr != nil && !errors.Is(lerr, tc.wantErr) {
+				t.Fatalf("Listen: %v, want %v", lerr, tc.wantErr)
+			}
+			// Nothing was removed, replaced or created, here or behind a link.
+			after, aerr := os.Lstat(path)
+			if aerr != nil || !os.SameFile(before, after) || after.Mode() != before.Mode() {
+				t.Fatalf("the path changed: %v", aerr)
+			}
+			targetAfter, err := os.Lstat(filepath.Join(dir, "target"))
+			if (targetErr == nil) != (err == nil) || targetErr == nil && !os.SameFile(targetBefore, targetAfter) {
+				t.Fatalf("the symlink's target changed: %v -> %v", targetErr, err)
+			}
+		})
+	}
+}
