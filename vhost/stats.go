@@ -116,6 +116,7 @@ type queueCounters struct {
 	ops          [numOps]atomic.Uint64
 	status       [numStatuses]atomic.Uint64
 	latency      [LatencyBuckets]atomic.Uint64
+	latencySum   atomic.Uint64 // nanoseconds
 	_            cpu.CacheLinePad
 }
 
@@ -133,6 +134,7 @@ func (c *queueCounters) record(o Outcome, d time.Duration) {
 	inc(&c.ops[min(o.Op, OpOther)], 1)
 	inc(&c.status[min(o.Status, StatusOther)], 1)
 	inc(&c.latency[latencyBucket(d)], 1)
+	inc(&c.latencySum, uint64(max(d, 0)))
 }
 
 // QueueStats is one queue in a Stats snapshot. Counters accumulate over
@@ -162,6 +164,7 @@ type QueueStats struct {
 	Unsupported  uint64           `json:"status_unsupp"`
 	OtherStatus  uint64           `json:"status_other"`
 	Latency      LatencyHistogram `json:"latency_log2_ns"`
+	LatencySum   time.Duration    `json:"latency_sum_ns"`
 }
 
 // Stats is a snapshot of a Server (Server.Stats).
@@ -192,6 +195,7 @@ func (s *Stats) Total() QueueStats {
 		t.Unsupported += q.Unsupported
 		t.OtherStatus += q.OtherStatus
 		t.Latency.Add(&q.Latency)
+		t.LatencySum += q.LatencySum
 	}
 	return t
 }
@@ -209,6 +213,7 @@ func (c *queueCounters) snapshot(q *QueueStats) {
 	for i := range c.latency {
 		q.Latency[i] = c.latency[i].Load()
 	}
+	q.LatencySum = time.Duration(c.latencySum.Load())
 }
 
 // Stats returns a snapshot of every queue's counters and, while a

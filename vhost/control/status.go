@@ -1,0 +1,74 @@
+package control
+
+import (
+	"time"
+
+	"github.com/nvblk/nvblk/vhost"
+)
+
+// Status is the answer to the status command.
+type Status struct {
+	Time        time.Time     `json:"time"`
+	Uptime      time.Duration `json:"uptime"`
+	Connected   bool          `json:"connected"`
+	Connections uint64        `json:"connections"`
+	// Interval is the sampling interval the rates are measured over.
+	Interval time.Duration `json:"interval"`
+	Queues   []QueueStatus `json:"queues"`
+	Total    QueueStatus   `json:"total"`
+}
+
+// QueueStatus is one queue (or the total, Index -1): its counters since
+// start and its rates over the last interval.
+type QueueStatus struct {
+	vhost.QueueStats
+	IOPS               float64       `json:"iops"`
+	ReadBytesPerSec    float64       `json:"read_bytes_per_sec"`
+	WriteBytesPerSec   float64       `json:"write_bytes_per_sec"`
+	LatencyP50         time.Duration `json:"latency_p50"`
+	LatencyP99         time.Duration `json:"latency_p99"`
+	IntervalLatencyP50 time.Duration `json:"interval_latency_p50"`
+	IntervalLatencyP99 time.Duration `json:"interval_latency_p99"`
+}
+
+// Status computes the status from the live counters and the last sample.
+func (s *Server) Status() Status {
+	now := s.t.Stats()
+	s.mu.Lock()
+	prev, last := s.prev, s.last
+	s.mu.Unlock()
+	// Rates come from the last full interval; before the first tick, from
+	// start to now.
+	if !last.Time.After(prev.Time) {
+		prev, last = last, now
+	}
+	dt := last.Time.Sub(prev.Time).Seconds()
+	st := Status{Time: now.Time, Uptime: now.Time.Sub(s.start), Connected: now.Connected,
+		Connections: now.Connections, Interval: last.Time.Sub(prev.Time)}
+	for i := range now.Queues {
+		var a, b *vhost.QueueStats
+		if i < len(prev.Queues) && i < len(last.Queues) {
+			a, b = &prev.Queues[i], &last.Queues[i]
+		}
+		st.Queues = append(st.Queues, queueStatus(now.Queues[i], a, b, dt))
+	}
+	pt, lt := prev.Total(), last.Total()
+	st.Total = queueStatus(now.Total(), &pt, &lt, dt)
+	return st
+}
+
+func queueStatus(q vhost.QueueStats, prev, last *vhost.QueueStats, dt float64) QueueStatus {
+	qs := QueueStatus{QueueStats: q, LatencyP50: q.Latency.Quantile(0.5), LatencyP99: q.Latency.Quantile(0.99)}
+	if prev == nil || last == nil || dt <= 0 {
+		return qs
+	}
+	qs.IOPS = float64(last.Requests-prev.Requests) / dt
+	qs.ReadBytesPerSec = float64(last.BytesRead-prev.BytesRead) / dt
+	qs.WriteBytesPerSec = float64(last.BytesWritten-prev.BytesWritten) / dt
+	var h vhost.LatencyHistogram
+	for i := range h {
+		h[i] = last.Latency[i] - prev.Latency[i]
+	}
+	qs.IntervalLatencyP50, qs.IntervalLatencyP99 = h.Quantile(0.5), h.Quantile(0.99)
+	return qs
+}
