@@ -260,7 +260,8 @@ func TestProtocol(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := vhost.ProtoMQ | vhost.ProtoReplyAck | vhost.ProtoConfig | vhost.ProtoConfigureMemSlots | vhost.ProtoResetDevice | vhost.ProtoStatus
+			want := vhost.ProtoMQ | vhost.ProtoReplyAck | vhost.ProtoConfig | vhost.ProtoConfigureMemSlots | vhost.ProtoResetDevice | vhost.ProtoStatus |
+				vhost.ProtoInflightSHMFD
 			if p != want {
 				t.Fatalf("protocol features %#x, want %#x", p, want)
 			}

@@ -74,6 +74,8 @@ type session struct {
 	// +checklocks:mu
 	status uint8 // SET_STATUS
 	// +checklocks:mu
+	inflight *inflightRegion // GET/SET_INFLIGHT_FD; nil: no tracking (inflight.go)
+	// +checklocks:mu
 	closed bool
 }
 
@@ -125,6 +127,10 @@ func (s *session) dispatch(m message, fds []int) error {
 		return net.ErrClosed
 	}
 	log := s.log.WithField("request", m.hdr.Request)
+	if m.hdr.Request == ReqGetInflightFD {
+		// The one reply that carries an fd: it sends it itself.
+		return s.getInflightFDLocked(m.inflight)
+	}
 	reply, err := s.handleLocked(m, fds)
 	if err != nil {
 		if errors.Is(err, ErrMalformed) {
@@ -257,6 +263,8 @@ func (s *session) handleLocked(m message, fds []int) (reply []byte, err error) {
 			}
 		}
 		return nil, nil
+	case ReqSetInflightFD:
+		return nil, s.setInflightFDLocked(m.inflight, fds[0])
 	case ReqGetStatus:
 		st := uint64(s.status)
 		for _, vr := range s.vrings {
@@ -528,6 +536,12 @@ func (s *session) resetDeviceLocked() {
 		vr.broken.Store(false)
 	}
 	s.features, s.status = 0, 0
+	if s.inflight != nil {
+		// A reset device has nothing in flight; QEMU asks for a new
+		// region (GET_INFLIGHT_FD) when it starts it again.
+		s.inflight.unmap()
+		s.inflight = nil
+	}
 }
 
 func (vr *vring) closeFiles() {
@@ -622,6 +636,10 @@ func (s *session) close() {
 			g.unmap()
 		}
 		s.mem = nil
+	}
+	if s.inflight != nil {
+		s.inflight.unmap() // QEMU keeps the memory for the next back-end
+		s.inflight = nil
 	}
 	s.conn.Close()
 }

@@ -121,7 +121,7 @@ const (
 	ProtoConfigureMemSlots    uint64 = 1 << 15
 	ProtoStatus               uint64 = 1 << 16
 	supportedProtocolFeatures        = ProtoMQ | ProtoReplyAck | ProtoConfig |
-		ProtoConfigureMemSlots | ProtoResetDevice | ProtoStatus
+		ProtoConfigureMemSlots | ProtoResetDevice | ProtoStatus | ProtoInflightSHMFD
 )
 
 // Limits of the wire format.
@@ -156,6 +156,7 @@ const (
 	memTableHdr    = 8
 	singleRegSize  = 8 + memRegionSize
 	configHdrSize  = 12
+	inflightSize   = 24
 )
 
 // ErrMalformed reports a message that violates the wire format; the server
@@ -353,16 +354,52 @@ func DecodeConfigSpace(b []byte) (ConfigSpace, error) {
 	return c, nil
 }
 
+// Inflight is the inflight description of GET_INFLIGHT_FD (request and
+// reply) and SET_INFLIGHT_FD. QEMU's VhostUserInflight is not packed, so
+// the C struct's 8-byte alignment pads it to 24 bytes, and QEMU insists on
+// exactly sizeof(VhostUserInflight).
+//
+//	offset 0   u64 mmap size (0 in a reply: no region, no fd)
+//	offset 8   u64 mmap offset into the fd
+//	offset 16  u16 number of virtqueues
+//	offset 18  u16 queue size (entries of each queue's descriptor state array)
+//	offset 20  4 bytes padding
+type Inflight struct {
+	MmapSize   uint64
+	MmapOffset uint64
+	NumQueues  uint16
+	QueueSize  uint16
+}
+
+// Encode returns the 24-byte payload (padding zero).
+func (i Inflight) Encode() []byte {
+	b := make([]byte, 0, inflightSize)
+	b = le.AppendUint64(b, i.MmapSize)
+	b = le.AppendUint64(b, i.MmapOffset)
+	b = le.AppendUint16(b, i.NumQueues)
+	b = le.AppendUint16(b, i.QueueSize)
+	return le.AppendUint32(b, 0)
+}
+
+// DecodeInflight decodes exactly 24 bytes; the padding is ignored.
+func DecodeInflight(b []byte) (Inflight, error) {
+	if len(b) != inflightSize {
+		return Inflight{}, fmt.Errorf("%w: inflight description of %d bytes", ErrMalformed, len(b))
+	}
+	return Inflight{le.Uint64(b[0:]), le.Uint64(b[8:]), le.Uint16(b[16:]), le.Uint16(b[18:])}, nil
+}
+
 // message is one decoded front-end request. Exactly the fields for hdr's
 // request type are meaningful.
 type message struct {
-	hdr     Header
-	u64     uint64
-	state   VringState
-	addr    VringAddr
-	regions []MemRegion // SET_MEM_TABLE; ADD/REM_MEM_REG use regions[0]
-	config  ConfigSpace
-	known   bool // false: a request we do not implement; payload ignored
+	hdr      Header
+	u64      uint64
+	state    VringState
+	addr     VringAddr
+	regions  []MemRegion // SET_MEM_TABLE; ADD/REM_MEM_REG use regions[0]
+	config   ConfigSpace
+	inflight Inflight // GET/SET_INFLIGHT_FD
+	known    bool     // false: a request we do not implement; payload ignored
 }
 
 // decodeMessage validates and decodes one request whose payload was read in
@@ -434,6 +471,11 @@ func decodeMessage(hdr Header, payload []byte, nfds int) (message, error) {
 		}
 	case ReqGetConfig, ReqSetConfig:
 		m.config, err = DecodeConfigSpace(payload)
+	case ReqGetInflightFD:
+		m.inflight, err = DecodeInflight(payload)
+	case ReqSetInflightFD:
+		m.inflight, err = DecodeInflight(payload)
+		wantFDs = 1
 	default:
 		m.known = false
 		wantFDs = nfds // owned by nobody; the caller closes them

@@ -26,6 +26,8 @@ func TestWireGolden(t *testing.T) {
 		{"config", ConfigSpace{Offset: 4, Flags: 1, Payload: []byte{0xaa, 0xbb}}.Encode(),
 			"04000000" + "02000000" + "01000000" + "aabb"},
 		{"message", EncodeMessage(ReqGetFeatures, FlagVersion, nil), "01000000" + "01000000" + "00000000"},
+		{"inflight", Inflight{MmapSize: 0x2080, MmapOffset: 0x40, NumQueues: 2, QueueSize: 128}.Encode(),
+			"8020000000000000" + "4000000000000000" + "0200" + "8000" + "00000000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if h := hex.EncodeToString(tc.got); h != tc.want {
@@ -74,6 +76,11 @@ func TestDecodeMessage(t *testing.T) {
 		{"config too big", hdr(ReqGetConfig, 12+257), ConfigSpace{Payload: make([]byte, 257)}.Encode(), 0, true},
 		{"unknown", hdr(Request(99), 3), make([]byte, 3), 2, false},
 		{"vring addr short", hdr(ReqSetVringAddr, 39), make([]byte, 39), 0, true},
+		{"get inflight", hdr(ReqGetInflightFD, 24), Inflight{NumQueues: 1, QueueSize: 128}.Encode(), 0, false},
+		{"get inflight packed size", hdr(ReqGetInflightFD, 20), make([]byte, 20), 0, true},
+		{"get inflight with fd", hdr(ReqGetInflightFD, 24), make([]byte, 24), 1, true},
+		{"set inflight", hdr(ReqSetInflightFD, 24), Inflight{MmapSize: 4096, NumQueues: 1, QueueSize: 128}.Encode(), 1, false},
+		{"set inflight no fd", hdr(ReqSetInflightFD, 24), make([]byte, 24), 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := decodeMessage(tc.hdr, tc.payload, tc.nfds)
@@ -93,6 +100,7 @@ func FuzzDecodeMessage(f *testing.F) {
 	f.Add(EncodeMessage(ReqSetVringAddr, FlagVersion|FlagNeedReply, VringAddr{}.Encode()), uint8(0))
 	f.Add(EncodeMessage(ReqSetVringKick, FlagVersion, EncodeU64(VringNoFD)), uint8(0))
 	f.Add(EncodeMessage(ReqAddMemReg, FlagVersion, EncodeSingleRegion(MemRegion{})), uint8(1))
+	f.Add(EncodeMessage(ReqSetInflightFD, FlagVersion, Inflight{MmapSize: 4096, NumQueues: 1, QueueSize: 64}.Encode()), uint8(1))
 	f.Fuzz(func(t *testing.T, b []byte, nfds uint8) {
 		hdr, err := DecodeHeader(b)
 		if err != nil {
@@ -119,6 +127,9 @@ func FuzzDecodeMessage(f *testing.F) {
 			again = m.addr.Encode()
 		case ReqGetConfig, ReqSetConfig:
 			again = m.config.Encode()
+		case ReqGetInflightFD, ReqSetInflightFD:
+			again = m.inflight.Encode()
+			copy(again[20:], payload[20:]) // padding is not kept
 		case ReqAddMemReg, ReqRemMemReg:
 			again = EncodeSingleRegion(m.regions[0])
 			copy(again[:8], payload[:8]) // padding is not kept

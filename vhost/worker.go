@@ -34,6 +34,10 @@ type worker struct {
 	stats   *queueCounters
 	rep     Reporter
 	pending uint32 // chains pushed since the last publish
+	// track records taken chains in the inflight region (nil without
+	// one); resub are chains a dead predecessor took, run first.
+	track *inflightQueue
+	resub []uint16
 
 	stopping atomic.Bool // set by stop, read by the worker
 	done     chan struct{}
@@ -53,7 +57,11 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	q.SetLastAvail(vr.base)
+	track, resub, base, err := s.inflightStartLocked(vr, q)
+	if err != nil {
+		return nil, err
+	}
+	q.SetLastAvail(base)
 	w := &worker{
 		vr:   vr,
 		q:    q,
@@ -63,9 +71,10 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 		log:  s.log.WithField("queue", vr.index),
 		done: make(chan struct{}),
 	}
+	w.track, w.resub = track, resub
 	w.stats = &s.srv.counters[vr.index]
 	w.rep, _ = w.h.(Reporter)
-	w.stats.lastAvail.Store(uint32(vr.base))
+	w.stats.lastAvail.Store(uint32(base))
 	go w.run()
 	return w, nil
 }
@@ -89,6 +98,7 @@ func (w *worker) stop() uint16 {
 func (w *worker) run() {
 	defer close(w.done)
 	c := w.q.NewChain()
+	w.resubmit(c)
 	for !w.stopping.Load() {
 		w.q.DisableKicks()
 		if !w.drain(c) {
@@ -144,6 +154,9 @@ func (w *worker) spin(c *virtq.Chain) bool {
 // one; ok is false once the ring is broken.
 func (w *worker) one(c *virtq.Chain) (got, ok bool) {
 	got, err := w.q.Next(c)
+	if got {
+		w.track.take(c.Head)
+	}
 	switch {
 	case err == nil && got:
 		w.taken()
@@ -157,6 +170,9 @@ func (w *worker) one(c *virtq.Chain) (got, ok bool) {
 	case err != nil:
 		w.broke(err)
 		return false, false
+	}
+	if got {
+		w.track.pushed(c.Head)
 	}
 	return got, true
 }
@@ -182,7 +198,10 @@ func (w *worker) publish() {
 		w.pending = 0
 		w.stats.inFlight.Store(0)
 	}
-	if w.q.Publish() {
+	w.track.prePublish()
+	notify := w.q.Publish()
+	w.track.postPublish(w.q.UsedIdx())
+	if notify {
 		if f := w.vr.call.Load(); f != nil {
 			signal(f)
 		}
