@@ -26,6 +26,21 @@ vet:
 
 test: deps vet
 	$(GO) test -race -count=1 -timeout 30m ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZSMOKE)
+
+# fuzz runs every fuzz target for FUZZTIME each (one package and target per
+# `go test -fuzz`); `make test` runs each for FUZZSMOKE. New crashers land in
+# the package's testdata/fuzz/<target>/ and then run as ordinary tests.
+FUZZTIME  ?= 60s
+FUZZSMOKE ?= 5s
+FUZZ_TARGETS := ./vhost/:FuzzDecodeMessage ./virtq/:FuzzNext ./vhost/blk/:FuzzHandle ./btt/:FuzzOpen
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./btt/ ./pmem/
