@@ -17,14 +17,16 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/systemd"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
 )
 
 func init() {
 	register(&command{name: "serve", summary: "serve the BTT on FILE to QEMU as a vhost-user-blk device (also: nvblk --socket-path ...)",
-		usage: "--socket-path PATH | --fd N  --blk-file FILE [--read-only] [--num-queues N] [--poll-us N] " +
-			"[--durability MODE] [--serial S] [--log-level LEVEL] [--log-format text|json] | --print-capabilities",
+		usage: "--socket-path PATH | --fd N | (systemd socket)  --blk-file FILE [--read-only] [--num-queues N] [--poll-us N] " +
+			"[--durability MODE] [--serial S] [--control-socket PATH] [--metrics-addr HOST:PORT] " +
+			"[--log-level LEVEL] [--log-format text|json] | --print-capabilities",
 		run: runServe})
 	flagSets["serve"] = func() *flag.FlagSet { fs, _ := serveFlags(); return fs }
 }
@@ -49,6 +51,8 @@ type serveArgs struct {
 	logLevel   string
 	logFormat  string
 	printCaps  bool
+	control    string
+	metrics    string
 }
 
 func serveFlags() (*flag.FlagSet, *serveArgs) {
@@ -65,6 +69,8 @@ func serveFlags() (*flag.FlagSet, *serveArgs) {
 	fs.StringVar(&a.logLevel, "log-level", "info", "log level: panic, fatal, error, warn, info, debug or trace")
 	fs.StringVar(&a.logFormat, "log-format", "text", "log format on stderr: text or json")
 	fs.BoolVar(&a.printCaps, "print-capabilities", false, "print the vhost-user backend capabilities as JSON and exit")
+	fs.StringVar(&a.control, "control-socket", "", "answer nvblk status / nvblk detach on this unix socket (JSON lines)")
+	fs.StringVar(&a.metrics, "metrics-addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
 	return fs, a
 }
 
@@ -114,11 +120,23 @@ func runServe(env *environment, args []string) error {
 	if len(pos) > 0 {
 		return usagef("unexpected arguments %q (the image is given with --blk-file)", pos)
 	}
+	if a.socketPath == "" && a.fd < 0 {
+		// Socket activation: systemd passed the listening socket.
+		fds, err := systemd.ListenFDs()
+		switch {
+		case err != nil:
+			return fmt.Errorf("systemd socket activation: %w", err)
+		case len(fds) > 1:
+			return fmt.Errorf("systemd socket activation: %d sockets passed; want one", len(fds))
+		case len(fds) == 1:
+			a.fd = fds[0]
+		}
+	}
 	switch {
 	case a.socketPath != "" && a.fd >= 0:
 		return usagef("--socket-path and --fd are mutually exclusive")
 	case a.socketPath == "" && a.fd < 0:
-		return usagef("missing --socket-path or --fd")
+		return usagef("missing --socket-path or --fd (or a socket passed by systemd in LISTEN_FDS)")
 	case a.fd >= 0 && a.fd <= 2:
 		return usagef("--fd %d: fds 0, 1 and 2 are stdin, stdout and stderr", a.fd)
 	case a.blkFile == "":
@@ -151,6 +169,11 @@ func runServe(env *environment, args []string) error {
 	}
 	dv := blk.NewDevice(d, blk.Options{NumQueues: uint16(a.numQueues), ReadOnly: a.readOnly, Serial: serial})
 
+	ops, err := listenOps(a.control, a.metrics)
+	if err != nil {
+		return err
+	}
+	defer ops.close()
 	var l *net.UnixListener
 	if a.fd >= 0 {
 		l, err = vhost.FileListener(a.fd)
@@ -179,6 +202,7 @@ func runServe(env *environment, args []string) error {
 	printQEMUOptions(env.stdout, a.blkFile, qemu)
 
 	srv := vhost.NewServer(vhost.NewBlkBackend(dv, d), vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: lg})
+	ops.serve(srv, lg)
 	ctx, stop := serveContext()
 	defer stop()
 	err = srv.ServeContext(ctx, l, shutdownGrace)

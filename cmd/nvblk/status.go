@@ -1,0 +1,159 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nvblk/nvblk/vhost"
+	"github.com/nvblk/nvblk/vhost/control"
+)
+
+func init() {
+	register(&command{name: "status", summary: "show a running serve's queues, totals, IOPS and latency (its --control-socket)",
+		usage: "--control-socket PATH [--json]", run: runStatus})
+	register(&command{name: "detach", summary: "make a running serve drop its vhost-user front-end and accept the next",
+		usage: "--control-socket PATH", run: runDetach})
+	flagSets["status"] = func() *flag.FlagSet { fs, _ := statusFlags("status"); return fs }
+	flagSets["detach"] = func() *flag.FlagSet { fs, _ := statusFlags("detach"); return fs }
+}
+
+// controlTimeout bounds one control request.
+const controlTimeout = 5 * time.Second
+
+type statusArgs struct {
+	socket string
+	json   bool
+}
+
+func statusFlags(name string) (*flag.FlagSet, *statusArgs) {
+	a := &statusArgs{}
+	fs := newFlagSet(name)
+	fs.StringVar(&a.socket, "control-socket", "", "the --control-socket of the nvblk serve to ask (required)")
+	if name == "status" {
+		fs.BoolVar(&a.json, "json", false, "print JSON")
+	}
+	return fs, a
+}
+
+func parseStatusArgs(name string, args []string) (*statusArgs, error) {
+	fs, a := statusFlags(name)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) > 0 {
+		return nil, usagef("unexpected arguments %q", pos)
+	}
+	if a.socket == "" {
+		return nil, usagef("missing --control-socket")
+	}
+	return a, nil
+}
+
+func runStatus(env *environment, args []string) error {
+	a, err := parseStatusArgs("status", args)
+	if err != nil {
+		return err
+	}
+	r, err := control.Call(a.socket, "status", controlTimeout)
+	if err != nil {
+		return err
+	}
+	if a.json {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r.Status)
+	}
+	printStatus(env.stdout, r.Status)
+	return nil
+}
+
+func runDetach(env *environment, args []string) error {
+	a, err := parseStatusArgs("detach", args)
+	if err != nil {
+		return err
+	}
+	r, err := control.Call(a.socket, "detach", controlTimeout)
+	if err != nil {
+		return err
+	}
+	if r.Detached != nil && *r.Detached {
+		fmt.Fprintln(env.stdout, "detached the vhost-user front-end")
+	} else {
+		fmt.Fprintln(env.stdout, "no vhost-user front-end was connected")
+	}
+	return nil
+}
+
+func printStatus(w io.Writer, st *control.Status) {
+	conn := "none connected"
+	if st.Connected {
+		conn = "connected"
+	}
+	fmt.Fprintf(w, "front-end: %s (%d connections since start); up %v; rates over the last %v\n\n",
+		conn, st.Connections, st.Uptime.Round(time.Second), st.Interval.Round(time.Millisecond))
+	fmt.Fprintf(w, "%-6s %-7s %-7s %-6s %10s %9s %12s %9s %10s %10s %7s %7s %9s %9s\n", "queue", "enabled", "running", "broken",
+		"last_avail", "in_flight", "requests", "IOPS", "read/s", "write/s", "ioerr", "unsupp", "p50", "p99")
+	row := func(name string, q *control.QueueStatus, state bool) {
+		en, ru, br, la, inf := "", "", "", "", ""
+		if state {
+			en, ru, br, la = yesNo(q.Enabled), yesNo(q.Running), yesNo(q.Broken), fmt.Sprint(q.LastAvail)
+		}
+		inf = fmt.Sprint(q.InFlight)
+		fmt.Fprintf(w, "%-6s %-7s %-7s %-6s %10s %9s %12d %9.0f %10s %10s %7d %7d %9v %9v\n", name, en, ru, br, la, inf,
+			q.Requests, q.IOPS, humanRate(q.ReadBytesPerSec), humanRate(q.WriteBytesPerSec), q.IOErrors, q.Unsupported,
+			q.LatencyP50, q.LatencyP99)
+	}
+	for i := range st.Queues {
+		row(fmt.Sprint(st.Queues[i].Index), &st.Queues[i], true)
+	}
+	row("total", &st.Total, false)
+	fmt.Fprintf(w, "\ntotals: %d reads, %d writes, %d flushes, %d other; %s read, %s written; status ok %d, ioerr %d, unsupp %d, none %d\n",
+		st.Total.Reads, st.Total.Writes, st.Total.Flushes, st.Total.Others, humanBytes(int64(st.Total.BytesRead)),
+		humanBytes(int64(st.Total.BytesWritten)), st.Total.OK, st.Total.IOErrors, st.Total.Unsupported, st.Total.OtherStatus)
+	for i := range st.Queues {
+		q := &st.Queues[i]
+		if q.Latency.Count() == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\nqueue %d latency (since start; p50 %v, p99 %v):\n", q.Index, q.LatencyP50, q.LatencyP99)
+		printHistogram(w, &q.Latency)
+	}
+}
+
+// printHistogram prints the non-empty log2 buckets with a bar each.
+func printHistogram(w io.Writer, h *vhost.LatencyHistogram) {
+	var most uint64
+	for _, c := range h {
+		most = max(most, c)
+	}
+	for b, c := range h {
+		if c == 0 {
+			continue
+		}
+		lo := time.Duration(0)
+		if b > 0 {
+			lo = vhost.BucketUpper(b - 1)
+		}
+		hi := vhost.BucketUpper(b).String()
+		if b == vhost.LatencyBuckets-1 {
+			hi = "..."
+		}
+		fmt.Fprintf(w, "  [%9v, %9s) %10d %s\n", lo, hi, c, strings.Repeat("#", int(1+c*39/most)))
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func humanRate(bps float64) string {
+	return humanBytes(int64(bps)) + "/s"
+}
