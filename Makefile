@@ -4,7 +4,7 @@ BIN     := bin/nvblk
 IMG     ?= nvblk.img
 SOCK    ?= nvblk.sock
 
-.PHONY: all build run test deps vet bench bench-compare fuzz clean
+.PHONY: all build run test deps vet bench bench-compare fuzz clean install
 
 all: build
 
@@ -48,6 +48,24 @@ bench:
 # bench-compare measures nvblk against qemu-storage-daemon (a few minutes).
 bench-compare: build
 	./scripts/bench-compare.sh
+
+# install puts the binary, its vhost-user backend description (QEMU's
+# docs/interop/vhost-user.json: management software finds the backend
+# there) and the systemd units under $(DESTDIR)$(PREFIX), with the installed
+# binary's path written into the description and the service.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/nvblk
+	install -d $(DESTDIR)$(DATADIR)/qemu/vhost-user $(DESTDIR)$(UNITDIR)
+	sed 's|"binary": *"[^"]*"|"binary": "$(BINDIR)/nvblk"|' contrib/vhost-user/50-nvblk.json \
+		> $(DESTDIR)$(DATADIR)/qemu/vhost-user/50-nvblk.json
+	sed 's|^ExecStart=[^ ]*|ExecStart=$(BINDIR)/nvblk|' contrib/systemd/nvblk@.service > $(DESTDIR)$(UNITDIR)/nvblk@.service
+	install -m 0644 contrib/systemd/nvblk@.socket $(DESTDIR)$(UNITDIR)/nvblk@.socket
+	chmod 0644 $(DESTDIR)$(DATADIR)/qemu/vhost-user/50-nvblk.json $(DESTDIR)$(UNITDIR)/nvblk@.service
 
 clean:
 	rm -rf bin
