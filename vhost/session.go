@@ -77,6 +77,8 @@ type session struct {
 	inflight *inflightRegion // GET/SET_INFLIGHT_FD; nil: no tracking (inflight.go)
 	// +checklocks:mu
 	closed bool
+	// +checklocks:mu
+	ready bool // a queue has started: the handshake is done (logged once)
 }
 
 func newSession(srv *Server, conn *net.UnixConn) *session {
@@ -592,6 +594,7 @@ func (s *session) stopLocked(vr *vring) {
 	}
 	vr.base = vr.w.stop()
 	vr.w = nil
+	s.log.WithField("queue", vr.index).WithField("last_avail", vr.base).Info("vhost: queue stopped")
 }
 
 // startLocked starts a worker for every runnable vring of vrs that has none.
@@ -614,6 +617,12 @@ func (s *session) startLocked(vrs []*vring) error {
 			continue
 		}
 		vr.w = w
+		if !s.ready {
+			s.ready = true
+			s.log.WithFields(logrus.Fields{"features": fmt.Sprintf("%#x", s.features), "protocol_features": fmt.Sprintf("%#x", s.protocol),
+				"memory_regions": s.mem.len()}).Info("vhost-user handshake done")
+		}
+		s.log.WithFields(logrus.Fields{"queue": vr.index, "size": vr.num, "last_avail": vr.base}).Info("vhost: queue started")
 	}
 	return errors.Join(errs...)
 }

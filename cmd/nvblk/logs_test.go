@@ -1,0 +1,97 @@
+package main
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nvblk/nvblk/vhost/frontend"
+)
+
+// logMessages returns the msg of every JSON log line.
+func logMessages(t *testing.T, logs string) []string {
+	t.Helper()
+	var msgs []string
+	for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var rec struct{ Msg, Level string }
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %q", line)
+		}
+		msgs = append(msgs, rec.Level+": "+rec.Msg)
+	}
+	return msgs
+}
+
+// TestServeLogsEachConnectionEventOnceAndNoRequests: at the default level a
+// guest's life is a handful of lines (connected, handshake done, queue
+// started, queue stopped, disconnected) however many requests it makes.
+func TestServeLogsEachConnectionEventOnceAndNoRequests(t *testing.T) {
+	img := formatted(t)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	stop, _, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--log-format", "json")
+	d, err := frontend.Connect(sock, frontend.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	for i := 0; i < 200; i++ {
+		if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Sector: uint64(8 * i), Data: buf}, ioTimeout); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Close()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), "disconnected"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no disconnect logged:\n%s", logs)
+		}
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d", code)
+	}
+	msgs := logMessages(t, logs.String())
+	want := []string{
+		"info: serving vhost-user-blk",
+		"info: attach with these QEMU options",
+		"info: vhost-user front-end connected",
+		"info: vhost-user handshake done",
+		"info: vhost: queue started",
+		"info: vhost: queue stopped",
+		"info: vhost-user front-end disconnected",
+		"info: signal received: stopped serving",
+		"info: image flushed and closed",
+	}
+	if strings.Join(msgs, "\n") != strings.Join(want, "\n") {
+		t.Errorf("log messages:\n%s\nwant:\n%s", strings.Join(msgs, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestServeLogsTextByDefaultAndProtocolDetailAtDebug: text unless asked
+// for JSON; --log-level debug adds a line per vhost-user message, still
+// none per I/O request.
+func TestServeLogsTextByDefaultAndProtocolDetailAtDebug(t *testing.T) {
+	img := formatted(t)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	stop, _, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--log-level", "debug")
+	d, err := frontend.Connect(sock, frontend.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := strings.Count(logs.String(), "\n")
+	for i := 0; i < 50; i++ {
+		if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeFlush}, ioTimeout); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := strings.Count(logs.String(), "\n"); after != before {
+		t.Errorf("%d log lines for 50 requests", after-before)
+	}
+	d.Close()
+	stop()
+	out := logs.String()
+	if !strings.Contains(out, `level=info msg="vhost-user front-end connected"`) || !strings.Contains(out, "level=debug") ||
+		!strings.Contains(out, "request=SET_MEM_TABLE") {
+		t.Errorf("text debug log:\n%s", out)
+	}
+}
