@@ -50,30 +50,26 @@ func startBTTServer(t *testing.T, o bttServerOpts) *bttServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Put something recognisable on the disk, so a read that returns the
+	// wrong sector or a write that lands is visible.
 	err = btt.Format(m, btt.FormatOptions{LBASize: 512})
+	if err == nil {
+		var dev *btt.Device
+		if dev, err = btt.Open(m, btt.Options{}); err == nil {
+			err = errors.Join(dev.WriteV(0, [][]byte{pattern(11, 128<<10)}), dev.Close())
+		}
+	}
 	if cerr := m.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Put something recognisable on the disk, so a read that returns the
-	// wrong sector or a write that lands is visible.
 	m, err = pmem.Open(img, pmem.Options{ReadOnly: o.readOnly})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	if !o.readOnly {
-		dev, err := btt.Open(m, btt.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := dev.WriteV(0, [][]byte{pattern(11, 128<<10)}); err != nil {
-			t.Fatal(err)
-		}
-		dev.Close()
-	}
 	dev, err := btt.Open(m, btt.Options{ReadOnly: o.readOnly})
 	if err != nil {
 		t.Fatal(err)
