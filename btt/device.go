@@ -72,6 +72,7 @@ func Open(m Medium, opts Options) (*Device, error) {
 		readOnly: opts.ReadOnly,
 	}
 	nlanes := -1
+	pending := make([][]pendingMove, len(layout.arenas))
 	for i, da := range layout.arenas {
 		a, err := newArena(m, i, da, d.nlba)
 		if err != nil {
@@ -83,23 +84,27 @@ func Open(m Medium, opts Options) (*Device, error) {
 		if a.info.Flags&InfoFlagError != 0 {
 			d.errorFlag = true
 		}
-		pending, err := a.initFreeList()
-		if err != nil {
+		if pending[i], err = a.initFreeList(); err != nil {
 			return nil, fmt.Errorf("btt: arena %d: %w", i, err)
-		}
-		if !opts.ReadOnly && !d.errorFlag {
-			for _, p := range pending {
-				if err := a.writeMap(m, p.premap, p.newMap|mapNormal); err != nil {
-					return nil, fmt.Errorf("btt: arena %d: recovering lane %d: %w", i, p.lane, err)
-				}
-				d.recovered++
-			}
 		}
 		if nlanes < 0 || int(a.nfree) < nlanes {
 			nlanes = int(a.nfree)
 		}
 		d.arenas = append(d.arenas, a)
 		d.nlba += uint64(a.externalNLBA)
+	}
+	// Recovery writes only once every arena checked out: an Open that
+	// fails leaves the medium as it found it. An error flag in any arena
+	// makes the whole device read-only, recovery included.
+	if !opts.ReadOnly && !d.errorFlag {
+		for i, a := range d.arenas {
+			for _, p := range pending[i] {
+				if err := a.writeMap(m, p.premap, p.newMap|mapNormal); err != nil {
+					return nil, fmt.Errorf("btt: arena %d: recovering lane %d: %w", i, p.lane, err)
+				}
+				d.recovered++
+			}
+		}
 	}
 	if d.errorFlag {
 		d.readOnly = true
