@@ -40,6 +40,7 @@ type agent struct {
 
 func main() {
 	a := &agent{console: os.Stdout}
+	progress = a.progress
 	defer a.powerOff()
 	defer func() {
 		if r := recover(); r != nil {
@@ -86,6 +87,7 @@ func main() {
 			a.report(agentproto.Report{Step: i, Op: st.Op, Error: errString(err)})
 			return
 		}
+		stepIndex = i
 		data, err := runExpecting(st)
 		rep := agentproto.Report{Step: i, Op: st.Op, OK: err == nil, Error: errString(err),
 			MS: time.Since(t0).Milliseconds()}
@@ -248,6 +250,8 @@ func run(st agentproto.Step) (any, error) {
 		return hashTree(st.Path)
 	case agentproto.OpRootMount:
 		return rootMount(st.Device)
+	case agentproto.OpSeqWrite:
+		return seqWrite(st)
 	}
 	return nil, fmt.Errorf("unknown op %q", st.Op)
 }

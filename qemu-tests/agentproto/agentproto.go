@@ -51,6 +51,9 @@ const (
 	OpHashTree   = "hash-tree"   // every regular file under Path -> []FileDigest
 	OpRootMount  = "root-mount"  // the mount of "/" -> RootMountData; fails unless its source is Device
 	OpSwitchRoot = "switch-root" // mount Source on Target, make it "/", exec Path (default /sbin/init)
+
+	// Reliability steps.
+	OpSeqWrite = "seq-write" // Count sectors of Pattern(Seed) from LBA, each once, by Workers O_DIRECT writers -> SeqWriteData
 )
 
 // Ops that only appear in reports.
@@ -59,6 +62,10 @@ const (
 	OpModules = "modules" // modules loaded; data is the list
 	OpDone    = "done"    // every step ran; the agent powers off next
 	OpPanic   = "panic"   // the agent panicked; it powers off next
+	// OpProgress is a step's account while it runs (Step -1, so that a
+	// step's own report stays the only one with its index); data is
+	// ProgressData.
+	OpProgress = "progress"
 )
 
 // Step is one thing for the agent to do. Which fields matter depends on Op.
@@ -160,6 +167,25 @@ type WorkerData struct {
 	CPUs   []int `json:"cpus"`   // the CPUs it found itself on after its writes (getcpu)
 	Writes int   `json:"writes"`
 	LBAs   int   `json:"lbas"`
+}
+
+// ProgressData is one progress report of a seq-write writer: the sectors
+// whose writes completed since its previous report (the guest saw them
+// acknowledged), and whether an fsync (a virtio-blk FLUSH) followed them.
+type ProgressData struct {
+	Step   int      `json:"step"`
+	Worker int      `json:"worker"`
+	LBAs   []uint64 `json:"lbas"`
+	Synced bool     `json:"synced"`
+}
+
+// SeqWriteData is what seq-write did.
+type SeqWriteData struct {
+	Sectors int `json:"sectors"` // writes acknowledged
+	Fsyncs  int `json:"fsyncs"`
+	// SlowestMS is the longest single write: a back-end restart shows as
+	// a write that waited for it.
+	SlowestMS int64 `json:"slowest_ms"`
 }
 
 // FileDigest identifies one file of a tree.
