@@ -161,8 +161,12 @@ func infoFlags() (*flag.FlagSet, *bool) {
 	return fs, fs.Bool("json", false, "print JSON")
 }
 
-// imageInfo is `nvblk info --json`; field names follow `ndctl list`.
+// imageInfo is `nvblk info --json`. Where `ndctl list` describes a
+// sector-mode namespace the fields are named as it names them (dev, mode
+// "sector", size in usable bytes, uuid of the BTT, sector_size); the rest
+// describe the BTT itself.
 type imageInfo struct {
+	Dev        string          `json:"dev"`
 	Path       string          `json:"path"`
 	Mode       string          `json:"mode"`
 	Version    string          `json:"version"`
@@ -192,7 +196,7 @@ func runInfo(env *environment, args []string) error {
 	}
 	defer m.Close()
 	info := imageInfo{
-		Path: path, Mode: "sector", Version: d.Version().String(), UUID: btt.FormatUUID(d.UUID()),
+		Dev: path, Path: path, Mode: "sector", Version: d.Version().String(), UUID: btt.FormatUUID(d.UUID()),
 		SectorSize: d.SectorSize(), LBASize: d.LBASize(), NumSectors: d.NumSectors(),
 		Size: int64(d.NumSectors()) * int64(d.SectorSize()), RawSize: m.Size(), ReadOnly: d.ErrorFlag(),
 		Arenas: d.Arenas(),
@@ -264,7 +268,13 @@ func runCheck(env *environment, args []string) error {
 	if a.json {
 		enc := json.NewEncoder(env.stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		// dev and mode as `ndctl list` names the namespace checked.
+		out := struct {
+			Dev  string `json:"dev"`
+			Mode string `json:"mode"`
+			*btt.CheckReport
+		}{path, "sector", rep}
+		if err := enc.Encode(out); err != nil {
 			return err
 		}
 	} else {
