@@ -146,6 +146,9 @@ func (g *Generator) Run(backendPID int) (*Result, error) {
 			if i == 0 {
 				l.quota += c.Requests % uint64(c.Queues)
 			}
+			if l.quota == 0 {
+				l.stopAt = 0 // fewer requests than queues: this one idles
+			}
 		}
 	}
 	res := &Result{Config: c, BackendCPUKnown: backendPID > 0}

@@ -95,6 +95,18 @@ func TestRunEveryMode(t *testing.T) {
 	}
 }
 
+func TestFewerRequestsThanQueues(t *testing.T) {
+	sock, _ := serveBTT(t, 32<<20, 4, 0)
+	g := newGenerator(t, sock, loadgen.Config{Mode: loadgen.RandWrite, BlockSize: 4096, IODepth: 2, Queues: 4, Requests: 3})
+	r, err := g.Run(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Ops != 3 {
+		t.Fatalf("3 requests over 4 queues completed %d", r.Ops)
+	}
+}
+
 func TestFillWritesEveryBlock(t *testing.T) {
 	sock, d := serveBTT(t, 32<<20, 2, 0)
 	const region = 4 << 20
