@@ -15,7 +15,8 @@ import (
 
 func init() {
 	register(&command{name: "format", summary: "write a new, empty BTT over FILE (created sparse if missing)",
-		usage: "FILE [--size 1G] [--sector-size 4096] [--uuid U] [--version 1.1|2.0] [--force]", run: runFormat})
+		usage: "FILE [--size 1G] [--sector-size 4096] [--uuid U] [--version 1.1|2.0] [--force] [--durability MODE]",
+		run:   runFormat})
 	register(&command{name: "info", summary: "describe the BTT on FILE: version, uuid, sector size, capacity, arenas",
 		usage: "FILE [--json]", run: runInfo})
 	register(&command{name: "check", summary: "verify the BTT on FILE; exit 1 with a report when inconsistent",
