@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nvblk/nvblk/vhost"
 )
 
@@ -306,6 +308,9 @@ type Options struct {
 	MemSlots bool
 	// NoEnable leaves the rings disabled (no SET_VRING_ENABLE).
 	NoEnable bool
+	// Inflight negotiates PROTOCOL_F_INFLIGHT_SHMFD when offered and sets
+	// up an inflight region as QEMU does (see Device.Resume).
+	Inflight bool
 }
 
 // Device is a connected vhost-user-blk back-end with its rings running.
@@ -316,6 +321,11 @@ type Device struct {
 	Features uint64 // negotiated virtio features
 	Protocol uint64 // negotiated protocol features
 	Config   []byte // virtio_blk_config as read at connect (60 bytes)
+	// Inflight and InflightFD are the inflight region the first back-end
+	// gave (GET_INFLIGHT_FD), kept for the next; InflightFD is owned by
+	// the Device and -1 without one.
+	Inflight   vhost.Inflight
+	InflightFD int
 }
 
 // wantedProtocol is every protocol feature this front-end can use.
@@ -353,7 +363,7 @@ func Start(c *Conn, o Options) (*Device, error) {
 	if o.MaxIO == 0 {
 		o.MaxIO = 128 << 10
 	}
-	d := &Device{Conn: c}
+	d := &Device{Conn: c, InflightFD: -1}
 	offered, err := c.GetU64(vhost.ReqGetFeatures)
 	if err != nil {
 		return nil, err
@@ -364,6 +374,9 @@ func Start(c *Conn, o Options) (*Device, error) {
 			return nil, err
 		}
 		d.Protocol = p & wantedProtocol
+		if o.Inflight {
+			d.Protocol |= p & vhost.ProtoInflightSHMFD
+		}
 		if err := c.SetU64(vhost.ReqSetProtocolFeatures, d.Protocol); err != nil {
 			return nil, err
 		}
@@ -400,6 +413,10 @@ func Start(c *Conn, o Options) (*Device, error) {
 	if err := c.SetU64(vhost.ReqSetFeatures, d.Features); err != nil {
 		return nil, err
 	}
+	if err := d.setupInflight(uint16(o.NumQueues), o.QueueSize); err != nil {
+		d.release()
+		return nil, err
+	}
 
 	perQueue := uint64(o.QueueSize) * (uint64(o.MaxIO) + 8192 + uint64(16*(o.MaxIO/max(o.SegSize, 1)+4)))
 	size := o.MemSize
@@ -422,7 +439,7 @@ func Start(c *Conn, o Options) (*Device, error) {
 			return nil, err
 		}
 		d.Queues = append(d.Queues, q)
-		if err := d.startRing(q, !o.NoEnable); err != nil {
+		if err := d.startRing(q, 0, !o.NoEnable); err != nil {
 			d.release()
 			return nil, err
 		}
@@ -455,12 +472,12 @@ func (d *Device) sendMemory(slots bool) error {
 }
 
 // startRing sends NUM, BASE, ADDR, CALL, KICK (and ENABLE) for q.
-func (d *Device) startRing(q *Queue, enable bool) error {
+func (d *Device) startRing(q *Queue, base uint32, enable bool) error {
 	c, r, idx := d.Conn, q.Ring, uint32(q.Index)
 	if err := c.SetVringState(vhost.ReqSetVringNum, idx, uint32(r.Size)); err != nil {
 		return err
 	}
-	if err := c.SetVringState(vhost.ReqSetVringBase, idx, 0); err != nil {
+	if err := c.SetVringState(vhost.ReqSetVringBase, idx, base); err != nil {
 		return err
 	}
 	var a vhost.VringAddr
@@ -527,5 +544,9 @@ func (d *Device) release() {
 	if d.Mem != nil {
 		d.Mem.Close()
 		d.Mem = nil
+	}
+	if d.InflightFD >= 0 {
+		unix.Close(d.InflightFD)
+		d.InflightFD = -1
 	}
 }
