@@ -23,6 +23,17 @@
 // space and per-queue handlers; the Server owns the socket, the guest memory
 // table, the vring state and the workers.
 //
+// Broken and hostile input (hostile_test.go, broken_test.go): a message
+// that violates the wire format (cut short, sizes that do not match, fds
+// where none belong) drops the connection, and the next front-end is
+// served; a well-formed request with bad contents (overlapping regions, a
+// ring outside memory) is refused with a non-zero REPLY_ACK. SET_OWNER is
+// not required before other requests: a connection is one front-end, and
+// libvhost-user does not insist either. In the data path a malformed chain
+// is completed (IOERR in its status byte when one was parsed, else nothing
+// written) with a rate-limited warning, and the queue goes on; a corrupt
+// ring stops only its queue and sets DEVICE_NEEDS_RESET.
+//
 // wire.go holds the whole wire format. Guest memory mapping (mmap) lives only
 // in *_unsafe.go files.
 package vhost
