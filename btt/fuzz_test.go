@@ -14,10 +14,12 @@ import (
 // returns must survive reads, writes and Check.
 //
 // Input: byte 0 picks the base image (bit 0: 4096-byte sectors, else 512;
-// bit 1: open read-only), then patches of
+// bit 1: open read-only; bit 2: two 16 MiB arenas chained by nextoff, 4096-
+// byte sectors), then patches of
 //
-//	u8 region (low 3 bits: info, info2, flog, map, data start; bit 7:
-//	   refresh the info block checksum after patching it)
+//	u8 region (low 3 bits: info, info2, flog, map, data start of arena 0,
+//	   then info and flog of arena 1 when there is one; bit 7: refresh the
+//	   info block checksum after patching it)
 //	u24 offset into the region (taken modulo its length)
 //	u8 n, then n bytes
 //
@@ -27,6 +29,9 @@ func FuzzOpen(f *testing.F) {
 	f.Add([]byte{0})
 	f.Add([]byte{1})
 	f.Add([]byte{2})
+	f.Add([]byte{4})
+	f.Add(fuzzPatch([]byte{4}, 6, 3*FlogGroupSize+12, []byte{2}))                // arena 1 flog
+	f.Add(fuzzPatch([]byte{4}, 0x85, 16, []byte{1}))                             // arena 1 uuid
 	f.Add(fuzzPatch(nil, 0, 200, []byte{0xff}))                                  // damaged info: info2 fallback
 	f.Add(fuzzPatch(fuzzPatch([]byte{1}, 0, 200, []byte{1}), 1, 200, []byte{1})) // both damaged
 	f.Add(fuzzPatch(nil, 0x80, 60, []byte{0xff, 0xff, 0xff, 0x7f}))              // external_nlba, re-checksummed
@@ -40,7 +45,7 @@ func FuzzOpen(f *testing.F) {
 		if len(data) == 0 {
 			return
 		}
-		base := fuzzBase(t, data[0]&1 != 0)
+		base := fuzzBase(t, int(data[0]&1|data[0]>>1&2))
 		// Two 17 MiB buffers per input: reuse them, or the GC is the
 		// fuzzer's bottleneck.
 		sc := fuzzScratch.Get().(*[2][]byte)
@@ -135,30 +140,38 @@ func exerciseDevice(t *testing.T, d *Device, data []byte) {
 
 type fuzzImage struct {
 	img     []byte
-	regions [5][2]int64 // info, info2, flog, map, data: offset and length
+	regions [][2]int64 // info, info2, flog, map, data (, info, flog): offset and length
 }
 
 var (
-	fuzzBases   [2]*fuzzImage
+	fuzzBases   [4]*fuzzImage
 	fuzzBasesMu sync.Mutex
 	fuzzScratch = sync.Pool{New: func() any { return new([2][]byte) }}
 )
 
-// fuzzBase builds (once) a small formatted medium with history.
-func fuzzBase(t *testing.T, big bool) *fuzzImage {
+// fuzzBase builds (once) a small formatted medium with history: kind bit 0
+// 4096-byte sectors, bit 1 two arenas.
+func fuzzBase(t *testing.T, kind int) *fuzzImage {
 	fuzzBasesMu.Lock()
 	defer fuzzBasesMu.Unlock()
-	i, lbasize := 0, uint32(512)
-	if big {
-		i, lbasize = 1, 4096
+	if kind&2 != 0 {
+		kind = 3 // the two-arena image has 4096-byte sectors
 	}
-	if fuzzBases[i] != nil {
-		return fuzzBases[i]
+	if fuzzBases[kind] != nil {
+		return fuzzBases[kind]
 	}
-	m := newMemMedium(17 << 20)
-	uuid := [16]byte{0xf0, 0x22}
-	if err := Format(m, FormatOptions{LBASize: lbasize, UUID: uuid}); err != nil {
-		t.Fatal(err)
+	var m *memMedium
+	if kind&2 != 0 {
+		m = twoArenas(t)
+	} else {
+		m = newMemMedium(17 << 20)
+		lbasize := uint32(512)
+		if kind&1 != 0 {
+			lbasize = 4096
+		}
+		if err := Format(m, FormatOptions{LBASize: lbasize, UUID: [16]byte{0xf0, 0x22}}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	d, err := Open(m, Options{})
 	if err != nil {
@@ -183,14 +196,18 @@ func fuzzBase(t *testing.T, big bool) *fuzzImage {
 	storeWord64(a.flogArea, slot, lo)
 	storeWord64(a.flogArea, slot+8, hi)
 	img := &fuzzImage{img: m.buf}
-	img.regions = [5][2]int64{
+	img.regions = [][2]int64{
 		{a.infoOff, InfoSize},
 		{a.info2Off, InfoSize},
 		{a.logOff, int64(a.nfree) * FlogGroupSize},
 		{a.mapOff, int64(a.externalNLBA) * MapEntrySize},
 		{a.dataOff, 64 << 10},
 	}
-	fuzzBases[i] = img
+	if len(d.arenas) > 1 {
+		a1 := d.arenas[1]
+		img.regions = append(img.regions, [2]int64{a1.infoOff, InfoSize}, [2]int64{a1.logOff, int64(a1.nfree) * FlogGroupSize})
+	}
+	fuzzBases[kind] = img
 	return img
 }
 
@@ -207,7 +224,7 @@ func applyPatches(m *memMedium, base *fuzzImage, p []byte) {
 			m.buf[r[0]+(off+int64(i))%r[1]] = p[i]
 		}
 		p = p[n:]
-		if region&0x80 != 0 && int(region&7)%len(base.regions) <= 1 {
+		if ri := int(region&7) % len(base.regions); region&0x80 != 0 && (ri <= 1 || ri == 5) {
 			b := m.buf[r[0] : r[0]+InfoSize]
 			binary.LittleEndian.PutUint64(b[infoChecksumOff:], infoChecksum(b))
 		}
