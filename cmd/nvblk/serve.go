@@ -248,12 +248,14 @@ func newLogger(w io.Writer, level, format string) (*logrus.Logger, error) {
 
 // qemuOptions are the QEMU arguments that attach a guest to socket. The
 // guest's RAM must be shared (memfd, share=on) for a vhost-user back-end
-// to map it; its size is the user's choice and must match -m.
+// to map it; its size is the user's choice and must match -m. reconnect=1
+// makes QEMU redial a restarted backend, which resubmits in-flight
+// requests from the inflight region instead of the guest seeing errors.
 func qemuOptions(socket string, queues uint) []string {
 	return []string{
 		"-object", "memory-backend-memfd,id=mem,size=1G,share=on",
 		"-machine", "memory-backend=mem", "-m", "1G",
-		"-chardev", "socket,id=nvblk0,path=" + socket,
+		"-chardev", "socket,id=nvblk0,path=" + socket + ",reconnect=1",
 		"-device", fmt.Sprintf("vhost-user-blk-pci,chardev=nvblk0,num-queues=%d", queues),
 	}
 }
