@@ -250,18 +250,26 @@ func (d *Device) sectorsIn(iov [][]byte) (uint64, error) {
 	return total / uint64(d.sector), nil
 }
 
+// begin validates an I/O of the io-vector at lba and takes a lane for it:
+// the caller releases the lane.
+func (d *Device) begin(lba uint64, iov [][]byte) (sectors uint64, l *lane, err error) {
+	if sectors, err = d.sectorsIn(iov); err != nil {
+		return 0, nil, err
+	}
+	if err = d.checkRange(lba, sectors); err != nil {
+		return 0, nil, err
+	}
+	if l, err = d.acquire(); err != nil {
+		return 0, nil, err
+	}
+	return sectors, l, nil
+}
+
 // ReadV reads len(iov) bytes (a whole number of sectors) starting at lba into
 // the io-vector. Each sector is read atomically: it returns one complete
 // version of the sector, never a mix of two writes.
 func (d *Device) ReadV(lba uint64, iov [][]byte) error {
-	n, err := d.sectorsIn(iov)
-	if err != nil {
-		return err
-	}
-	if err := d.checkRange(lba, n); err != nil {
-		return err
-	}
-	l, err := d.acquire()
+	n, l, err := d.begin(lba, iov)
 	if err != nil {
 		return err
 	}
@@ -337,14 +345,7 @@ func (d *Device) WriteV(lba uint64, iov [][]byte) error {
 	if d.readOnly {
 		return ErrReadOnly
 	}
-	n, err := d.sectorsIn(iov)
-	if err != nil {
-		return err
-	}
-	if err := d.checkRange(lba, n); err != nil {
-		return err
-	}
-	l, err := d.acquire()
+	n, l, err := d.begin(lba, iov)
 	if err != nil {
 		return err
 	}
