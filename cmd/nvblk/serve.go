@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,7 +26,7 @@ import (
 func init() {
 	register(&command{name: "serve", summary: "serve the BTT on FILE to QEMU as a vhost-user-blk device (also: nvblk --socket-path ...)",
 		usage: "--socket-path PATH | --fd N | (systemd socket)  --blk-file FILE [--read-only] [--num-queues N] [--poll-us N] " +
-			"[--durability MODE] [--serial S] [--control-socket PATH] [--metrics-addr HOST:PORT] " +
+			"[--socket-mode 0600] [--durability MODE] [--serial S] [--control-socket PATH] [--metrics-addr HOST:PORT] " +
 			"[--log-level LEVEL] [--log-format text|json] | --print-capabilities",
 		run: runServe})
 	flagSets["serve"] = func() *flag.FlagSet { fs, _ := serveFlags(); return fs }
@@ -41,6 +42,7 @@ const shutdownGrace = 5 * time.Second
 
 type serveArgs struct {
 	socketPath string
+	socketMode string
 	fd         int
 	blkFile    string
 	readOnly   bool
@@ -59,6 +61,7 @@ func serveFlags() (*flag.FlagSet, *serveArgs) {
 	a := &serveArgs{}
 	fs := newFlagSet("serve")
 	fs.StringVar(&a.socketPath, "socket-path", "", "create and listen on this vhost-user unix socket (incompatible with --fd)")
+	fs.StringVar(&a.socketMode, "socket-mode", "0600", "permissions of the socket --socket-path creates, in octal (e.g. 0660 to let a group such as libvirt-qemu connect)")
 	fs.IntVar(&a.fd, "fd", -1, "serve on this inherited, already-listening unix socket fd (incompatible with --socket-path)")
 	fs.StringVar(&a.blkFile, "blk-file", "", "the BTT image (an emulated-NVDIMM file, a pmem block device or devdax) to serve (required)")
 	fs.BoolVar(&a.readOnly, "read-only", false, "offer a read-only disk (VIRTIO_BLK_F_RO); the image is opened read-only")
@@ -120,6 +123,11 @@ func runServe(env *environment, args []string) error {
 	if len(pos) > 0 {
 		return usagef("unexpected arguments %q (the image is given with --blk-file)", pos)
 	}
+	mode, err := strconv.ParseUint(a.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return usagef("--socket-mode %q: want octal permissions such as 0600 or 0660", a.socketMode)
+	}
+	socketMode := os.FileMode(mode)
 	if a.socketPath == "" && a.fd < 0 {
 		// Socket activation: systemd passed the listening socket.
 		fds, err := systemd.ListenFDs()
@@ -178,7 +186,7 @@ func runServe(env *environment, args []string) error {
 	if a.fd >= 0 {
 		l, err = vhost.FileListener(a.fd)
 	} else {
-		l, err = vhost.Listen(a.socketPath)
+		l, err = vhost.ListenMode(a.socketPath, socketMode)
 	}
 	if err != nil {
 		return err

@@ -224,6 +224,8 @@ func TestServeUsageErrors(t *testing.T) {
 		{"fd of stdout", []string{"--fd", "1", "--blk-file", img}, "--fd 1"},
 		{"no image", []string{"--socket-path", "s"}, "missing --blk-file"},
 		{"zero queues", []string{"--socket-path", "s", "--blk-file", img, "--num-queues", "0"}, "--num-queues"},
+		{"socket mode not octal", []string{"--socket-path", "s", "--blk-file", img, "--socket-mode", "rw-rw----"}, "--socket-mode"},
+		{"socket mode past 0777", []string{"--socket-path", "s", "--blk-file", img, "--socket-mode", "04755"}, "--socket-mode"},
 		{"too many queues", []string{"--socket-path", "s", "--blk-file", img, "--num-queues", "17"}, "--num-queues"},
 		{"bad durability", []string{"--socket-path", "s", "--blk-file", img, "--durability", "maybe"}, "durability"},
 		{"bad log format", []string{"--socket-path", "s", "--blk-file", img, "--log-format", "xml"}, "--log-format"},
@@ -395,5 +397,21 @@ func TestServeProcessOnAnInheritedListeningFd(t *testing.T) {
 	terminate(t, cmd, exited, out)
 	if code, got, _ := nvblk(t, nil, "read", img, "--lba", "0"); code != 0 || got != string(data) {
 		t.Fatalf("nvblk read: exit %d, equal %v", code, got == string(data))
+	}
+}
+
+func TestServeSocketModeWidensTheSocketForAGroup(t *testing.T) {
+	img := formatted(t)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	stop, _, stderr := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--socket-mode", "0660")
+	st, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Mode().Perm(); got != 0o660 {
+		t.Errorf("socket mode %#o, want 0660", got)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d: %s", code, stderr)
 	}
 }
