@@ -60,7 +60,7 @@ func parallel(g, n int, op func(worker, i int)) time.Duration {
 	return time.Since(start)
 }
 
-func benchEngine(b *testing.B, goroutines int, write bool) {
+func benchEngine(b *testing.B, goroutines int, write, ownLanes bool) {
 	m, d := benchDevice(b)
 	nlba := int(d.NumSectors())
 	area, err := m.Slice(1<<20, int64(nlba/2)*4096)
@@ -89,13 +89,31 @@ func benchEngine(b *testing.B, goroutines int, write bool) {
 			copy(bufs[w], area[o:o+4096])
 		})
 	}
+	// Each goroutine either takes a lane per I/O (Device.ReadV/WriteV) or
+	// owns one for the whole run, as a vhost queue does.
+	type disk interface {
+		ReadV(uint64, [][]byte) error
+		WriteV(uint64, [][]byte) error
+	}
+	disks := make([]disk, goroutines)
+	for w := range disks {
+		disks[w] = d
+		if ownLanes {
+			ln, err := d.AcquireLane()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Release()
+			disks[w] = ln
+		}
+	}
 	engine := parallel(goroutines, b.N, func(w, i int) {
 		lba := uint64(i * 7919 % nlba)
 		var err error
 		if write {
-			err = d.WriteV(lba, iovs[w])
+			err = disks[w].WriteV(lba, iovs[w])
 		} else {
-			err = d.ReadV(lba, iovs[w])
+			err = disks[w].ReadV(lba, iovs[w])
 		}
 		if err != nil {
 			b.Error(err)
@@ -107,7 +125,13 @@ func benchEngine(b *testing.B, goroutines int, write bool) {
 	b.ReportMetric(float64(memcpy)/float64(engine), "x_memcpy")
 }
 
-func BenchmarkWrite4KiB1Goroutine(b *testing.B)  { benchEngine(b, 1, true) }
-func BenchmarkWrite4KiB2Goroutines(b *testing.B) { benchEngine(b, 2, true) }
-func BenchmarkRead4KiB1Goroutine(b *testing.B)   { benchEngine(b, 1, false) }
-func BenchmarkRead4KiB2Goroutines(b *testing.B)  { benchEngine(b, 2, false) }
+func BenchmarkWrite4KiB1Goroutine(b *testing.B)  { benchEngine(b, 1, true, false) }
+func BenchmarkWrite4KiB2Goroutines(b *testing.B) { benchEngine(b, 2, true, false) }
+func BenchmarkRead4KiB1Goroutine(b *testing.B)   { benchEngine(b, 1, false, false) }
+func BenchmarkRead4KiB2Goroutines(b *testing.B)  { benchEngine(b, 2, false, false) }
+
+// With a lane owned per goroutine, as each vhost queue owns one.
+func BenchmarkWrite4KiB1GoroutineOwnLane(b *testing.B)  { benchEngine(b, 1, true, true) }
+func BenchmarkWrite4KiB2GoroutinesOwnLane(b *testing.B) { benchEngine(b, 2, true, true) }
+func BenchmarkRead4KiB1GoroutineOwnLane(b *testing.B)   { benchEngine(b, 1, false, true) }
+func BenchmarkRead4KiB2GoroutinesOwnLane(b *testing.B)  { benchEngine(b, 2, false, true) }

@@ -274,6 +274,11 @@ func (d *Device) ReadV(lba uint64, iov [][]byte) error {
 		return err
 	}
 	defer d.release(l)
+	return d.readOn(l, lba, n, iov)
+}
+
+// readOn reads n sectors at lba into iov through lane l.
+func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) error {
 	cur := iovCursor{iov: iov}
 	// The arena's reader count and the lane's rtt slot are held across
 	// the sectors of one read, not taken per sector: each sector then
@@ -350,6 +355,11 @@ func (d *Device) WriteV(lba uint64, iov [][]byte) error {
 		return err
 	}
 	defer d.release(l)
+	return d.writeOn(l, lba, n, iov)
+}
+
+// writeOn writes n sectors at lba from iov through lane l.
+func (d *Device) writeOn(l *lane, lba, n uint64, iov [][]byte) error {
 	cur := iovCursor{iov: iov}
 	for i := uint64(0); i < n; i++ {
 		a, premap := d.locate(lba + i)

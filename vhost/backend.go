@@ -26,6 +26,12 @@ type Handler interface {
 	Handle(c *virtq.Chain) uint32
 }
 
+// handlerCloser is implemented by handlers that hold resources for their
+// queue's lifetime; the worker closes them when the queue stops.
+type handlerCloser interface {
+	Close()
+}
+
 // ConfigWriter is implemented by backends whose config space has writable
 // fields (SET_CONFIG); others refuse SET_CONFIG.
 type ConfigWriter interface {

@@ -97,6 +97,12 @@ func (w *worker) stop() uint16 {
 
 func (w *worker) run() {
 	defer close(w.done)
+	if hc, ok := w.h.(handlerCloser); ok {
+		// The handler may hold a share of the disk for this queue (a BTT
+		// lane): give it back before stop returns, so a restarted queue
+		// or the disk's Close does not wait for it.
+		defer hc.Close()
+	}
 	c := w.q.NewChain()
 	w.resubmit(c)
 	for !w.stopping.Load() {

@@ -175,7 +175,14 @@ func runServe(env *environment, args []string) error {
 	if serial == "" {
 		serial = defaultSerial(d.UUID())
 	}
-	dv := blk.NewDevice(d, blk.Options{NumQueues: uint16(a.numQueues), ReadOnly: a.readOnly, Serial: serial})
+	dv := blk.NewDevice(d, blk.Options{NumQueues: uint16(a.numQueues), ReadOnly: a.readOnly, Serial: serial,
+		QueueDisk: func() (blk.Disk, func(), error) { // each queue owns a BTT lane while it runs
+			ln, err := d.AcquireLane()
+			if err != nil {
+				return nil, nil, err
+			}
+			return ln, ln.Release, nil
+		}})
 
 	ops, err := listenOps(a.control, a.metrics)
 	if err != nil {

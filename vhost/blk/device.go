@@ -56,6 +56,11 @@ type Options struct {
 	// sectors; default 2 GiB, rounded down to whole disk sectors.
 	MaxDiscardSectors     uint32
 	MaxWriteZeroesSectors uint32
+	// QueueDisk, if set, gives each Handler its own view of the disk (a
+	// BTT lane) for as long as the Handler lives, so that queues' I/O
+	// shares no lock; release is called by Handler.Close. When it fails,
+	// the Handler uses the shared disk.
+	QueueDisk func() (d Disk, release func(), err error)
 }
 
 // Device is one virtio-blk device over a Disk. It is immutable after

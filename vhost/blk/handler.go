@@ -35,9 +35,11 @@ const (
 // iov has grown to the widest request seen, allocation-free. Not safe for
 // concurrent use: one per queue.
 type Handler struct {
-	dv   *Device
-	iov  [][]byte // data windows of the request in flight, into guest memory
-	last Outcome  // the request Handle executed last
+	dv      *Device
+	disk    Disk     // dv's disk, or this queue's own view of it (Options.QueueDisk)
+	release func()   // gives disk back, when it is the queue's own
+	iov     [][]byte // data windows of the request in flight, into guest memory
+	last    Outcome  // the request Handle executed last
 }
 
 // Request types (virtio 1.2 §5.2.6) as an Outcome reports them.
@@ -65,7 +67,23 @@ func (h *Handler) Last() Outcome { return h.last }
 
 // NewHandler returns a Handler for one queue of dv.
 func (dv *Device) NewHandler() *Handler {
-	return &Handler{dv: dv, iov: make([][]byte, 0, dv.opts.SegMax+2)}
+	h := &Handler{dv: dv, disk: dv.disk, iov: make([][]byte, 0, dv.opts.SegMax+2)}
+	if dv.opts.QueueDisk != nil {
+		if d, release, err := dv.opts.QueueDisk(); err == nil {
+			h.disk, h.release = d, release
+		}
+	}
+	return h
+}
+
+// Close gives back the queue's own view of the disk, if it has one. The
+// Handler must not be used afterwards.
+func (h *Handler) Close() {
+	if h.release != nil {
+		h.release()
+		h.release = nil
+		h.disk = h.dv.disk
+	}
 }
 
 // Handle parses the request in c, executes it against the disk, writes the
@@ -97,22 +115,22 @@ func (h *Handler) Handle(c *virtq.Chain) (written uint32) {
 	switch typ {
 	case typeIn:
 		iov, total := h.inData(c.Segments)
-		if st = h.dv.readWrite(false, sector, iov, total); st == statusOK {
+		if st = h.dv.readWrite(h.disk, false, sector, iov, total); st == statusOK {
 			n, moved = uint32(total), total
 		}
 	case typeOut:
 		iov, total := h.outData(c.Segments, seg, off)
-		if st = h.dv.readWrite(true, sector, iov, total); st == statusOK {
+		if st = h.dv.readWrite(h.disk, true, sector, iov, total); st == statusOK {
 			moved = total
 		}
 	case typeFlush:
-		st = h.dv.flush()
+		st = h.dv.flush(h.disk)
 	case typeGetID:
 		iov, _ := h.inData(c.Segments)
 		st, n = h.dv.getID(iov)
 	case typeDiscard, typeWriteZeroes:
 		iov, total := h.outData(c.Segments, seg, off)
-		st = h.dv.zero(typ == typeDiscard, iov, total)
+		st = h.dv.zero(h.disk, typ == typeDiscard, iov, total)
 	default:
 		st = statusUnsupp
 	}
@@ -192,7 +210,7 @@ func (h *Handler) inData(segs []virtq.Segment) ([][]byte, uint64) {
 }
 
 // readWrite moves total bytes between iov and the disk at virtio sector.
-func (dv *Device) readWrite(write bool, sector uint64, iov [][]byte, total uint64) byte {
+func (dv *Device) readWrite(disk Disk, write bool, sector uint64, iov [][]byte, total uint64) byte {
 	if write && dv.readOnly {
 		return statusIOErr
 	}
@@ -206,9 +224,9 @@ func (dv *Device) readWrite(write bool, sector uint64, iov [][]byte, total uint6
 	lba := sector / dv.perLBA
 	var err error
 	if write {
-		err = dv.disk.WriteV(lba, iov)
+		err = disk.WriteV(lba, iov)
 	} else {
-		err = dv.disk.ReadV(lba, iov)
+		err = disk.ReadV(lba, iov)
 	}
 	if err != nil {
 		return statusIOErr
@@ -216,8 +234,8 @@ func (dv *Device) readWrite(write bool, sector uint64, iov [][]byte, total uint6
 	return statusOK
 }
 
-func (dv *Device) flush() byte {
-	if dv.disk.Flush() != nil {
+func (dv *Device) flush(disk Disk) byte {
+	if disk.Flush() != nil {
 		return statusIOErr
 	}
 	return statusOK
@@ -245,7 +263,7 @@ func (dv *Device) getID(iov [][]byte) (byte, uint32) {
 // zero executes DISCARD or WRITE_ZEROES; both become Disk.WriteZeroes,
 // whose zeroing is an unmap. Only one segment per request is supported
 // (max_discard_seg = max_write_zeroes_seg = 1).
-func (dv *Device) zero(discard bool, iov [][]byte, total uint64) byte {
+func (dv *Device) zero(disk Disk, discard bool, iov [][]byte, total uint64) byte {
 	switch {
 	case total == 0 || total%zeroSegSize != 0:
 		return statusIOErr
@@ -274,7 +292,7 @@ func (dv *Device) zero(discard bool, iov [][]byte, total uint64) byte {
 	if num == 0 {
 		return statusOK
 	}
-	if dv.disk.WriteZeroes(sector/dv.perLBA, num/dv.perLBA) != nil {
+	if disk.WriteZeroes(sector/dv.perLBA, num/dv.perLBA) != nil {
 		return statusIOErr
 	}
 	return statusOK
