@@ -12,7 +12,7 @@ import (
 )
 
 func TestGuestBootsToTheAgentWhileQMPSaysRunning(t *testing.T) {
-	m := guest.Start(t, kit, guest.Config{
+	m := guest.Start(t, suite.Kit, guest.Config{
 		Append: "nvblk.marker=hello",
 		Steps:  []agentproto.Step{{Op: agentproto.OpRead, Path: "/proc/cmdline"}},
 	})
@@ -47,7 +47,7 @@ func TestGuestBootsToTheAgentWhileQMPSaysRunning(t *testing.T) {
 // A step that fails must fail the run, and the steps after it must not
 // run: later steps build on earlier ones.
 func TestAgentStopsAtTheFirstFailingStep(t *testing.T) {
-	m := guest.Start(t, kit, guest.Config{Steps: []agentproto.Step{
+	m := guest.Start(t, suite.Kit, guest.Config{Steps: []agentproto.Step{
 		{Op: agentproto.OpRead, Path: "/proc/version"},
 		{Op: agentproto.OpRead, Path: "/no/such/file"},
 		{Op: agentproto.OpRead, Path: "/proc/version"},
@@ -73,7 +73,7 @@ func TestAgentStopsAtTheFirstFailingStep(t *testing.T) {
 // vhost-user back ends map guest RAM, so it must be a shared memfd of the
 // same size as -m, and the guest must boot on it.
 func TestGuestBootsOnSharedMemfdMemory(t *testing.T) {
-	m := guest.Start(t, kit, guest.Config{
+	m := guest.Start(t, suite.Kit, guest.Config{
 		MemoryMiB:    256,
 		SharedMemory: true,
 		Steps:        []agentproto.Step{{Op: agentproto.OpRead, Path: "/proc/meminfo"}},

@@ -174,7 +174,7 @@ func checkNvblkReads(t *testing.T, img string, lbas []uint64, want map[uint64][]
 	t.Helper()
 	zero := make([]byte, sectorSize)
 	for _, lba := range lbas {
-		out, err := nvblk(t, nil, "read", img, "--lba", strconv.FormatUint(lba, 10), "--count", "1")
+		out, err := suite.NVBLK(t, nil, "read", img, "--lba", strconv.FormatUint(lba, 10), "--count", "1")
 		if err != nil {
 			t.Errorf("nvblk read LBA %d: %v", lba, err)
 			continue
@@ -193,14 +193,6 @@ func checkNvblkReads(t *testing.T, img string, lbas []uint64, want map[uint64][]
 	}
 }
 
-func checkNvblkCheck(t *testing.T, img string) {
-	t.Helper()
-	out, err := nvblk(t, nil, "check", img)
-	if err != nil {
-		t.Fatalf("nvblk check after the guest: %v\n%s", err, out)
-	}
-}
-
 // info is the part of `nvblk info --json` the tests compare with what the
 // kernel reports.
 type info struct {
@@ -212,7 +204,7 @@ type info struct {
 
 func nvblkInfo(t *testing.T, img string) info {
 	t.Helper()
-	out, err := nvblk(t, nil, "info", img, "--json")
+	out, err := suite.NVBLK(t, nil, "info", img, "--json")
 	if err != nil {
 		t.Fatal(err)
 	}

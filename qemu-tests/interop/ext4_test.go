@@ -28,7 +28,7 @@ func TestExt4OnAnNvblkFormattedBTTSurvivesRemountAndFsck(t *testing.T) {
 		{Op: agentproto.OpUmount, Target: "/mnt"},
 		{Op: agentproto.OpExec, Argv: []string{"/sbin/e2fsck", "-f", "-n", dev}},
 	}
-	res := guest.Run(t, kit, guest.Config{NVDIMMs: []string{img}, Steps: steps})
+	res := guest.Run(t, suite.Kit, guest.Config{NVDIMMs: []string{img}, Steps: steps})
 	t.Logf("guest run %v (agent up after %v)", res.Wall, res.BootToAgent)
 
 	var back agentproto.ReadData
@@ -44,10 +44,10 @@ func TestExt4OnAnNvblkFormattedBTTSurvivesRemountAndFsck(t *testing.T) {
 	}
 	t.Logf("e2fsck in the guest:\n%s", fsck.Output)
 
-	checkNvblkCheck(t, img)
+	suite.CheckImage(t, img)
 	// The ext4 superblock sits 1 KiB into the disk: nvblk must find it
 	// through the map where the kernel put it.
-	sb, err := nvblk(t, nil, "read", img, "--lba", "0", "--count", "1")
+	sb, err := suite.NVBLK(t, nil, "read", img, "--lba", "0", "--count", "1")
 	if err != nil {
 		t.Fatal(err)
 	}

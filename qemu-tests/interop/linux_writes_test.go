@@ -63,7 +63,7 @@ func linuxWritesNvblkReads(t *testing.T, size int64, sectorSize, cpus int) {
 	readHigh := len(steps)
 	steps = append(steps, agentproto.Step{Op: agentproto.OpReadSectors, Device: dev, SectorSize: sectorSize, LBA: high - 1, Count: 3})
 
-	res := guest.Run(t, kit, guest.Config{NVDIMMs: []string{img}, CPUs: cpus, Steps: steps})
+	res := guest.Run(t, suite.Kit, guest.Config{NVDIMMs: []string{img}, CPUs: cpus, Steps: steps})
 	t.Logf("guest run %v (agent up after %v)", res.Wall, res.BootToAgent)
 
 	var made agentproto.MakeBTTData
@@ -117,7 +117,7 @@ func linuxWritesNvblkReads(t *testing.T, size int64, sectorSize, cpus int) {
 		}
 	}
 
-	checkNvblkCheck(t, img)
+	suite.CheckImage(t, img)
 	info := nvblkInfo(t, img)
 	if info.UUID != uuid || info.SectorSize != sectorSize || info.NumSectors != nlba {
 		t.Errorf("nvblk info: uuid %s, %d sectors of %d; the kernel made uuid %s, %d sectors of %d",

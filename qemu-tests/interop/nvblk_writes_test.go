@@ -23,7 +23,7 @@ func TestNvblkFormats512ByteSectorsAndLinuxReadsAndWritesThem(t *testing.T) {
 func formatImage(t *testing.T, size string, sectorSize int, uuid string) (string, infoBlock) {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "nvblk.img")
-	if _, err := nvblk(t, nil, "format", img, "--size", size, "--sector-size", strconv.Itoa(sectorSize), "--uuid", uuid); err != nil {
+	if _, err := suite.NVBLK(t, nil, "format", img, "--size", size, "--sector-size", strconv.Itoa(sectorSize), "--uuid", uuid); err != nil {
 		t.Fatal(err)
 	}
 	ib := readInfoBlock(t, img)
@@ -36,7 +36,7 @@ func formatImage(t *testing.T, size string, sectorSize int, uuid string) (string
 func hostWrites(t *testing.T, img string, writes []write) {
 	t.Helper()
 	for _, w := range writes {
-		if _, err := nvblk(t, w.Data, "write", img, "--lba", strconv.FormatUint(w.LBA, 10)); err != nil {
+		if _, err := suite.NVBLK(t, w.Data, "write", img, "--lba", strconv.FormatUint(w.LBA, 10)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -53,7 +53,7 @@ func nvblkWritesLinuxReads(t *testing.T, size int64, sectorSize int) {
 		{last, pattern(t, last, 1, 1, sectorSize)},
 	}
 	hostWrites(t, img, hostSide)
-	if _, err := nvblk(t, nil, "check", img); err != nil {
+	if _, err := suite.NVBLK(t, nil, "check", img); err != nil {
 		t.Fatalf("nvblk check before the guest: %v", err)
 	}
 
@@ -75,7 +75,7 @@ func nvblkWritesLinuxReads(t *testing.T, size int64, sectorSize int) {
 	for _, w := range guestSide {
 		steps = append(steps, agentproto.Step{Op: agentproto.OpWriteSectors, Device: dev, SectorSize: sectorSize, LBA: w.LBA, Data: w.Data})
 	}
-	res := guest.Run(t, kit, guest.Config{NVDIMMs: []string{img}, Steps: steps})
+	res := guest.Run(t, suite.Kit, guest.Config{NVDIMMs: []string{img}, Steps: steps})
 	t.Logf("guest run %v (agent up after %v)", res.Wall, res.BootToAgent)
 
 	var sizeText, lbsText, uuidText agentproto.ReadData
@@ -102,7 +102,7 @@ func nvblkWritesLinuxReads(t *testing.T, size int64, sectorSize int) {
 		checkGuestReads(t, got, before, sectorSize)
 	}
 
-	checkNvblkCheck(t, img)
+	suite.CheckImage(t, img)
 	after := expected(append(hostSide, guestSide...), sectorSize)
 	checkNvblkReads(t, img, []uint64{0, 1, 2, 3, 4, 5, last - 2, last - 1, last}, after, sectorSize)
 }

@@ -49,21 +49,21 @@ func TestBackendRestartsUnderGuestIOLoseNoAcknowledgedWrite(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 0x6e76626c6b))
 	start := time.Now()
 
-	img := formatImage(t, "64M", 4096)
+	img := suite.FormatImage(t, "64M", 4096)
 	if img.NumSectors < sectors {
 		t.Fatalf("image has %d sectors, the stream needs %d", img.NumSectors, sectors)
 	}
 	sock := filepath.Join(t.TempDir(), "nvblk.sock")
 	gen := 0
 	srv := serve(t, gen, sock, img)
-	var servers []*server
+	var servers []*guest.Backend
 
 	steps := []agentproto.Step{
 		{Op: agentproto.OpWait, Path: dev, TimeoutMS: 30000},
 		{Op: agentproto.OpSeqWrite, Device: dev, SectorSize: img.SectorSize, LBA: 0, Count: sectors,
 			Workers: workers, Chunk: perFsync, Seed: stream},
 	}
-	m := guest.Start(t, kit, guest.Config{
+	m := guest.Start(t, suite.Kit, guest.Config{
 		MemoryMiB:    256,
 		SharedMemory: true,
 		Args: []string{
@@ -80,9 +80,9 @@ func TestBackendRestartsUnderGuestIOLoseNoAcknowledgedWrite(t *testing.T) {
 		before := acked(t, m)
 		switch how {
 		case "SIGKILL":
-			srv.kill(t)
+			srv.Kill(t)
 		case "SIGTERM":
-			srv.terminate(t)
+			srv.StopClean(t)
 		}
 		down := time.Now()
 		servers = append(servers, srv)
@@ -119,20 +119,15 @@ func TestBackendRestartsUnderGuestIOLoseNoAcknowledgedWrite(t *testing.T) {
 	}
 	t.Logf("guest: %d sectors written, %d fsyncs, slowest write %d ms", d.Sectors, d.Fsyncs, d.SlowestMS)
 	servers = append(servers, srv)
-	srv.terminate(t)
+	srv.StopClean(t)
 
 	// Every sector the guest saw acknowledged holds its own content.
 	ack := acked(t, m)
 	if len(ack) != sectors || d.Sectors != sectors {
 		t.Fatalf("guest acknowledged %d sectors (reported %d), want all %d", len(ack), d.Sectors, sectors)
 	}
-	if out, err := nvblk(t, "check", img.Path); err != nil {
-		t.Fatalf("nvblk check: %v\n%s", err, out)
-	}
-	got, err := nvblk(t, "read", img.Path, "--lba", "0", "--count", strconv.Itoa(sectors))
-	if err != nil {
-		t.Fatal(err)
-	}
+	suite.CheckImage(t, img.Path)
+	got := suite.ReadImage(t, img, 0, sectors)
 	bad := 0
 	for lba := range ack {
 		s := got[int(lba)*img.SectorSize : int(lba+1)*img.SectorSize]
@@ -147,9 +142,9 @@ func TestBackendRestartsUnderGuestIOLoseNoAcknowledgedWrite(t *testing.T) {
 	}
 	resubmitted := 0
 	for _, s := range servers {
-		resubmitted += s.resubmitted()
-		for _, line := range s.resumed() {
-			t.Logf("nvblk serve #%d: %s", s.gen, line)
+		resubmitted += resubmittedBy(s)
+		for _, line := range resumed(s) {
+			t.Logf("%s: %s", s.Name, line)
 		}
 	}
 	t.Logf("verified %d acknowledged sectors across %d kills and a SIGTERM; %d requests resubmitted from inflight regions; %v in all",

@@ -16,7 +16,7 @@ import (
 // generation, none older than the last one the first guest had flushed —
 // the BTT's promise of atomic sectors, end to end.
 func TestQEMUKilledMidWriteLeavesEverySectorWholeAndNvblkServesTheNextGuest(t *testing.T) {
-	img := formatImage(t, "64M", 4096)
+	img := suite.FormatImage(t, "64M", 4096)
 	srv := serve(t, img, "--num-queues", "2")
 	const (
 		first       = 256
@@ -31,7 +31,7 @@ func TestQEMUKilledMidWriteLeavesEverySectorWholeAndNvblkServesTheNextGuest(t *t
 		steps = append(steps, agentproto.Step{Op: agentproto.OpParallel, Device: dev, SectorSize: img.SectorSize,
 			LBA: first, Count: count, Chunk: 8, Workers: 2, Seed: gen(g)})
 	}
-	m := guest.Start(t, kit, machineConfig(srv, 1, 2, steps))
+	m := guest.Start(t, suite.Kit, machineConfig(srv, 1, 2, steps))
 	rep, err := m.WaitStep(1+killAfter, guest.DefaultTimeout)
 	if err != nil || !rep.OK {
 		t.Fatalf("generation %d: %+v %v", killAfter, rep, err)
@@ -60,10 +60,10 @@ func TestQEMUKilledMidWriteLeavesEverySectorWholeAndNvblkServesTheNextGuest(t *t
 		{Op: agentproto.OpCheckSectors, Device: dev, SectorSize: img.SectorSize, LBA: 0, Count: 16, Seed: "next-guest"},
 	}
 	run(t, machineConfig(srv, 1, 2, next))
-	srv.stopClean(t)
-	checkImage(t, img)
+	srv.StopClean(t)
+	suite.CheckImage(t, img.Path)
 
-	got := readImage(t, img, first, count)
+	got := suite.ReadImage(t, img, first, count)
 	hist := map[int]int{}
 	for i := 0; i < count; i++ {
 		lba := uint64(first + i)
@@ -82,7 +82,7 @@ func TestQEMUKilledMidWriteLeavesEverySectorWholeAndNvblkServesTheNextGuest(t *t
 		hist[g]++
 	}
 	t.Logf("sectors per generation after the kill: %v", hist)
-	if !bytes.Equal(readImage(t, img, 0, 16), agentproto.Patterns("next-guest", 0, 16, img.SectorSize)) {
+	if !bytes.Equal(suite.ReadImage(t, img, 0, 16), agentproto.Patterns("next-guest", 0, 16, img.SectorSize)) {
 		t.Error("the next guest's write is not in the image")
 	}
 }

@@ -18,7 +18,7 @@ import (
 // been stopped and started again on the image, found clean by e2fsck and
 // holding every file, byte for byte, by a second guest.
 func TestExt4WrittenByOneGuestIsReadBackWholeByTheNextBoot(t *testing.T) {
-	img := formatImage(t, "64M", 4096)
+	img := suite.FormatImage(t, "64M", 4096)
 	const seed, nfiles = "ext4-tree", 18
 	want := treeDigests(seed, nfiles)
 
@@ -39,8 +39,8 @@ func TestExt4WrittenByOneGuestIsReadBackWholeByTheNextBoot(t *testing.T) {
 	}
 	fsck := decode[agentproto.ExecData](t, res, 5)
 	t.Logf("e2fsck after the first boot:\n%s", fsck.Output)
-	srv.stopClean(t)
-	checkImage(t, img)
+	srv.StopClean(t)
+	suite.CheckImage(t, img.Path)
 
 	second := []agentproto.Step{
 		{Op: agentproto.OpWait, Path: dev, TimeoutMS: 30000},
@@ -64,8 +64,8 @@ func TestExt4WrittenByOneGuestIsReadBackWholeByTheNextBoot(t *testing.T) {
 			}
 		}
 	}
-	srv.stopClean(t)
-	checkImage(t, img)
+	srv.StopClean(t)
+	suite.CheckImage(t, img.Path)
 }
 
 // treeDigests is what the agent must report of agentproto.Tree, computed
@@ -90,7 +90,7 @@ func byPath(a, b agentproto.FileDigest) int { return strings.Compare(a.Path, b.P
 // writes a marker file, which the host then finds inside the image
 // through the BTT.
 func TestGuestBootsWithItsRootFileSystemOnTheNvblkDisk(t *testing.T) {
-	img := formatImage(t, "64M", 4096)
+	img := suite.FormatImage(t, "64M", 4096)
 	const markerSeed = "root-marker"
 	onDisk := []agentproto.Step{
 		{Op: agentproto.OpRootMount, Device: dev},
@@ -112,11 +112,11 @@ func TestGuestBootsWithItsRootFileSystemOnTheNvblkDisk(t *testing.T) {
 	}
 	srv := serve(t, img)
 	run(t, machineConfig(srv, 1, 1, install))
-	srv.stopClean(t)
-	checkImage(t, img)
+	srv.StopClean(t)
+	suite.CheckImage(t, img.Path)
 
 	initrd := filepath.Join(t.TempDir(), "minimal.cpio")
-	if err := kit.MinimalInitramfs(initrd, "virtio_pci", "virtio_blk", "crc32c_generic", "ext4"); err != nil {
+	if err := suite.Kit.MinimalInitramfs(initrd, "virtio_pci", "virtio_blk", "crc32c_generic", "ext4"); err != nil {
 		t.Fatal(err)
 	}
 	srv = serve(t, img)
@@ -125,7 +125,7 @@ func TestGuestBootsWithItsRootFileSystemOnTheNvblkDisk(t *testing.T) {
 		{Op: agentproto.OpSwitchRoot, Source: dev, Target: "/newroot", FSType: "ext4", Path: "/sbin/init"},
 	})
 	cfg.Initramfs = initrd
-	m := guest.Start(t, kit, cfg)
+	m := guest.Start(t, suite.Kit, cfg)
 	res, err := m.Wait()
 	if err != nil {
 		t.Fatal(err)
@@ -147,15 +147,15 @@ func TestGuestBootsWithItsRootFileSystemOnTheNvblkDisk(t *testing.T) {
 	if root.Source != dev || root.FSType != "ext4" {
 		t.Fatalf("/ of the disk's init is %s on %s, want ext4 on %s", root.FSType, root.Source, dev)
 	}
-	srv.stopClean(t)
-	checkImage(t, img)
+	srv.StopClean(t)
+	suite.CheckImage(t, img.Path)
 
 	// The marker is 4 KiB of ChaCha8 output named only by its seed in the
 	// script, so finding its bytes on the disk means the init on the disk
 	// ran and wrote them through nvblk. ext4 puts a file's data in whole
 	// blocks, so it sits at a 4 KiB boundary.
 	marker := agentproto.PatternBytes(markerSeed, 4096)
-	disk := readImage(t, img, 0, int(img.NumSectors))
+	disk := suite.ReadImage(t, img, 0, int(img.NumSectors))
 	at := -1
 	for off := 0; off+len(marker) <= len(disk); off += 4096 {
 		if bytes.Equal(disk[off:off+len(marker)], marker) {

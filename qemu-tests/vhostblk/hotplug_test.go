@@ -14,7 +14,7 @@ import (
 // serves one front-end connection after another, and the second
 // connection sees what the first wrote.
 func TestDiskHotPluggedUnpluggedAndPluggedAgainIntoARunningGuest(t *testing.T) {
-	img := formatImage(t, "64M", 4096)
+	img := suite.FormatImage(t, "64M", 4096)
 	srv := serve(t, img, "--num-queues", "2")
 	sector := func(op string, lba uint64, count int, seed string) agentproto.Step {
 		return agentproto.Step{Op: op, Device: dev, SectorSize: img.SectorSize, LBA: lba, Count: count, Seed: seed}
@@ -41,7 +41,7 @@ func TestDiskHotPluggedUnpluggedAndPluggedAgainIntoARunningGuest(t *testing.T) {
 		Args:  []string{"-device", "pcie-root-port,id=rp0,bus=pcie.0,chassis=1"},
 		Steps: steps,
 	}
-	m := guest.Start(t, kit, cfg)
+	m := guest.Start(t, suite.Kit, cfg)
 	// virtio_blk must be loaded before the disk arrives, or nothing would
 	// bind it.
 	if _, err := m.WaitReport(agentproto.OpModules, guest.DefaultTimeout); err != nil {
@@ -53,7 +53,7 @@ func TestDiskHotPluggedUnpluggedAndPluggedAgainIntoARunningGuest(t *testing.T) {
 		chardev, device := fmt.Sprintf("c%d", n), fmt.Sprintf("vblk%d", n)
 		if _, err := m.QMP("chardev-add", map[string]any{"id": chardev, "backend": map[string]any{
 			"type": "socket", "data": map[string]any{
-				"addr":   map[string]any{"type": "unix", "data": map[string]any{"path": srv.socket}},
+				"addr":   map[string]any{"type": "unix", "data": map[string]any{"path": srv.Socket}},
 				"server": false,
 			}}}); err != nil {
 			t.Fatal(err)
@@ -62,7 +62,7 @@ func TestDiskHotPluggedUnpluggedAndPluggedAgainIntoARunningGuest(t *testing.T) {
 			"chardev": chardev, "num-queues": 2, "bus": "rp0"}); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("plugged %s on chardev %s (%s)", device, chardev, srv.socket)
+		t.Logf("plugged %s on chardev %s (%s)", device, chardev, srv.Socket)
 	}
 
 	start := time.Now()
@@ -95,8 +95,8 @@ func TestDiskHotPluggedUnpluggedAndPluggedAgainIntoARunningGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	srv.stopClean(t)
-	checkImage(t, img)
+	srv.StopClean(t)
+	suite.CheckImage(t, img.Path)
 	ops := []ioOp{{ioWrite, 0, 8, "first-plug"}, {ioWrite, 100, 8, "second-plug"}}
-	checkWholeDisk(t, readImage(t, img, 0, int(img.NumSectors)), ops, img.SectorSize)
+	checkWholeDisk(t, suite.ReadImage(t, img, 0, int(img.NumSectors)), ops, img.SectorSize)
 }

@@ -222,7 +222,7 @@ func TestGuestOnA512ByteSectorBTTSeesItsGeometryAndItsIOReachesTheImage(t *testi
 }
 
 func guestIOOnNvblk(t *testing.T, sectorSize int) {
-	img := formatImage(t, "64M", sectorSize)
+	img := suite.FormatImage(t, "64M", sectorSize)
 	srv := serve(t, img, "--num-queues", "2")
 	ops := guestIO(t, img.NumSectors)
 	steps := append(append([]agentproto.Step{}, deviceSteps...), ioSteps(ops, img.SectorSize)...)
@@ -247,9 +247,9 @@ func guestIOOnNvblk(t *testing.T, sectorSize int) {
 		t.Errorf("guest ro = %s with %d hardware queues, want a writable disk with 1", g.ro, g.queues)
 	}
 
-	srv.stopClean(t)
-	checkImage(t, img)
-	checkWholeDisk(t, readImage(t, img, 0, int(img.NumSectors)), ops, img.SectorSize)
+	srv.StopClean(t)
+	suite.CheckImage(t, img.Path)
+	checkWholeDisk(t, suite.ReadImage(t, img, 0, int(img.NumSectors)), ops, img.SectorSize)
 }
 
 // The I/O story is a test of the test as much as of nvblk: QEMU's own
@@ -276,7 +276,7 @@ func TestTheSameGuestIOPassesAgainstQemuStorageDaemon(t *testing.T) {
 	if g.sectors512 != size/512 || g.queues != 1 || g.ro != "0" {
 		t.Errorf("guest sees %d 512-byte sectors, %d queues, ro %s; want %d, 1, 0", g.sectors512, g.queues, g.ro, size/512)
 	}
-	qsd.stopClean(t)
+	qsd.StopClean(t)
 	got, err := os.ReadFile(raw)
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 // guest's per-queue counters prove both carried writes), nvblk serves the
 // queues concurrently, and every sector lands where it was aimed.
 func TestTwoCPUsWriteConcurrentlyThroughTwoQueues(t *testing.T) {
-	img := formatImage(t, "64M", 4096)
+	img := suite.FormatImage(t, "64M", 4096)
 	srv := serve(t, img, "--num-queues", "2")
 	const (
 		seed  = "multiqueue"
@@ -60,10 +60,10 @@ func TestTwoCPUsWriteConcurrentlyThroughTwoQueues(t *testing.T) {
 		}
 	}
 
-	srv.stopClean(t)
-	checkImage(t, img)
+	srv.StopClean(t)
+	suite.CheckImage(t, img.Path)
 	ops := []ioOp{{ioWrite, first, count, seed}}
-	checkWholeDisk(t, readImage(t, img, 0, int(img.NumSectors)), ops, img.SectorSize)
+	checkWholeDisk(t, suite.ReadImage(t, img, 0, int(img.NumSectors)), ops, img.SectorSize)
 }
 
 // queueInterrupts sums, per request queue, the interrupt counts of the

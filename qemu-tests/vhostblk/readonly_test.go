@@ -21,9 +21,9 @@ var refused = []string{"operation not permitted", "read-only file system", "inpu
 // every kind of write it tries is refused, and the image file is
 // byte-for-byte what it was.
 func TestReadOnlyDiskRefusesEveryGuestWriteAndLeavesTheImageUntouched(t *testing.T) {
-	img := formatImage(t, "64M", 4096)
+	img := suite.FormatImage(t, "64M", 4096)
 	const seed = "before-read-only"
-	if _, err := nvblk(t, agentproto.Patterns(seed, 10, 4, img.SectorSize), "write", img.Path, "--lba", "10"); err != nil {
+	if _, err := suite.NVBLK(t, agentproto.Patterns(seed, 10, 4, img.SectorSize), "write", img.Path, "--lba", "10"); err != nil {
 		t.Fatal(err)
 	}
 	before := fileSHA256(t, img.Path)
@@ -53,7 +53,7 @@ func TestReadOnlyDiskRefusesEveryGuestWriteAndLeavesTheImageUntouched(t *testing
 		rep, _ := res.Step(i)
 		t.Logf("guest %s refused as expected: %s", rep.Op, rep.Data)
 	}
-	srv.stopClean(t)
+	srv.StopClean(t)
 	if after := fileSHA256(t, img.Path); after != before {
 		t.Fatalf("image sha256 %s after the read-only guest, %s before", after, before)
 	}
