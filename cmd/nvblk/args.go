@@ -113,6 +113,16 @@ func isTerminal(f *os.File) bool {
 	return err == nil
 }
 
+// fileArg parses an image command's arguments: flags anywhere, and exactly
+// one FILE.
+func fileArg(fs *flag.FlagSet, args []string) (string, error) {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return "", err
+	}
+	return oneFile(pos)
+}
+
 func oneFile(pos []string) (string, error) {
 	switch len(pos) {
 	case 0:

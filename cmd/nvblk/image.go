@@ -55,11 +55,7 @@ func formatFlags() (*flag.FlagSet, *formatArgs) {
 
 func runFormat(env *environment, args []string) error {
 	fs, a := formatFlags()
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	path, err := oneFile(pos)
+	path, err := fileArg(fs, args)
 	if err != nil {
 		return err
 	}
@@ -183,11 +179,7 @@ type imageInfo struct {
 
 func runInfo(env *environment, args []string) error {
 	fs, asJSON := infoFlags()
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	path, err := oneFile(pos)
+	path, err := fileArg(fs, args)
 	if err != nil {
 		return err
 	}
@@ -240,11 +232,7 @@ func (*checkFailed) Error() string { return "BTT inconsistent" }
 
 func runCheck(env *environment, args []string) error {
 	fs, a := checkFlags()
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	path, err := oneFile(pos)
+	path, err := fileArg(fs, args)
 	if err != nil {
 		return err
 	}
@@ -352,11 +340,7 @@ func writeFlags() (*flag.FlagSet, *rwArgs) {
 
 func runRead(env *environment, args []string) error {
 	fs, a := readFlags()
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	path, err := oneFile(pos)
+	path, err := fileArg(fs, args)
 	if err != nil {
 		return err
 	}
@@ -391,11 +375,7 @@ func runRead(env *environment, args []string) error {
 
 func runWrite(env *environment, args []string) error {
 	fs, a := writeFlags()
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	path, err := oneFile(pos)
+	path, err := fileArg(fs, args)
 	if err != nil {
 		return err
 	}
