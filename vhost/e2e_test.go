@@ -5,15 +5,13 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/nvblk/nvblk/btt"
-	"github.com/nvblk/nvblk/pmem"
+	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhost/frontend"
@@ -213,20 +211,7 @@ func TestEndToEndBrokenRing(t *testing.T) {
 	r0 := d.Queues[0].Ring
 	r0.SetAvailIdx(r0.Size + 5)
 	r0.ForceKick()
-	deadline := time.Now().Add(ioTimeout)
-	for {
-		st, err := d.Conn.GetU64(vhost.ReqGetStatus)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st&0x40 != 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("DEVICE_NEEDS_RESET not reported")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitNeedsReset(t, d)
 	if err := d.Queues[1].Do(&frontend.Request{Type: frontend.TypeOut, Sector: 0, Data: pattern(4, 512)}, ioTimeout); err != nil {
 		t.Fatalf("healthy queue: %v", err)
 	}
@@ -297,32 +282,15 @@ func TestShutdownDrains(t *testing.T) {
 // TestEndToEndBTT runs the socket against the real engine on a pmem file.
 func TestEndToEndBTT(t *testing.T) {
 	checkFDs(t)
-	m, err := pmem.Open(filepath.Join(t.TempDir(), "pmem.img"), pmem.Options{Create: true, Size: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := btt.Format(m, btt.FormatOptions{LBASize: 4096}); err != nil {
-		t.Fatal(err)
-	}
-	dev, err := btt.Open(m, btt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	dv := blk.NewDevice(dev, blk.Options{NumQueues: 2, Serial: "btt"})
 	lg := logrus.New()
 	lg.SetLevel(logrus.WarnLevel)
-	srv := vhost.NewServer(vhost.NewBlkBackend(dv, dev), vhost.Options{Logger: lg})
-	sock := filepath.Join(t.TempDir(), "s")
-	l, err := vhost.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
+	s := vhosttest.ServeBTT(t, vhosttest.Options{
+		BTTOptions: vhosttest.BTTOptions{Size: 64 << 20, LBASize: 4096},
+		Blk:        blk.Options{NumQueues: 2, Serial: "btt"},
+		Server:     vhost.Options{Logger: lg},
+	})
 
-	d, err := frontend.Connect(sock, frontend.Options{NumQueues: 2, Indirect: true, EventIdx: true, SegSize: 3000})
+	d, err := frontend.Connect(s.Sock, frontend.Options{NumQueues: 2, Indirect: true, EventIdx: true, SegSize: 3000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,14 +314,13 @@ func TestEndToEndBTT(t *testing.T) {
 	d.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
+	if err := s.Server.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	<-served
 	// Read back with the engine directly, not through the socket.
 	for qi := 0; qi < 2; qi++ {
 		got := make([]byte, len(data))
-		if err := dev.ReadV(uint64(qi)*4096*512/4096, [][]byte{got}); err != nil {
+		if err := s.Dev.ReadV(uint64(qi)*4096*512/4096, [][]byte{got}); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(got, data) {

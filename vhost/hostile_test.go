@@ -1,7 +1,6 @@
 package vhost_test
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
@@ -46,31 +46,18 @@ func (lyingDisk) ReadOnly() bool { return false }
 func startBTTServer(t *testing.T, o bttServerOpts) *bttServer {
 	t.Helper()
 	img := filepath.Join(t.TempDir(), "pmem.img")
-	m, err := pmem.Open(img, pmem.Options{Create: true, Size: 20 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Put something recognisable on the disk, so a read that returns the
 	// wrong sector or a write that lands is visible.
-	err = btt.Format(m, btt.FormatOptions{LBASize: 512})
-	if err == nil {
-		var dev *btt.Device
-		if dev, err = btt.Open(m, btt.Options{}); err == nil {
-			err = errors.Join(dev.WriteV(0, [][]byte{pattern(11, 128<<10)}), dev.Close())
-		}
-	}
-	if cerr := m.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	m, dev := vhosttest.NewBTT(t, img, vhosttest.BTTOptions{Size: 20 << 20, LBASize: 512})
+	if err := errors.Join(dev.WriteV(0, [][]byte{pattern(11, 128<<10)}), dev.Close(), m.Close()); err != nil {
 		t.Fatal(err)
 	}
-	m, err = pmem.Open(img, pmem.Options{ReadOnly: o.readOnly})
+	m, err := pmem.Open(img, pmem.Options{ReadOnly: o.readOnly})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	dev, err := btt.Open(m, btt.Options{ReadOnly: o.readOnly})
+	dev, err = btt.Open(m, btt.Options{ReadOnly: o.readOnly})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,29 +66,12 @@ func startBTTServer(t *testing.T, o bttServerOpts) *bttServer {
 	if o.lyingDisk {
 		disk = lyingDisk{dev}
 	}
-	dv := blk.NewDevice(disk, blk.Options{NumQueues: 2, ReadOnly: o.readOnly && !o.lyingDisk, Serial: "hostile"})
 	lg := logrus.New()
 	lg.SetOutput(io.Discard)
 	lg.SetLevel(logrus.WarnLevel)
 	hook := logtest.NewLocal(lg)
-	srv := vhost.NewServer(vhost.NewBlkBackend(dv, disk), vhost.Options{Logger: lg})
-	sock := filepath.Join(t.TempDir(), "s")
-	l, err := vhost.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		if err := <-served; !errors.Is(err, vhost.ErrServerClosed) {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	_, sock := vhosttest.Serve(t, disk, blk.Options{NumQueues: 2, ReadOnly: o.readOnly && !o.lyingDisk, Serial: "hostile"},
+		vhost.Options{Logger: lg})
 	return &bttServer{sock: sock, img: img, dev: dev, logs: hook}
 }
 

@@ -1,7 +1,6 @@
 package vhost_test
 
 import (
-	"context"
 	"errors"
 	"net"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhost/frontend"
@@ -156,30 +156,13 @@ func startEnv(t *testing.T, o envOpts) *env {
 		o.ss = 512
 	}
 	disk := newMemDisk(4<<20, o.ss)
-	dv := blk.NewDevice(disk, blk.Options{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-test-serial"})
 	lg := logrus.New()
 	lg.SetLevel(logrus.WarnLevel)
 	if testing.Verbose() {
 		lg.SetLevel(logrus.DebugLevel)
 	}
-	srv := vhost.NewServer(vhost.NewBlkBackend(dv, disk), vhost.Options{PollDuration: o.poll, Logger: lg})
-	sock := filepath.Join(t.TempDir(), "vhost.sock")
-	l, err := vhost.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		if err := <-served; !errors.Is(err, vhost.ErrServerClosed) {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	srv, sock := vhosttest.Serve(t, disk, blk.Options{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-test-serial"},
+		vhost.Options{PollDuration: o.poll, Logger: lg})
 	return &env{sock: sock, srv: srv, disk: disk}
 }
 

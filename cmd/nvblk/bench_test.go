@@ -1,20 +1,17 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"io"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhost/frontend/loadgen"
 )
 
@@ -61,32 +58,14 @@ func TestBenchConfigFromFlags(t *testing.T) {
 }
 
 func TestBenchAgainstServer(t *testing.T) {
-	dir := t.TempDir()
-	m, err := pmem.Open(filepath.Join(dir, "d.img"), pmem.Options{Create: true, Size: 32 << 20, Durability: pmem.DurabilityFlush})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := btt.Format(m, btt.FormatOptions{LBASize: 4096}); err != nil {
-		t.Fatal(err)
-	}
-	d, err := btt.Open(m, btt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
 	lg := logrus.New()
 	lg.SetOutput(io.Discard)
-	srv := vhost.NewServer(vhost.NewBlkBackend(blk.NewDevice(d, blk.Options{}), d), vhost.Options{Logger: lg})
-	sock := filepath.Join(dir, "s.sock")
-	l, err := vhost.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	defer srv.Shutdown(context.Background())
+	s := vhosttest.ServeBTT(t, vhosttest.Options{
+		BTTOptions: vhosttest.BTTOptions{Size: 32 << 20, LBASize: 4096, Durability: pmem.DurabilityFlush},
+		Server:     vhost.Options{Logger: lg},
+	})
 
-	code, out, stderr := nvblk(t, nil, "bench", "--socket-path", sock, "--rw", "randwrite", "--iodepth", "4", "--time", "300ms", "--json")
+	code, out, stderr := nvblk(t, nil, "bench", "--socket-path", s.Sock, "--rw", "randwrite", "--iodepth", "4", "--time", "300ms", "--json")
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -97,7 +76,7 @@ func TestBenchAgainstServer(t *testing.T) {
 	if j.RW != "randwrite" || j.Requests == 0 || j.IOPS <= 0 || j.LatP50us <= 0 || j.LatP50us > j.LatP999us || j.BackendPID != 0 {
 		t.Fatalf("result %+v", j)
 	}
-	code, out, stderr = nvblk(t, nil, "bench", "--socket-path", sock, "--rw", "read", "--bs", "64k", "--time", "200ms")
+	code, out, stderr = nvblk(t, nil, "bench", "--socket-path", s.Sock, "--rw", "read", "--bs", "64k", "--time", "200ms")
 	if code != exitOK || !strings.Contains(out, "IOPS") || !strings.Contains(out, "p99.9") {
 		t.Fatalf("exit %d: %s%s", code, out, stderr)
 	}

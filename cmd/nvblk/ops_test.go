@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -190,16 +189,7 @@ func TestStatusOfNothingFails(t *testing.T) {
 func TestServeProcessSocketActivatedBySystemd(t *testing.T) {
 	img := formatted(t)
 	sock := filepath.Join(t.TempDir(), "activated.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := l.File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.SetUnlinkOnClose(false)
-	l.Close()
+	f := listeningSocketFile(t, sock)
 	// The shell's pid is the pid of the program it execs.
 	cmd := exec.Command("sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" --blk-file "$1" --log-format json`, binary(t), img)
 	cmd.ExtraFiles = []*os.File{f}

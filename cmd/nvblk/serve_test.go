@@ -314,6 +314,24 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// listeningSocketFile binds a unix socket at path and returns its listening
+// fd, for a child process to inherit as a pre-opened socket. The socket
+// file stays behind when this process's listener closes: it is the child's.
+func listeningSocketFile(t *testing.T, path string) *os.File {
+	t.Helper()
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	return f
+}
+
 // serveProcess starts the binary and returns it with a channel closed on
 // exit.
 func serveProcess(t *testing.T, cmd *exec.Cmd) (<-chan struct{}, *syncBuffer) {
@@ -378,16 +396,7 @@ func TestServeProcessExitsZeroOnSIGTERMWithTheDataOnDisk(t *testing.T) {
 func TestServeProcessOnAnInheritedListeningFd(t *testing.T) {
 	img := formatted(t)
 	sock := filepath.Join(t.TempDir(), "inherited.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := l.File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.SetUnlinkOnClose(false)
-	l.Close()
+	f := listeningSocketFile(t, sock)
 	cmd := exec.Command(binary(t), "serve", "--fd", "3", "--blk-file", img)
 	cmd.ExtraFiles = []*os.File{f} // fd 3 in the child
 	exited, out := serveProcess(t, cmd)

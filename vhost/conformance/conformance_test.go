@@ -2,7 +2,6 @@ package conformance_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,8 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/nvblk/nvblk/btt"
-	"github.com/nvblk/nvblk/pmem"
+	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhost/conformance"
@@ -32,42 +30,14 @@ type serverOpts struct {
 // and returns its socket and image path.
 func startNvblk(t *testing.T, o serverOpts) (sock, img string) {
 	t.Helper()
-	dir := t.TempDir()
-	img, sock = filepath.Join(dir, "disk.img"), filepath.Join(dir, "nvblk.sock")
-	m, err := pmem.Open(img, pmem.Options{Create: true, Size: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := btt.Format(m, btt.FormatOptions{LBASize: o.lbaSize}); err != nil {
-		t.Fatal(err)
-	}
-	d, err := btt.Open(m, btt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	lg := logrus.New()
 	lg.SetLevel(logrus.WarnLevel)
-	dv := blk.NewDevice(d, blk.Options{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-conformance"})
-	srv := vhost.NewServer(vhost.NewBlkBackend(dv, d), vhost.Options{Logger: lg})
-	l, err := vhost.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		if err := <-served; !errors.Is(err, vhost.ErrServerClosed) {
-			t.Errorf("Serve: %v", err)
-		}
-		d.Close()
-		m.Close()
+	s := vhosttest.ServeBTT(t, vhosttest.Options{
+		BTTOptions: vhosttest.BTTOptions{Size: 64 << 20, LBASize: o.lbaSize},
+		Blk:        blk.Options{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-conformance"},
+		Server:     vhost.Options{Logger: lg},
 	})
-	return sock, img
+	return s.Sock, s.Image
 }
 
 func report(t *testing.T, rep *conformance.Report) string {

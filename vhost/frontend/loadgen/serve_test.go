@@ -1,16 +1,14 @@
 package loadgen_test
 
 import (
-	"context"
-	"errors"
 	"io"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
@@ -21,42 +19,14 @@ import (
 // and returns its socket and the engine (for checking what landed).
 func serveBTT(tb testing.TB, size int64, queues int, poll time.Duration) (string, *btt.Device) {
 	tb.Helper()
-	dir := tb.TempDir()
-	m, err := pmem.Open(filepath.Join(dir, "disk.img"), pmem.Options{Create: true, Size: size, Durability: pmem.DurabilityFlush})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := btt.Format(m, btt.FormatOptions{LBASize: 4096}); err != nil {
-		tb.Fatal(err)
-	}
-	d, err := btt.Open(m, btt.Options{})
-	if err != nil {
-		tb.Fatal(err)
-	}
 	lg := logrus.New()
 	lg.SetOutput(io.Discard)
-	dv := blk.NewDevice(d, blk.Options{NumQueues: uint16(queues)})
-	srv := vhost.NewServer(vhost.NewBlkBackend(dv, d), vhost.Options{PollDuration: poll, Logger: lg})
-	sock := filepath.Join(dir, "vhost.sock")
-	l, err := vhost.Listen(sock)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			tb.Errorf("Shutdown: %v", err)
-		}
-		if err := <-served; !errors.Is(err, vhost.ErrServerClosed) {
-			tb.Errorf("Serve: %v", err)
-		}
-		d.Close()
-		m.Close()
+	s := vhosttest.ServeBTT(tb, vhosttest.Options{
+		BTTOptions: vhosttest.BTTOptions{Size: size, LBASize: 4096, Durability: pmem.DurabilityFlush},
+		Blk:        blk.Options{NumQueues: uint16(queues)},
+		Server:     vhost.Options{PollDuration: poll, Logger: lg},
 	})
-	return sock, d
+	return s.Sock, s.Dev
 }
 
 func newGenerator(tb testing.TB, sock string, c loadgen.Config) *loadgen.Generator {
