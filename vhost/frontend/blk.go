@@ -473,6 +473,19 @@ func (d *Device) sendMemory(slots bool) error {
 
 // startRing sends NUM, BASE, ADDR, CALL, KICK (and ENABLE) for q.
 func (d *Device) startRing(q *Queue, base uint32, enable bool) error {
+	if err := d.SendRing(q, base); err != nil {
+		return err
+	}
+	if enable && d.Features&vhost.FeatureProtocolFeatures != 0 {
+		return d.Conn.SetVringState(vhost.ReqSetVringEnable, uint32(q.Index), 1)
+	}
+	return nil
+}
+
+// SendRing sends NUM, BASE, ADDR, CALL and KICK for q, with base as the
+// next avail index the back-end is to take: all of starting a ring but
+// SET_VRING_ENABLE, which is the caller's to send or withhold.
+func (d *Device) SendRing(q *Queue, base uint32) error {
 	c, r, idx := d.Conn, q.Ring, uint32(q.Index)
 	if err := c.SetVringState(vhost.ReqSetVringNum, idx, uint32(r.Size)); err != nil {
 		return err
@@ -498,13 +511,7 @@ func (d *Device) startRing(q *Queue, base uint32, enable bool) error {
 	if err := c.SetVringFD(vhost.ReqSetVringCall, idx, r.Call); err != nil {
 		return err
 	}
-	if err := c.SetVringFD(vhost.ReqSetVringKick, idx, r.Kick); err != nil {
-		return err
-	}
-	if enable && d.Features&vhost.FeatureProtocolFeatures != 0 {
-		return c.SetVringState(vhost.ReqSetVringEnable, idx, 1)
-	}
-	return nil
+	return c.SetVringFD(vhost.ReqSetVringKick, idx, r.Kick)
 }
 
 // Capacity is the disk size in 512-byte sectors (from the config space).
