@@ -2,7 +2,9 @@ package vhost_test
 
 import (
 	"errors"
+	"os"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -25,6 +27,27 @@ func TestBrokenMessages(t *testing.T) {
 			c.SendRaw(getFeatures[:7], nil)
 			c.UnixConn().CloseWrite()
 			expectDropped(t, c)
+		}},
+		{"header stalled mid-way", func(t *testing.T, e *env, c *frontend.Conn) {
+			// The front-end keeps the connection open but never finishes
+			// the message: it is dropped after MessageTimeout, not waited
+			// for forever.
+			c.SendRaw(getFeatures[:7], nil)
+			expectDroppedWithin(t, c, 5*time.Second)
+		}},
+		{"payload stalled mid-way", func(t *testing.T, e *env, c *frontend.Conn) {
+			msg := vhost.EncodeMessage(vhost.ReqSetFeatures, vhost.FlagVersion, vhost.EncodeU64(0))
+			c.SendRaw(msg[:vhost.HeaderSize+3], nil)
+			expectDroppedWithin(t, c, 5*time.Second)
+		}},
+		{"idle between messages is not a stall", func(t *testing.T, e *env, c *frontend.Conn) {
+			if _, err := c.GetU64(vhost.ReqGetFeatures); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(500 * time.Millisecond)
+			if _, err := c.GetU64(vhost.ReqGetFeatures); err != nil {
+				t.Fatalf("after an idle pause longer than MessageTimeout: %v", err)
+			}
 		}},
 		{"header cut mid-way carrying fds", func(t *testing.T, e *env, c *frontend.Conn) {
 			c.SendRaw(getFeatures[:5], []int{eventfd(t), eventfd(t)})
@@ -196,7 +219,8 @@ func TestBrokenMessages(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := startEnv(t, envOpts{})
+			// Stalls are cut after 200 ms here (30 s in production).
+			e := startEnv(t, envOpts{messageTimeout: 200 * time.Millisecond})
 			c := e.dial(t)
 			tc.run(t, e, c)
 			c.Close()
@@ -205,5 +229,17 @@ func TestBrokenMessages(t *testing.T) {
 				t.Fatalf("next connection: %v", err)
 			}
 		})
+	}
+}
+
+// expectDroppedWithin waits for the server to close the connection, and
+// fails if it has not within limit.
+func expectDroppedWithin(t *testing.T, c *frontend.Conn, limit time.Duration) {
+	t.Helper()
+	c.UnixConn().SetReadDeadline(time.Now().Add(limit))
+	if _, _, err := c.Recv(); err == nil {
+		t.Fatal("connection still open; want it dropped")
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("server still holds a stalled message after %v", limit)
 	}
 }

@@ -23,6 +23,9 @@ type Options struct {
 	PollDuration time.Duration
 	// Logger receives protocol logs; nil means logrus.StandardLogger().
 	Logger logrus.FieldLogger
+	// MessageTimeout bounds a vhost-user message once its first byte has
+	// arrived; zero means DefaultMessageTimeout.
+	MessageTimeout time.Duration
 }
 
 // Server serves one vhost-user front-end connection at a time for one

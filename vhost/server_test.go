@@ -140,10 +140,11 @@ type env struct {
 }
 
 type envOpts struct {
-	queues   uint16
-	readOnly bool
-	poll     time.Duration
-	ss       uint32
+	queues         uint16
+	readOnly       bool
+	poll           time.Duration
+	ss             uint32
+	messageTimeout time.Duration
 }
 
 func startEnv(t *testing.T, o envOpts) *env {
@@ -162,7 +163,7 @@ func startEnv(t *testing.T, o envOpts) *env {
 		lg.SetLevel(logrus.DebugLevel)
 	}
 	srv, sock := vhosttest.Serve(t, disk, blk.Options{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-test-serial"},
-		vhost.Options{PollDuration: o.poll, Logger: lg})
+		vhost.Options{PollDuration: o.poll, Logger: lg, MessageTimeout: o.messageTimeout})
 	return &env{sock: sock, srv: srv, disk: disk}
 }
 

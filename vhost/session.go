@@ -96,7 +96,11 @@ func (s *session) serve() {
 	defer s.close()
 	s.log.Info("vhost-user front-end connected")
 	for {
-		hdr, payload, fds, err := ReadMessage(s.conn)
+		timeout := s.srv.opts.MessageTimeout
+		if timeout <= 0 {
+			timeout = DefaultMessageTimeout
+		}
+		hdr, payload, fds, err := ReadMessageTimeout(s.conn, timeout)
 		if err != nil {
 			switch {
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):

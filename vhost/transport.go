@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,20 +19,42 @@ var ErrTooManyFDs = errors.New("vhost: too many file descriptors in one message"
 // excess is seen as a count rather than only as MSG_CTRUNC.
 var oobSize = unix.CmsgSpace((MaxFDs + 1) * 4)
 
+// DefaultMessageTimeout bounds how long the rest of a message may take once
+// its first byte has arrived. A front-end may sit idle between messages for
+// as long as it likes, but one that stops half-way through a message would
+// otherwise hold the backend (which serves one front-end at a time) forever.
+const DefaultMessageTimeout = 30 * time.Second
+
 // ReadMessage reads one message (header, payload and the descriptors that
 // came with it) from c. The returned fds belong to the caller; on error every
 // descriptor received so far has been closed. A header announcing a payload
 // over MaxPayloadSize is ErrMalformed and nothing more is read.
 func ReadMessage(c *net.UnixConn) (Header, []byte, []int, error) {
+	return ReadMessageTimeout(c, DefaultMessageTimeout)
+}
+
+// ReadMessageTimeout is ReadMessage with its own bound on a message in
+// progress (see DefaultMessageTimeout).
+func ReadMessageTimeout(c *net.UnixConn, timeout time.Duration) (Header, []byte, []int, error) {
 	var fds []int
 	fail := func(err error) (Header, []byte, []int, error) {
 		closeFDs(fds)
 		return Header{}, nil, nil, err
 	}
 	oob := make([]byte, oobSize)
+	started := false
+	defer func() {
+		if started {
+			c.SetReadDeadline(time.Time{})
+		}
+	}()
 	readFull := func(b []byte) error {
 		for got := 0; got < len(b); {
 			n, oobn, flags, _, err := c.ReadMsgUnix(b[got:], oob)
+			if !started && (n > 0 || oobn > 0) {
+				started = true
+				c.SetReadDeadline(time.Now().Add(timeout))
+			}
 			if oobn > 0 {
 				more, perr := parseRights(oob[:oobn])
 				fds = append(fds, more...)
