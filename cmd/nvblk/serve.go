@@ -19,6 +19,7 @@ import (
 
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/internal/systemd"
+	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
 )
@@ -175,7 +176,11 @@ func runServe(env *environment, args []string) error {
 	if serial == "" {
 		serial = defaultSerial(d.UUID())
 	}
+	// In the dax and sync modes every step is persisted before a write
+	// completes: the device has no volatile cache to flush.
+	writeThrough := m.Durability() != pmem.DurabilityFlush
 	dv := blk.NewDevice(d, blk.Options{NumQueues: uint16(a.numQueues), ReadOnly: a.readOnly, Serial: serial,
+		WriteThrough: writeThrough,
 		QueueDisk: func() (blk.Disk, func(), error) { // each queue owns a BTT lane while it runs
 			ln, err := d.AcquireLane()
 			if err != nil {
@@ -209,7 +214,7 @@ func runServe(env *environment, args []string) error {
 	lg.WithFields(logrus.Fields{
 		"socket": socket, "image": a.blkFile, "btt": d.Version().String(), "uuid": btt.FormatUUID(d.UUID()),
 		"sector_size": d.SectorSize(), "sectors": d.NumSectors(), "capacity": humanBytes(capacity),
-		"durability": m.Durability().String(), "read_only": dv.ReadOnly(), "num_queues": a.numQueues,
+		"durability": m.Durability().String(), "write_cache": !writeThrough, "read_only": dv.ReadOnly(), "num_queues": a.numQueues,
 		"poll_us": a.pollUS, "serial": serial,
 	}).Info("serving vhost-user-blk")
 	qemu := qemuOptions(socket, a.numQueues)

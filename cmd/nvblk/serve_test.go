@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nvblk/nvblk/pmem"
+	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhost/frontend"
 )
 
@@ -422,5 +423,29 @@ func TestServeSocketModeWidensTheSocketForAGroup(t *testing.T) {
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("serve: exit %d: %s", code, stderr)
+	}
+}
+
+func TestServeReportsAWriteCacheOnlyWhenWritesAreNotDurableAtOnce(t *testing.T) {
+	for _, c := range []struct {
+		durability string
+		wantFlush  bool
+	}{{"flush", true}, {"sync", false}} {
+		t.Run(c.durability, func(t *testing.T) {
+			img := formatted(t)
+			sock := filepath.Join(t.TempDir(), "nvblk.sock")
+			stop, _, stderr := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--durability", c.durability)
+			d, err := frontend.Connect(sock, frontend.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := d.Features&blk.FeatureFlush != 0; got != c.wantFlush {
+				t.Errorf("--durability %s: FLUSH offered %v, want %v", c.durability, got, c.wantFlush)
+			}
+			d.Close()
+			if code := stop(); code != 0 {
+				t.Fatalf("serve: exit %d: %s", code, stderr)
+			}
+		})
 	}
 }

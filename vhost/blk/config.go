@@ -60,7 +60,9 @@ func (dv *Device) buildConfig() []byte {
 	b[cfgAlignmentOffset] = 0
 	le.PutUint16(b[cfgMinIOSize:], 1)
 	le.PutUint32(b[cfgOptIOSize:], max(1, pageSize/dv.sectorSize))
-	b[cfgWriteback] = 1 // writes reach the medium's cache; FLUSH persists them
+	if !dv.opts.WriteThrough {
+		b[cfgWriteback] = 1 // writes reach the medium's cache; FLUSH persists them
+	}
 	le.PutUint16(b[cfgNumQueues:], dv.opts.NumQueues)
 	le.PutUint32(b[cfgMaxDiscardSectors:], dv.opts.MaxDiscardSectors)
 	le.PutUint32(b[cfgMaxDiscardSeg:], 1)

@@ -56,6 +56,11 @@ type Options struct {
 	// sectors; default 2 GiB, rounded down to whole disk sectors.
 	MaxDiscardSectors     uint32
 	MaxWriteZeroesSectors uint32
+	// WriteThrough says every completed write is already durable (the
+	// medium persists each step: DAX or msync-per-step). The device then
+	// has no volatile cache to report: FLUSH is not offered and the config
+	// space's writeback byte is 0, so guests skip flush round trips.
+	WriteThrough bool
 	// QueueDisk, if set, gives each Handler its own view of the disk (a
 	// BTT lane) for as long as the Handler lives, so that queues' I/O
 	// shares no lock; release is called by Handler.Close. When it fails,
@@ -108,8 +113,11 @@ func NewDevice(d Disk, opts Options) *Device {
 	dv.opts = opts
 
 	dv.features = FeatureVersion1 | FeatureSegMax | FeatureBlkSize |
-		FeatureFlush | FeatureTopology | FeatureMQ | FeatureDiscard |
+		FeatureTopology | FeatureMQ | FeatureDiscard |
 		FeatureWriteZeroes | FeatureIndirectDesc | FeatureEventIdx
+	if !opts.WriteThrough {
+		dv.features |= FeatureFlush
+	}
 	if opts.SizeMax != 0 {
 		dv.features |= FeatureSizeMax
 	}

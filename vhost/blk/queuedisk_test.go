@@ -43,3 +43,15 @@ func TestHandlerFallsBackToTheSharedDiskWhenNoQueueDiskIsLeft(t *testing.T) {
 	wantDisk(t, shared, 512, pattern(512, 9))
 	h.Close()
 }
+
+func TestWriteThroughDeviceOffersNoFlushAndNoWriteCache(t *testing.T) {
+	disk := newFakeDisk(512, testSectors)
+	back := NewDevice(disk, Options{})
+	through := NewDevice(disk, Options{WriteThrough: true})
+	if back.Features()&FeatureFlush == 0 || back.Config()[cfgWriteback] != 1 {
+		t.Fatalf("write-back device: features %#x, writeback %d; want FLUSH and 1", back.Features(), back.Config()[cfgWriteback])
+	}
+	if through.Features()&FeatureFlush != 0 || through.Config()[cfgWriteback] != 0 {
+		t.Fatalf("write-through device: features %#x, writeback %d; want no FLUSH and 0", through.Features(), through.Config()[cfgWriteback])
+	}
+}
