@@ -49,19 +49,22 @@ func checkFDs(t *testing.T) {
 	})
 }
 
-func waitForSocket(t *testing.T, sock string, exited <-chan struct{}) {
+// waitListening waits for serve's "# attach" block, which it prints once
+// its socket listens. The socket file alone is not enough: it appears at
+// bind, a moment before listen, and a dial then is refused.
+func waitListening(t *testing.T, stdout *syncBuffer, exited <-chan struct{}) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if strings.Contains(stdout.String(), "# attach ") {
 			return
 		}
 		select {
 		case <-exited:
-			t.Fatal("serve exited before creating its socket")
+			t.Fatal("serve exited before listening")
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no socket at %s", sock)
+			t.Fatal("serve did not print its attach line")
 		}
 	}
 }
@@ -97,9 +100,9 @@ func servingInProcess(t *testing.T, args ...string) (stop func() int, stdout, st
 	code := make(chan int, 1)
 	exited := make(chan struct{})
 	go func() { code <- run(env, args); close(exited) }()
-	for i, a := range args {
+	for _, a := range args {
 		if a == "--socket-path" {
-			waitForSocket(t, args[i+1], exited)
+			waitListening(t, stdout, exited)
 		}
 	}
 	var once sync.Once
@@ -384,7 +387,7 @@ func TestServeProcessExitsZeroOnSIGTERMWithTheDataOnDisk(t *testing.T) {
 	// No subcommand: the vhost-user backend program conventions.
 	cmd := exec.Command(binary(t), "--socket-path", sock, "--blk-file", img)
 	exited, out := serveProcess(t, cmd)
-	waitForSocket(t, sock, exited)
+	waitListening(t, out, exited)
 	data := bytes.Repeat([]byte{0x5a, 0xc3}, 4096)
 	writeThrough(t, sock, 8, data)
 	terminate(t, cmd, exited, out)
