@@ -166,11 +166,12 @@ func TestInflightWritesTakenByAKilledBackendAreResubmittedByTheNext(t *testing.T
 	q := d.Queues[0]
 	var reqs []*frontend.Request
 	for i := 0; i < 8; i++ {
-		r := &frontend.Request{Type: frontend.TypeOut, Sector: uint64(8 * i), Data: pattern(int64(100+i), 4096)}
-		if err := q.Submit(r); err != nil {
-			t.Fatal(err)
-		}
-		reqs = append(reqs, r)
+		reqs = append(reqs, &frontend.Request{Type: frontend.TypeOut, Sector: uint64(8 * i), Data: pattern(int64(100+i), 4096)})
+	}
+	// All eight appear at once: a worker already awake would otherwise
+	// take and publish the first few one by one, before the stall.
+	if err := q.SubmitAll(reqs); err != nil {
+		t.Fatal(err)
 	}
 	taken := []uint16{reqs[0].Head(), reqs[1].Head(), reqs[2].Head(), reqs[3].Head()}
 	q.Kick()

@@ -224,6 +224,20 @@ func putDesc(d []byte, e elem, more bool, next uint16) {
 	binary.LittleEndian.PutUint16(d[14:], next)
 }
 
+// SubmitAll places every request on the ring and makes them visible to the
+// device at once, with one avail.idx store (without notifying: call Kick).
+// On an error the requests placed so far are published.
+func (q *Queue) SubmitAll(rs []*Request) error {
+	q.Ring.HoldAvail()
+	defer q.Ring.ReleaseAvail()
+	for _, r := range rs {
+		if err := q.Submit(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Kick notifies the device of submitted requests (subject to suppression).
 func (q *Queue) Kick() { q.Ring.Notify() }
 

@@ -34,6 +34,7 @@ type Ring struct {
 	availIdx          uint16 // next avail.idx to publish (shadow, driver-owned)
 	notified          uint16 // avail.idx at the last Notify
 	lastUsed          uint16 // next used ring entry to read
+	holdAvail         bool   // PushAvail leaves avail.idx alone (HoldAvail)
 }
 
 func newRing(mem *Memory, size uint16, eventIdx bool) (*Ring, error) {
@@ -89,6 +90,20 @@ func (r *Ring) WriteDesc(i uint16, addr uint64, n uint32, flags, next uint16) {
 func (r *Ring) PushAvail(head uint16) {
 	binary.LittleEndian.PutUint16(r.avail[4+2*int(r.availIdx%r.Size):], head)
 	r.availIdx++
+	if !r.holdAvail {
+		store16(r.avail, 2, r.availIdx)
+	}
+}
+
+// HoldAvail makes PushAvail write entries without moving avail.idx, until
+// ReleaseAvail publishes them all with one store: the device sees the whole
+// batch or none of it, as when a guest driver adds several buffers before
+// one kick.
+func (r *Ring) HoldAvail() { r.holdAvail = true }
+
+// ReleaseAvail publishes the entries pushed since HoldAvail.
+func (r *Ring) ReleaseAvail() {
+	r.holdAvail = false
 	store16(r.avail, 2, r.availIdx)
 }
 
