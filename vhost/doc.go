@@ -34,6 +34,14 @@
 // written) with a rate-limited warning, and the queue goes on; a corrupt
 // ring stops only its queue and sets DEVICE_NEEDS_RESET.
 //
+// Locks: Server.mu guards the listeners and the current session; a
+// session's mu guards its memory table and vrings and is held while one
+// request is handled. They are never held together (the Server copies the
+// session pointer out before calling into it), so there is no order to
+// keep. A queue worker takes no lock on the data path: it alone uses its
+// ring and handler, and stops (returning its ring index) before the session
+// changes what it uses.
+//
 // wire.go holds the whole wire format. Guest memory mapping (mmap) lives only
 // in *_unsafe.go files.
 package vhost
