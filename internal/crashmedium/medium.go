@@ -60,7 +60,7 @@ func (b *Barrier) covers(off int64) bool {
 // safe for concurrent use, but the barrier order is only reproducible when
 // the caller serialises the goroutines that store into it (see SetBarrierHook).
 type Medium struct {
-	mu      sync.Mutex // guards every field below and the bytes of work, durable and base
+	mu      sync.Mutex // guards durable, base, history and hook; work is written through Slice windows without it
 	work    []byte     // what the process sees
 	durable []byte     // what a power loss keeps
 	base    []byte     // the durable image before barrier 0
