@@ -242,6 +242,19 @@ func stamp(b []byte, lba uint64, writer, seq uint32) {
 	binary.LittleEndian.PutUint32(b[len(b)-4:], crc32.ChecksumIEEE(b[:len(b)-4]))
 }
 
+// seedStamped writes a stamped sector to each of the first span LBAs, so
+// readers never meet an unwritten one.
+func seedStamped(t *testing.T, d *Device, span uint64) {
+	t.Helper()
+	seed := make([]byte, d.SectorSize())
+	for lba := uint64(0); lba < span; lba++ {
+		stamp(seed, lba, 0, 0)
+		if err := d.WriteV(lba, [][]byte{seed}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func whole(b []byte) bool {
 	return binary.LittleEndian.Uint32(b[len(b)-4:]) == crc32.ChecksumIEEE(b[:len(b)-4])
 }
@@ -252,14 +265,7 @@ func TestConcurrentWritersAndReadersSeeWholeSectors(t *testing.T) {
 			m, d := formatOpen(t, 32<<20, lbasize)
 			ss := int(d.SectorSize())
 			const span = 24 // few LBAs, so writers collide on map lines and blocks
-			// Seed every LBA so readers never meet an unwritten sector.
-			seed := make([]byte, ss)
-			for lba := uint64(0); lba < span; lba++ {
-				stamp(seed, lba, 0, 0)
-				if err := d.WriteV(lba, [][]byte{seed}); err != nil {
-					t.Fatal(err)
-				}
-			}
+			seedStamped(t, d, span)
 			var wg sync.WaitGroup
 			errs := make(chan error, 64)
 			for w := uint32(1); w <= 4; w++ {

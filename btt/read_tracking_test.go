@@ -30,13 +30,7 @@ func TestMultiSectorReadsAgainstWritersSeeWholeSectors(t *testing.T) {
 	_, d := formatOpen(t, 32<<20, 4096)
 	ss := int(d.SectorSize())
 	const span, width = 24, 6
-	seed := make([]byte, ss)
-	for lba := uint64(0); lba < span; lba++ {
-		stamp(seed, lba, 0, 0)
-		if err := d.WriteV(lba, [][]byte{seed}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	seedStamped(t, d, span)
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for w := uint32(1); w <= 3; w++ {
