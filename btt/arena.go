@@ -47,10 +47,9 @@ type paddedMutex struct {
 }
 
 type freeEntry struct {
-	block  uint32 // the postmap block the lane writes next
-	sub    uint8  // which of the two slots (0 or 1) its next flog entry overwrites
-	seq    uint32 // the sequence number of that next entry
-	hasErr bool   // the block was freed from an entry with the E flag
+	block uint32 // the postmap block the lane writes next
+	sub   uint8  // which of the two slots (0 or 1) its next flog entry overwrites
+	seq   uint32 // the sequence number of that next entry
 }
 
 // mapEntry returns the raw map entry of a premap LBA.
@@ -175,10 +174,9 @@ func (a *Arena) initFreeList() ([]pendingMove, error) {
 			return nil, fmt.Errorf("%w: lane %d flog entry %+v points past %d blocks", ErrCorrupt, lane, e, a.internalNLBA)
 		}
 		a.free[lane] = freeEntry{
-			block:  oldBlock,
-			sub:    uint8(1 - sub),
-			seq:    nextSeq(e.Seq),
-			hasErr: e.OldMap&mapNormal == mapErrorFlag,
+			block: oldBlock,
+			sub:   uint8(1 - sub),
+			seq:   nextSeq(e.Seq),
 		}
 		if oldBlock == newBlock {
 			continue // the format's entry: nothing moved

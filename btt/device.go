@@ -410,7 +410,6 @@ func (d *Device) writeSector(l *lane, a *Arena, premap uint32, src *iovCursor) e
 	fe.sub = 1 - fe.sub
 	fe.seq = nextSeq(fe.seq)
 	fe.block = oldBlock
-	fe.hasErr = oldErr
 	return a.writeMap(d.m, premap, newBlock|mapNormal)
 }
 

@@ -35,12 +35,3 @@ func word32(b []byte, off int) (w *uint32, ok bool) {
 	}
 	return (*uint32)(p), true
 }
-
-// aligned reports whether b's first byte sits at a host address that is a
-// multiple of a (a power of two).
-func aligned(b []byte, a uintptr) bool {
-	if len(b) == 0 {
-		return true
-	}
-	return uintptr(unsafe.Pointer(&b[0]))&(a-1) == 0
-}

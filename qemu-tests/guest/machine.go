@@ -373,12 +373,6 @@ func (m *Machine) Kill() {
 	m.readAgent()
 }
 
-// Quit asks QEMU to exit at once.
-func (m *Machine) Quit() error {
-	_, err := m.QMP("quit", nil)
-	return err
-}
-
 // WaitReport waits for the agent's first report of op.
 func (m *Machine) WaitReport(op string, timeout time.Duration) (agentproto.Report, error) {
 	deadline := time.After(timeout)

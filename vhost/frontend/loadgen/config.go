@@ -37,8 +37,6 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("loadgen: rw %q: want randread, randwrite, randrw, read or write", s)
 }
 
-func (m Mode) random() bool { return m == RandRead || m == RandWrite || m == RandRW }
-
 // MaxIODepth bounds requests in flight per queue: each takes three
 // descriptors and libvhost-user back-ends accept rings of at most 1024.
 const MaxIODepth = 256
