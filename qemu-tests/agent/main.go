@@ -261,15 +261,37 @@ func waitFor(path string, timeout time.Duration) error {
 		timeout = 10 * time.Second
 	}
 	deadline := time.Now().Add(timeout)
+	var last error
 	for {
-		if _, err := os.Stat(path); err == nil {
+		if last = present(path); last == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not appear within %v", path, timeout)
+			return fmt.Errorf("%s did not appear within %v: %w", path, timeout, last)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// present reports whether path is there and, for a block device node,
+// usable. devtmpfs creates /dev/vda inside the kernel's device_add(),
+// before device_add_disk() links /sys/block/vda, registers the request
+// queue (queue/, mq/) and adds the bdev; until that last step open(2)
+// fails with ENXIO. A node that opens has all of its sysfs in place, so
+// the steps after a wait may read /sys/block/<disk>/... at once.
+func present(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0 {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 func readData(path string) (agentproto.ReadData, error) {

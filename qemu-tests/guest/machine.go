@@ -349,12 +349,26 @@ func (m *Machine) WaitStep(i int, timeout time.Duration) (agentproto.Report, err
 			if r, ok := find(); ok {
 				return r, nil
 			}
-			return agentproto.Report{}, fmt.Errorf("machine exited without a report of step %d: %v", i, m.waitErr)
+			return agentproto.Report{}, fmt.Errorf("machine exited without a report of step %d: %v%s", i, m.waitErr, m.failedSteps())
 		case <-deadline:
 			return agentproto.Report{}, fmt.Errorf("no report of step %d within %v", i, timeout)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// failedSteps names the reports that failed, so a test that waited for a
+// later step says why the agent stopped short of it.
+func (m *Machine) failedSteps() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var b strings.Builder
+	for _, r := range m.reports {
+		if !r.OK {
+			fmt.Fprintf(&b, "; step %d (%s) failed: %s", r.Step, r.Op, r.Error)
+		}
+	}
+	return b.String()
 }
 
 // Reports is what the agent reported so far.
@@ -388,7 +402,7 @@ func (m *Machine) WaitReport(op string, timeout time.Duration) (agentproto.Repor
 		select {
 		case <-m.exited:
 			m.readAgent()
-			return agentproto.Report{}, fmt.Errorf("machine exited without an agent %q report: %v", op, m.waitErr)
+			return agentproto.Report{}, fmt.Errorf("machine exited without an agent %q report: %v%s", op, m.waitErr, m.failedSteps())
 		case <-deadline:
 			return agentproto.Report{}, fmt.Errorf("no agent %q report within %v", op, timeout)
 		case <-time.After(50 * time.Millisecond):
