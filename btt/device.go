@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"runtime"
 	"sync/atomic"
+
+	"github.com/nvblk/nvblk/pmem"
 )
 
 // Medium is the byte-addressable store under the BTT. *pmem.Medium
@@ -476,7 +478,7 @@ type iovCursor struct {
 
 func (c *iovCursor) copyTo(dst []byte) {
 	for len(dst) > 0 {
-		n := copy(dst, c.iov[c.seg][c.off:])
+		n := pmem.Copy(dst, c.iov[c.seg][c.off:])
 		dst = dst[n:]
 		c.advance(n)
 	}
@@ -484,7 +486,7 @@ func (c *iovCursor) copyTo(dst []byte) {
 
 func (c *iovCursor) copyFrom(src []byte) {
 	for len(src) > 0 {
-		n := copy(c.iov[c.seg][c.off:], src)
+		n := pmem.Copy(c.iov[c.seg][c.off:], src)
 		src = src[n:]
 		c.advance(n)
 	}
