@@ -296,6 +296,9 @@ func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) error {
 			a.readers.Add(1)
 			held = a
 		}
+		if i+1 < n {
+			d.prefetchSector(lba + i + 1)
+		}
 		if err := d.readSector(l, a, premap, &cur); err != nil {
 			held.endRead(l)
 			return fmt.Errorf("btt: read LBA %d: %w", lba+i, err)
@@ -305,6 +308,25 @@ func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) error {
 		held.endRead(l)
 	}
 	return nil
+}
+
+// prefetchLead is how much of the next sector's block a multi-sector read
+// asks the CPU to load while it copies the current one: enough for the
+// copy to start on cached lines and for the hardware prefetcher to take
+// over the rest of the block.
+const prefetchLead = 512
+
+// prefetchSector hints the CPU to load the start of the block lba maps to.
+// The map may change before the block is read; a stale hint costs only a
+// wasted load, and readSector re-reads the map under read tracking anyway.
+func (d *Device) prefetchSector(lba uint64) {
+	a, premap := d.locate(lba)
+	block, trim, mediaErr := a.lookup(premap)
+	if trim || mediaErr || block >= a.internalNLBA {
+		return
+	}
+	off := int(block) * int(a.internalLBASize)
+	pmem.Prefetch(a.dataArea[off : off+min(int(d.sector), prefetchLead)])
 }
 
 // endRead clears the lane's rtt slot and leaves the arena's readers.

@@ -25,3 +25,17 @@ func Copy(dst, src []byte) int {
 // cost (~15 ns on the machine above, where the built-in copy moves 512
 // bytes in 6 ns), which a 2 KiB copy already amortises.
 const repMovsbMin = 2048
+
+// Prefetch asks the CPU to start loading the cache lines of b, so that a
+// copy out of b issued a little later finds them on the way. It is a hint:
+// it never faults, never blocks, and says nothing about order. The BTT
+// calls it for the next sector's block while it copies the current one:
+// scattered blocks otherwise cost one full memory latency each before
+// the hardware prefetcher catches on (measured with 32 scattered 4 KiB
+// blocks of a 1 GiB mapping: 10.8 us per 128 KiB without, 7.9 us when
+// the next block's first 512 bytes are prefetched).
+func Prefetch(b []byte) {
+	if len(b) > 0 {
+		prefetchLines(b)
+	}
+}

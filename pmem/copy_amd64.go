@@ -15,3 +15,9 @@ var useRepMovsb = cpu.X86.HasERMS
 //
 //go:noescape
 func copyRepMovsb(dst, src []byte)
+
+// prefetchLines issues PREFETCHT0 for each cache line of p (non-empty);
+// implemented in copy_amd64.s.
+//
+//go:noescape
+func prefetchLines(p []byte)

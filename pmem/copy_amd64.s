@@ -25,3 +25,15 @@ backward:
 	REP; MOVSB
 	CLD
 	RET
+
+// func prefetchLines(p []byte)
+TEXT ·prefetchLines(SB), NOSPLIT, $0-24
+	MOVQ p_base+0(FP), AX
+	MOVQ p_len+8(FP), CX
+	ADDQ AX, CX
+prefetch_loop:
+	PREFETCHT0 (AX)
+	ADDQ $64, AX
+	CMPQ AX, CX
+	JB prefetch_loop
+	RET

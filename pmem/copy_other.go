@@ -6,3 +6,5 @@ package pmem
 const useRepMovsb = false
 
 func copyRepMovsb(dst, src []byte) { copy(dst, src) }
+
+func prefetchLines(p []byte) {}
