@@ -115,3 +115,22 @@ func BenchmarkCopy4KiB(b *testing.B) {
 		})
 	}
 }
+
+// Prefetch is a hint the BTT issues for blocks anywhere in the mapping,
+// up to its very last byte; it must neither fault nor change a byte.
+func TestPrefetchAtTheEdgesOfTheMappingChangesNothing(t *testing.T) {
+	m := openScratch(t, DurabilityFlush)
+	all, _ := m.Slice(0, m.Size())
+	copy(all[len(all)-8192:], pattern(7, 8192))
+	want := bytes.Clone(all[len(all)-8192:])
+	for _, r := range []struct{ off, n int64 }{{m.Size() - 1, 1}, {m.Size() - 100, 100}, {m.Size() - 4096, 4096}, {0, 512}, {33, 0}} {
+		b, err := m.Slice(r.off, r.n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		Prefetch(b)
+	}
+	if !bytes.Equal(all[len(all)-8192:], want) {
+		t.Fatal("Prefetch changed the mapping")
+	}
+}
