@@ -18,6 +18,10 @@ import (
 // write the disk, so by default only the owner may.
 const DefaultSocketMode fs.FileMode = 0o600
 
+// maxSocketPath is the longest path a unix socket can be bound to: sun_path
+// less its terminating NUL.
+const maxSocketPath = len(unix.RawSockaddrUnix{}.Path) - 1
+
 // Listen creates a unix socket at path with DefaultSocketMode. A socket file
 // left by a dead process is removed; one with a live listener, a symlink, or
 // any other kind of file at path is refused.
@@ -32,6 +36,9 @@ func ListenMode(path string, mode fs.FileMode) (*net.UnixListener, error) {
 	mode &= fs.ModePerm
 	fi, err := os.Lstat(path)
 	switch {
+	case len(path) > maxSocketPath:
+		// bind would say only "invalid argument".
+		return nil, fmt.Errorf("vhost: listen %s: the path is %d bytes; a unix socket's holds at most %d", path, len(path), maxSocketPath)
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
 		return nil, fmt.Errorf("vhost: listen %s: %w", path, err)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -149,5 +150,34 @@ func TestListenExistingPath(t *testing.T) {
 				t.Fatalf("the symlink's target changed: %v -> %v", targetErr, err)
 			}
 		})
+	}
+}
+
+// TestListenPathLengthLimit: a path of 107 bytes (sun_path less its NUL)
+// is bound; one byte more is refused with an error that says why, not
+// bind's bare "invalid argument".
+func TestListenPathLengthLimit(t *testing.T) {
+	checkFDs(t)
+	dir := t.TempDir()
+	if len(dir) > 100 {
+		t.Skipf("temp dir %s too long to build a 107-byte path in", dir)
+	}
+	fits := filepath.Join(dir, strings.Repeat("s", 107-len(dir)-1))
+	l, err := vhost.Listen(fits)
+	if err != nil {
+		t.Fatalf("%d-byte path: %v", len(fits), err)
+	}
+	l.Close()
+	long := fits + "x"
+	l, err = vhost.Listen(long)
+	if err == nil {
+		l.Close()
+		t.Fatalf("%d-byte path bound", len(long))
+	}
+	if !strings.Contains(err.Error(), "at most 107") {
+		t.Fatalf("error does not name the limit: %v", err)
+	}
+	if _, err := os.Lstat(long); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("something was created at the long path: %v", err)
 	}
 }

@@ -82,3 +82,30 @@ func TestServeContextReturnsAnAcceptErrorAfterShuttingDown(t *testing.T) {
 		t.Error("the server was not shut down (no flush) after the accept error")
 	}
 }
+
+// TestServeAfterShutdownClosesTheListener: a Serve that starts only after
+// Shutdown (ServeContext's goroutine losing the race with a signal at
+// startup) closes its listener, so neither the fd nor the socket file
+// outlives the server.
+func TestServeAfterShutdownClosesTheListener(t *testing.T) {
+	checkFDs(t)
+	disk := newMemDisk(1<<20, 512)
+	srv := vhost.NewServer(vhost.NewBlkBackend(blk.NewDevice(disk, blk.Options{}), disk), vhost.Options{Logger: quietLogger()})
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := vhost.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(l); !errors.Is(err, vhost.ErrServerClosed) {
+		t.Fatalf("Serve after Shutdown = %v, want ErrServerClosed", err)
+	}
+	if err := l.SetDeadline(time.Now()); err == nil {
+		t.Error("the listener is still open")
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket file left behind: %v", err)
+	}
+}

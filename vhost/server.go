@@ -92,11 +92,15 @@ func FileListener(fd int) (*net.UnixListener, error) {
 
 // Serve accepts front-ends on l and serves them one after another until
 // Shutdown (ErrServerClosed) or an accept error. A connection that fails or
-// is dropped for a malformed message does not stop it.
+// is dropped for a malformed message does not stop it. Shutdown closes l,
+// also when it came first: then Serve closes l and returns at once (so a
+// signal that ends ServeContext before its Serve goroutine ran leaves no
+// listener open and no socket file behind).
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		l.Close()
 		return ErrServerClosed
 	}
 	s.listeners[l] = struct{}{}

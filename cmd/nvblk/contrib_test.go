@@ -161,10 +161,15 @@ func TestMakeInstallPutsTheBinaryWhereItsDescriptionSays(t *testing.T) {
 		sock["Install.WantedBy"] != "sockets.target" || svc["Service.KillSignal"] != "SIGTERM" {
 		t.Errorf("units: service %v, socket %v", svc, sock)
 	}
-	// The flags the service passes are serve's.
-	fs, _ := serveFlags()
+	// The flags the service passes are serve's. On the activated socket
+	// serve has no default control socket, so the service names the one
+	// `nvblk status --socket-path LISTENSTREAM` asks.
+	fs, a := serveFlags()
 	if err := fs.Parse(slices.DeleteFunc(exe[2:], func(s string) bool { return strings.HasPrefix(s, "$") })); err != nil {
 		t.Errorf("ExecStart flags: %v", err)
+	}
+	if want := defaultControlSocket(sock["Socket.ListenStream"]); a.control != want {
+		t.Errorf("ExecStart --control-socket %q, want %q: the control socket of the socket unit's ListenStream", a.control, want)
 	}
 
 	// systemd-analyze checks the keys, the instance names and that the

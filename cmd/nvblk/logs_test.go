@@ -54,6 +54,7 @@ func TestServeLogsEachConnectionEventOnceAndNoRequests(t *testing.T) {
 	want := []string{
 		"info: serving vhost-user-blk",
 		"info: attach with these QEMU options",
+		"info: control socket listening",
 		"info: vhost-user front-end connected",
 		"info: vhost-user handshake done",
 		"info: vhost: queue started",

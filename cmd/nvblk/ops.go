@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -13,24 +14,83 @@ import (
 	"github.com/nvblk/nvblk/vhost/control"
 )
 
-// opsListeners are serve's operator endpoints: the control socket
-// (--control-socket) and the metrics listener (--metrics-addr).
-type opsListeners struct {
-	control net.Listener // nil when not asked for
-	metrics net.Listener
-	ctrl    *control.Server
-	http    *http.Server
+// controlSuffix names serve's default control socket: S.ctl next to its
+// vhost-user socket S, where `nvblk status --socket-path S` looks.
+const controlSuffix = ".ctl"
+
+// controlNone is the --control-socket value that opens no control socket.
+const controlNone = "none"
+
+// defaultControlSocket is the control socket of the serve listening on
+// socketPath when it was given no --control-socket.
+func defaultControlSocket(socketPath string) string { return socketPath + controlSuffix }
+
+// controlSocket is where serve opens its control socket ("" for none):
+// --control-socket PATH, none for "none", and by default S.ctl next to
+// --socket-path S. With --fd serve was given no path to put one next to,
+// so only an explicit --control-socket opens one. explicit says whether
+// --control-socket was on the command line.
+func (a *serveArgs) controlSocket(explicit bool) (path string, byDefault bool, err error) {
+	switch {
+	case a.control == controlNone:
+		return "", false, nil
+	case explicit && a.control == "":
+		return "", false, usagef("--control-socket \"\": want a path, or %s to open no control socket", controlNone)
+	case explicit && a.socketPath != "" && samePath(a.control, a.socketPath):
+		return "", false, usagef("--control-socket %q is the --socket-path: the control socket needs a path of its own", a.control)
+	case explicit:
+		return a.control, false, nil
+	case a.socketPath != "":
+		return defaultControlSocket(a.socketPath), true, nil
+	}
+	return "", false, nil
 }
 
-// listenOps opens the endpoints asked for; the caller closes them.
-func listenOps(controlPath, metricsAddr string) (*opsListeners, error) {
+func samePath(a, b string) bool {
+	absA, errA := filepath.Abs(a)
+	absB, errB := filepath.Abs(b)
+	return errA == nil && errB == nil && absA == absB
+}
+
+// absPath is path made absolute when it can be, for logs and for commands
+// an operator runs from another directory.
+func absPath(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
+}
+
+// opsListeners are serve's operator endpoints: the control socket
+// (--control-socket, by default --socket-path + ".ctl") and the metrics
+// listener (--metrics-addr).
+type opsListeners struct {
+	control     net.Listener // nil when none is opened
+	controlPath string       // its absolute path
+	metrics     net.Listener
+	ctrl        *control.Server
+	http        *http.Server
+}
+
+// listenOps opens the endpoints asked for; the caller closes them. The
+// control socket is created the way the vhost-user socket is (vhost.Listen:
+// a stale socket file is replaced, a live one, a symlink or any other file
+// refused), but always 0600 whatever --socket-mode says: whoever can
+// connect to it can detach the guest, which is more than a front-end
+// waiting its turn on the vhost-user socket can do. byDefault says the
+// path is the default S.ctl, which the error then names as such.
+func listenOps(controlPath string, byDefault bool, metricsAddr string) (*opsListeners, error) {
 	o := &opsListeners{}
 	if controlPath != "" {
 		l, err := vhost.Listen(controlPath)
-		if err != nil {
+		switch {
+		case err != nil && byDefault:
+			return nil, fmt.Errorf("the default control socket (--socket-path + %q): %w "+
+				"(--control-socket PATH puts it elsewhere, --control-socket %s opens none)", controlSuffix, err, controlNone)
+		case err != nil:
 			return nil, fmt.Errorf("--control-socket: %w", err)
 		}
-		o.control = l
+		o.control, o.controlPath = l, absPath(controlPath)
 	}
 	if metricsAddr != "" {
 		l, err := net.Listen("tcp", metricsAddr)
@@ -52,7 +112,7 @@ func (o *opsListeners) serve(srv *vhost.Server, lg logrus.FieldLogger) {
 				lg.WithError(err).Error("control socket stopped")
 			}
 		}()
-		lg.WithField("control_socket", o.control.Addr().String()).Info("control socket listening")
+		lg.WithField("control_socket", o.controlPath).Info("control socket listening")
 	}
 	if o.metrics != nil {
 		mux := http.NewServeMux()

@@ -218,3 +218,229 @@ func TestServeIgnoresASocketMeantForAnotherProcess(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 }
+
+// wantGone fails the test if anything is at path.
+func wantGone(t *testing.T, path, what string) {
+	t.Helper()
+	if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s %s: %v, want nothing there", what, path, err)
+	}
+}
+
+// TestStatusBySocketPathReachesAServeStartedWithoutControlSocket: the
+// operator knows only the vhost-user socket S; serve, given no
+// --control-socket, opened S.ctl (logged once, shown under the attach
+// text, 0600), and status and detach --socket-path S reach it. It is gone
+// once serve stops.
+func TestStatusBySocketPathReachesAServeStartedWithoutControlSocket(t *testing.T) {
+	img := formatted(t)
+	checkFDs(t)
+	sock := filepath.Join(t.TempDir(), "vm1.sock")
+	ctl := sock + ".ctl"
+	stop, stdout, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--log-format", "json")
+
+	if got := logField(t, logs, "control socket listening", "control_socket"); got != ctl {
+		t.Errorf("logged control socket %q, want %q", got, ctl)
+	}
+	if n := strings.Count(logs.String(), ctl); n != 1 {
+		t.Errorf("the control socket is named %d times in the log, want once:\n%s", n, logs)
+	}
+	if want := "# control socket " + ctl + ": nvblk status|detach --socket-path " + sock + "\n"; !strings.Contains(stdout.String(), want) {
+		t.Errorf("stdout lacks %q:\n%s", want, stdout)
+	}
+	if fi, err := os.Lstat(ctl); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket: %v, %v; want a 0600 socket", fi, err)
+	}
+	code, out, stderr := nvblk(t, nil, "status", "--socket-path", sock, "--json")
+	var st control.Status
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Connected || len(st.Queues) != 1 {
+		t.Fatalf("status --socket-path: exit %d: %s%s", code, stderr, out)
+	}
+	code, out, stderr = nvblk(t, nil, "detach", "--socket-path", sock)
+	if code != 0 || !strings.Contains(out, "no vhost-user front-end was connected") {
+		t.Fatalf("detach --socket-path: exit %d: %s%s", code, stderr, out)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d:\n%s", code, logs)
+	}
+	wantGone(t, ctl, "control socket")
+}
+
+// TestControlSocketNoneOpensNothing: with --control-socket none serve
+// opens no control socket, says nothing of one, and status --socket-path
+// fails with one line saying S.ctl is not there and why that may be.
+func TestControlSocketNoneOpensNothing(t *testing.T) {
+	img := formatted(t)
+	checkFDs(t)
+	sock := filepath.Join(t.TempDir(), "vm1.sock")
+	stop, stdout, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--control-socket", "none")
+	wantGone(t, sock+".ctl", "control socket")
+	wantGone(t, "none", "control socket")
+	if strings.Contains(stdout.String(), "control socket") || strings.Contains(logs.String(), "control socket") {
+		t.Errorf("serve mentions a control socket:\n%s\n%s", stdout, logs)
+	}
+	for _, cmd := range []string{"status", "detach"} {
+		code, _, stderr := nvblk(t, nil, cmd, "--socket-path", sock)
+		if code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "control socket "+sock+".ctl is not there") ||
+			!strings.Contains(stderr, "--control-socket none") {
+			t.Errorf("%s: exit %d, stderr %q", cmd, code, stderr)
+		}
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d:\n%s", code, logs)
+	}
+}
+
+// TestStatusAndDetachWantExactlyOneOfSocketPathAndControlSocket: both or
+// neither is a usage error: exit 2, the problem on one line, then the
+// usage line.
+func TestStatusAndDetachWantExactlyOneOfSocketPathAndControlSocket(t *testing.T) {
+	dir := t.TempDir()
+	for _, cmd := range []string{"status", "detach"} {
+		for _, c := range []struct {
+			name string
+			args []string
+			want string
+		}{
+			{"both", []string{"--socket-path", filepath.Join(dir, "s"), "--control-socket", filepath.Join(dir, "c")}, "mutually exclusive"},
+			{"neither", nil, "missing --socket-path S"},
+		} {
+			t.Run(cmd+" "+c.name, func(t *testing.T) {
+				code, out, stderr := nvblk(t, nil, append([]string{cmd}, c.args...)...)
+				lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
+				if code != 2 || out != "" || len(lines) != 2 || !strings.HasPrefix(lines[0], "nvblk "+cmd+": ") ||
+					!strings.Contains(lines[0], c.want) || !strings.HasPrefix(lines[1], "usage: nvblk "+cmd+" --socket-path S | --control-socket PATH") {
+					t.Fatalf("exit %d, stdout %q, stderr %q", code, out, stderr)
+				}
+			})
+		}
+	}
+}
+
+// TestDefaultControlSocketIsRemovedAfterSIGTERM: a serve process asked
+// through S.ctl, then stopped the way systemd stops it, leaves neither S
+// nor S.ctl behind.
+func TestDefaultControlSocketIsRemovedAfterSIGTERM(t *testing.T) {
+	img := formatted(t)
+	sock := filepath.Join(t.TempDir(), "vm1.sock")
+	cmd := exec.Command(binary(t), "serve", "--socket-path", sock, "--blk-file", img)
+	exited, out := serveProcess(t, cmd)
+	waitListening(t, out, exited)
+	if code, text, stderr := nvblk(t, nil, "status", "--socket-path", sock); code != 0 || !strings.Contains(text, "front-end: none connected") {
+		t.Fatalf("status: exit %d: %s%s", code, stderr, text)
+	}
+	terminate(t, cmd, exited, out)
+	wantGone(t, sock+".ctl", "control socket")
+	wantGone(t, sock, "vhost-user socket")
+}
+
+// TestStaleDefaultControlSocketOfAKilledServeIsReplaced: a serve killed
+// with SIGKILL leaves S.ctl behind; the next serve on S takes its place,
+// as it does S itself.
+func TestStaleDefaultControlSocketOfAKilledServeIsReplaced(t *testing.T) {
+	img := formatted(t)
+	sock := filepath.Join(t.TempDir(), "vm1.sock")
+	cmd := exec.Command(binary(t), "serve", "--socket-path", sock, "--blk-file", img)
+	exited, out := serveProcess(t, cmd)
+	waitListening(t, out, exited)
+	cmd.Process.Kill()
+	<-exited
+	if _, err := os.Lstat(sock + ".ctl"); err != nil {
+		t.Fatalf("SIGKILL left no control socket to test with: %v", err)
+	}
+	checkFDs(t)
+	stop, _, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img)
+	if code, text, stderr := nvblk(t, nil, "status", "--socket-path", sock); code != 0 || !strings.Contains(text, "front-end: none connected") {
+		t.Fatalf("status: exit %d: %s%s", code, stderr, text)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d:\n%s", code, logs)
+	}
+	wantGone(t, sock+".ctl", "control socket")
+}
+
+// TestServeRefusesAStrayFileAtTheDefaultControlSocket: a regular file at
+// S.ctl is not replaced; serve fails with one line that says the path was
+// its default and how to choose another, before creating S.
+func TestServeRefusesAStrayFileAtTheDefaultControlSocket(t *testing.T) {
+	img := formatted(t)
+	checkFDs(t)
+	sock := filepath.Join(t.TempDir(), "vm1.sock")
+	if err := os.WriteFile(sock+".ctl", []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := nvblk(t, nil, "serve", "--socket-path", sock, "--blk-file", img)
+	if code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, sock+".ctl") ||
+		!strings.Contains(stderr, "default control socket") || !strings.Contains(stderr, "--control-socket none") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	if b, err := os.ReadFile(sock + ".ctl"); err != nil || string(b) != "keep" {
+		t.Errorf("the stray file changed: %q, %v", b, err)
+	}
+	wantGone(t, sock, "vhost-user socket")
+}
+
+// TestDefaultControlSocketStays0600WhenSocketModeWidensTheVhostSocket:
+// --socket-mode 0660 lets a group attach as a front-end; it does not let
+// that group detach the guest.
+func TestDefaultControlSocketStays0600WhenSocketModeWidensTheVhostSocket(t *testing.T) {
+	img := formatted(t)
+	checkFDs(t)
+	sock := filepath.Join(t.TempDir(), "vm1.sock")
+	stop, _, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--socket-mode", "0660")
+	for path, want := range map[string]os.FileMode{sock: 0o660, sock + ".ctl": 0o600} {
+		if fi, err := os.Lstat(path); err != nil || fi.Mode().Perm() != want {
+			t.Errorf("%s: %v, %v; want mode %#o", path, fi, err, want)
+		}
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d:\n%s", code, logs)
+	}
+}
+
+// TestServeOnAnInheritedFdOpensAControlSocketOnlyWhenAsked: on --fd serve
+// knows no socket path to put S.ctl next to: without --control-socket it
+// opens none, with one it opens that.
+func TestServeOnAnInheritedFdOpensAControlSocketOnlyWhenAsked(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		control string // "" for no --control-socket
+	}{{"not asked", ""}, {"asked", "control.sock"}} {
+		t.Run(c.name, func(t *testing.T) {
+			img := formatted(t)
+			dir := t.TempDir()
+			sock := filepath.Join(dir, "inherited.sock")
+			f := listeningSocketFile(t, sock)
+			args := []string{"serve", "--fd", "3", "--blk-file", img}
+			if c.control != "" {
+				args = append(args, "--control-socket", filepath.Join(dir, c.control))
+			}
+			cmd := exec.Command(binary(t), args...)
+			cmd.ExtraFiles = []*os.File{f}
+			exited, out := serveProcess(t, cmd)
+			f.Close()
+			waitListening(t, out, exited)
+			wantGone(t, sock+".ctl", "control socket")
+			if c.control == "" {
+				if code, _, stderr := nvblk(t, nil, "status", "--socket-path", sock); code != 1 || !strings.Contains(stderr, "is not there") {
+					t.Errorf("status --socket-path: exit %d, stderr %q", code, stderr)
+				}
+				if strings.Contains(out.String(), "control socket") {
+					t.Errorf("serve mentions a control socket:\n%s", out)
+				}
+			} else {
+				ctl := filepath.Join(dir, c.control)
+				if code, text, stderr := nvblk(t, nil, "status", "--control-socket", ctl); code != 0 || !strings.Contains(text, "front-end:") {
+					t.Errorf("status --control-socket: exit %d: %s%s", code, stderr, text)
+				}
+				if want := "# control socket " + ctl + ": nvblk status|detach --control-socket " + ctl; !strings.Contains(out.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+			terminate(t, cmd, exited, out)
+			if c.control != "" {
+				wantGone(t, filepath.Join(dir, c.control), "control socket")
+			}
+		})
+	}
+}

@@ -27,7 +27,7 @@ import (
 func init() {
 	register(&command{name: "serve", summary: "serve the BTT on FILE to QEMU as a vhost-user-blk device (also: nvblk --socket-path ...)",
 		usage: "--socket-path PATH | --fd N | (systemd socket)  --blk-file FILE [--read-only] [--num-queues N] [--poll-us N] " +
-			"[--socket-mode 0600] [--durability MODE] [--serial S] [--control-socket PATH] [--metrics-addr HOST:PORT] " +
+			"[--socket-mode 0600] [--durability MODE] [--serial S] [--control-socket PATH|none] [--metrics-addr HOST:PORT] " +
 			"[--log-level LEVEL] [--log-format text|json] | --print-capabilities",
 		run: runServe})
 	flagSets["serve"] = func() *flag.FlagSet { fs, _ := serveFlags(); return fs }
@@ -62,7 +62,8 @@ func serveFlags() (*flag.FlagSet, *serveArgs) {
 	a := &serveArgs{}
 	fs := newFlagSet("serve")
 	fs.StringVar(&a.socketPath, "socket-path", "", "create and listen on this vhost-user unix socket (incompatible with --fd)")
-	fs.StringVar(&a.socketMode, "socket-mode", "0600", "permissions of the socket --socket-path creates, in octal (e.g. 0660 to let a group such as libvirt-qemu connect)")
+	fs.StringVar(&a.socketMode, "socket-mode", "0600", "permissions of the socket --socket-path creates, in octal (e.g. 0660 to let a group such as libvirt-qemu connect); "+
+		"the control socket stays 0600")
 	fs.IntVar(&a.fd, "fd", -1, "serve on this inherited, already-listening unix socket fd (incompatible with --socket-path)")
 	fs.StringVar(&a.blkFile, "blk-file", "", "the BTT image (an emulated-NVDIMM file, a pmem block device or devdax) to serve (required)")
 	fs.BoolVar(&a.readOnly, "read-only", false, "offer a read-only disk (VIRTIO_BLK_F_RO); the image is opened read-only")
@@ -73,7 +74,8 @@ func serveFlags() (*flag.FlagSet, *serveArgs) {
 	fs.StringVar(&a.logLevel, "log-level", "info", "log level: panic, fatal, error, warn, info, debug or trace")
 	fs.StringVar(&a.logFormat, "log-format", "text", "log format on stderr: text or json")
 	fs.BoolVar(&a.printCaps, "print-capabilities", false, "print the vhost-user backend capabilities as JSON and exit")
-	fs.StringVar(&a.control, "control-socket", "", "answer nvblk status / nvblk detach on this unix socket (JSON lines)")
+	fs.StringVar(&a.control, "control-socket", "", "answer nvblk status / nvblk detach on this unix socket (JSON lines, mode 0600); "+
+		"by default --socket-path + \""+controlSuffix+"\" (with --fd: none unless given); "+controlNone+": open none")
 	fs.StringVar(&a.metrics, "metrics-addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
 	return fs, a
 }
@@ -157,6 +159,12 @@ func runServe(env *environment, args []string) error {
 	case len(a.serial) > 20:
 		return usagef("--serial %q: at most 20 bytes", a.serial)
 	}
+	controlSet := false
+	fs.Visit(func(f *flag.Flag) { controlSet = controlSet || f.Name == "control-socket" })
+	controlPath, controlByDefault, err := a.controlSocket(controlSet)
+	if err != nil {
+		return err
+	}
 	dur, err := parseDurability(a.durability)
 	if err != nil {
 		return err
@@ -189,7 +197,7 @@ func runServe(env *environment, args []string) error {
 			return ln, ln.Release, nil
 		}})
 
-	ops, err := listenOps(a.control, a.metrics)
+	ops, err := listenOps(controlPath, controlByDefault, a.metrics)
 	if err != nil {
 		return err
 	}
@@ -219,10 +227,15 @@ func runServe(env *environment, args []string) error {
 	}).Info("serving vhost-user-blk")
 	qemu := qemuOptions(socket, a.numQueues)
 	lg.WithField("qemu", strings.Join(qemu, " ")).Info("attach with these QEMU options")
-	printQEMUOptions(env.stdout, a.blkFile, qemu)
 
 	srv := vhost.NewServer(vhost.NewBlkBackend(dv, d), vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: lg})
 	ops.serve(srv, lg)
+	// Printed last and in one write: once "# attach" is out, every endpoint
+	// listens and the whole text is there.
+	var text strings.Builder
+	printQEMUOptions(&text, a.blkFile, qemu)
+	printControlHint(&text, a.socketPath, ops.controlPath)
+	io.WriteString(env.stdout, text.String())
 	ctx, stop := serveContext()
 	defer stop()
 	err = srv.ServeContext(ctx, l, shutdownGrace)
@@ -277,6 +290,19 @@ func qemuOptions(socket string, queues uint) []string {
 		"-machine", "memory-backend=mem", "-m", "1G",
 		"-chardev", "socket,id=nvblk0,path=" + socket + ",reconnect=1",
 		"-device", fmt.Sprintf("vhost-user-blk-pci,chardev=nvblk0,num-queues=%d", queues),
+	}
+}
+
+// printControlHint tells the operator where the control socket is (ctl,
+// absolute; "" when there is none) and how to reach it: by --socket-path
+// when it is the default S.ctl, else by its own path.
+func printControlHint(w io.Writer, socketPath, ctl string) {
+	switch {
+	case ctl == "":
+	case socketPath != "" && ctl == absPath(defaultControlSocket(socketPath)):
+		fmt.Fprintf(w, "# control socket %s: nvblk status|detach --socket-path %s\n", ctl, absPath(socketPath))
+	default:
+		fmt.Fprintf(w, "# control socket %s: nvblk status|detach --control-socket %s\n", ctl, ctl)
 	}
 }
 

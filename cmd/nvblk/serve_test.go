@@ -237,6 +237,8 @@ func TestServeUsageErrors(t *testing.T) {
 		{"long serial", []string{"--socket-path", "s", "--blk-file", img, "--serial", strings.Repeat("x", 21)}, "--serial"},
 		{"positional image", []string{"serve", "--socket-path", "s", img}, "--blk-file"},
 		{"unknown flag", []string{"serve", "--socket-path", "s", "--blk-file", img, "--colour"}, "not defined"},
+		{"empty control socket", []string{"--socket-path", "s", "--blk-file", img, "--control-socket", ""}, "--control-socket \"\""},
+		{"control socket is the vhost socket", []string{"--socket-path", "s", "--blk-file", img, "--control-socket", "./s"}, "a path of its own"},
 		{"conformance without socket", []string{"conformance"}, "--socket-path"},
 	}
 	for _, c := range cases {
@@ -275,8 +277,10 @@ func TestServeFailsOnABusyMissingOrCorruptImage(t *testing.T) {
 			if code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.want) {
 				t.Fatalf("exit %d, stderr %q", code, stderr)
 			}
-			if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("a socket was created for an image that cannot be served: %v", err)
+			for _, path := range []string{sock, sock + ".ctl"} {
+				if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("a socket was created for an image that cannot be served: %v", err)
+				}
 			}
 		})
 	}

@@ -2,10 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nvblk/nvblk/vhost"
@@ -13,10 +15,10 @@ import (
 )
 
 func init() {
-	register(&command{name: "status", summary: "show a running serve's queues, totals, IOPS and latency (its --control-socket)",
-		usage: "--control-socket PATH [--json]", run: runStatus})
+	register(&command{name: "status", summary: "show a running serve's queues, totals, IOPS and latency (over its control socket)",
+		usage: "--socket-path S | --control-socket PATH  [--json]", run: runStatus})
 	register(&command{name: "detach", summary: "make a running serve drop its vhost-user front-end and accept the next",
-		usage: "--control-socket PATH", run: runDetach})
+		usage: "--socket-path S | --control-socket PATH", run: runDetach})
 	flagSets["status"] = func() *flag.FlagSet { fs, _ := statusFlags("status"); return fs }
 	flagSets["detach"] = func() *flag.FlagSet { fs, _ := statusFlags("detach"); return fs }
 }
@@ -25,14 +27,17 @@ func init() {
 const controlTimeout = 5 * time.Second
 
 type statusArgs struct {
-	socket string
-	json   bool
+	socketPath string // serve's vhost-user socket: ask its default control socket
+	control    string // or this control socket
+	json       bool
 }
 
 func statusFlags(name string) (*flag.FlagSet, *statusArgs) {
 	a := &statusArgs{}
 	fs := newFlagSet(name)
-	fs.StringVar(&a.socket, "control-socket", "", "the --control-socket of the nvblk serve to ask (required)")
+	fs.StringVar(&a.socketPath, "socket-path", "", "the --socket-path S of the nvblk serve to ask: its control socket is S"+controlSuffix+
+		" (one of --socket-path and --control-socket is required)")
+	fs.StringVar(&a.control, "control-socket", "", "the control socket of the nvblk serve to ask, when it was started with --control-socket PATH")
 	if name == "status" {
 		fs.BoolVar(&a.json, "json", false, "print JSON")
 	}
@@ -48,10 +53,30 @@ func parseStatusArgs(name string, args []string) (*statusArgs, error) {
 	if len(pos) > 0 {
 		return nil, usagef("unexpected arguments %q", pos)
 	}
-	if a.socket == "" {
-		return nil, usagef("missing --control-socket")
+	switch {
+	case a.socketPath != "" && a.control != "":
+		return nil, usagef("--socket-path and --control-socket are mutually exclusive: give one")
+	case a.socketPath == "" && a.control == "":
+		return nil, usagef("missing --socket-path S (serve's vhost-user socket; its control socket is S%s) or --control-socket PATH",
+			controlSuffix)
 	}
 	return a, nil
+}
+
+// call sends cmd to the control socket a names. When --socket-path S finds
+// no S.ctl, the error says why that may be rather than just ENOENT.
+func (a *statusArgs) call(cmd string) (*control.Reply, error) {
+	path := a.control
+	if a.socketPath != "" {
+		path = defaultControlSocket(a.socketPath)
+	}
+	r, err := control.Call(path, cmd, controlTimeout)
+	if err != nil && a.socketPath != "" && errors.Is(err, syscall.ENOENT) {
+		return nil, fmt.Errorf("serve's control socket %s is not there: is nvblk serve --socket-path %s running? "+
+			"A serve started with --control-socket %s (or on --fd without --control-socket) opens none; "+
+			"one started with --control-socket PATH answers there: pass --control-socket PATH", path, a.socketPath, controlNone)
+	}
+	return r, err
 }
 
 func runStatus(env *environment, args []string) error {
@@ -59,7 +84,7 @@ func runStatus(env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	r, err := control.Call(a.socket, "status", controlTimeout)
+	r, err := a.call("status")
 	if err != nil {
 		return err
 	}
@@ -77,7 +102,7 @@ func runDetach(env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	r, err := control.Call(a.socket, "detach", controlTimeout)
+	r, err := a.call("detach")
 	if err != nil {
 		return err
 	}
