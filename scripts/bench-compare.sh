@@ -61,9 +61,12 @@ for cfg in "${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}"; do
 	PID[$cfg]=$!
 	PIDS+=("$!")
 done
+listening() { awk -v p="$1" '$8 == p && $4 == "00010000" { found = 1 } END { exit !found }' /proc/net/unix; }
 for cfg in "${!PID[@]}"; do
-	for _ in $(seq 100); do [ -S "$WORK/$cfg.sock" ] && break; sleep 0.1; done
-	[ -S "$WORK/$cfg.sock" ] || { echo "bench-compare: $cfg did not start:" >&2; cat "$WORK/$cfg.log" >&2; exit 1; }
+	# The socket file exists from bind(2); wait for listen(2) (flag
+	# __SO_ACCEPTCON in /proc/net/unix) so the first dial is not refused.
+	for _ in $(seq 100); do listening "$WORK/$cfg.sock" && break; sleep 0.1; done
+	listening "$WORK/$cfg.sock" || { echo "bench-compare: $cfg did not start:" >&2; cat "$WORK/$cfg.log" >&2; exit 1; }
 	# Write every block once: no back-end reads holes or allocates pages
 	# on its first write during the matrix.
 	"$BIN" bench --socket-path "$WORK/$cfg.sock" --rw write --bs 128k --iodepth 16 --time 1s --fill >/dev/null

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -164,67 +163,6 @@ func TestAnUnreachableSocketIsAnError(t *testing.T) {
 	}
 }
 
-const qsdPath = "/usr/bin/qemu-storage-daemon"
-
-func startQSD(t *testing.T, size int64, writable bool, queues int) string {
-	t.Helper()
-	if _, err := os.Stat(qsdPath); err != nil {
-		t.Fatalf("qemu-storage-daemon not installed (%v): run scripts/install-deps.sh", err)
-	}
-	dir := t.TempDir()
-	img, sock := filepath.Join(dir, "disk.img"), filepath.Join(dir, "qsd.sock")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, size); err != nil {
-		t.Fatal(err)
-	}
-	w := "on"
-	if !writable {
-		w = "off"
-	}
-	cmd := exec.Command(qsdPath,
-		"--blockdev", "driver=file,node-name=f,filename="+img,
-		"--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path="+sock+",writable="+w+fmt.Sprintf(",num-queues=%d", queues))
-	// Output goes to a file, read only once the daemon is gone.
-	logPath := filepath.Join(dir, "qsd.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	stop := func() string {
-		cmd.Process.Kill()
-		<-exited
-		b, _ := os.ReadFile(logPath)
-		return string(b)
-	}
-	t.Cleanup(func() {
-		if out := stop(); t.Failed() {
-			t.Logf("qemu-storage-daemon output:\n%s", out)
-		}
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
-			return sock
-		}
-		select {
-		case <-exited:
-			t.Fatalf("qemu-storage-daemon exited: %s", stop())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("qemu-storage-daemon did not create %s", sock)
-		}
-	}
-}
-
 // TestQSDConformanceIsAsRecorded runs the suite against qemu-storage-daemon
 // (libvhost-user + QEMU's virtio-blk handler) and pins its outcome: every
 // check passes except those listed, so a change in QSD's behaviour or in
@@ -262,7 +200,7 @@ func TestQSDConformanceIsAsRecorded(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			sock := startQSD(t, 64<<20, c.writable, c.queues)
+			sock, _ := vhosttest.StartQSD(t, vhosttest.QSDOptions{Size: 64 << 20, ReadOnly: !c.writable, Queues: c.queues})
 			rep := run(t, sock, conformance.Options{Destructive: true})
 			want := map[string]conformance.Outcome{}
 			for _, n := range c.fails {

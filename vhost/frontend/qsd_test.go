@@ -3,53 +3,11 @@ package frontend
 import (
 	"bytes"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/nvblk/nvblk/internal/vhosttest"
 )
-
-const qsdPath = "/usr/bin/qemu-storage-daemon"
-
-// startQSD exports a fresh raw image with qemu-storage-daemon's
-// vhost-user-blk export (libvhost-user) and returns its socket and image.
-func startQSD(t *testing.T, size int64) (sock, img string) {
-	t.Helper()
-	if _, err := os.Stat(qsdPath); err != nil {
-		t.Fatalf("qemu-storage-daemon not installed (%v): run scripts/install-deps.sh", err)
-	}
-	dir := t.TempDir()
-	img, sock = filepath.Join(dir, "disk.img"), filepath.Join(dir, "qsd.sock")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, size); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(qsdPath,
-		"--blockdev", "driver=file,node-name=f,filename="+img,
-		"--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path="+sock+",writable=on")
-	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("qemu-storage-daemon output:\n%s", stderr.String())
-		}
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
-			return sock, img
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("qemu-storage-daemon did not create %s: %s", sock, stderr.String())
-		}
-	}
-}
 
 func TestQSDWriteReadFlush(t *testing.T) {
 	for _, tc := range []struct {
@@ -62,7 +20,7 @@ func TestQSDWriteReadFlush(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const size = 8 << 20
-			sock, img := startQSD(t, size)
+			sock, img := vhosttest.StartQSD(t, vhosttest.QSDOptions{Size: size})
 			d, err := Connect(sock, tc.o)
 			if err != nil {
 				t.Fatal(err)
