@@ -18,6 +18,10 @@ import (
 // write the disk, so by default only the owner may.
 const DefaultSocketMode fs.FileMode = 0o600
 
+// ErrPathTooLong is returned for a socket path longer than a unix socket
+// address holds.
+var ErrPathTooLong = errors.New("vhost: socket path too long")
+
 // maxSocketPath is the longest path a unix socket can be bound to: sun_path
 // less its terminating NUL.
 const maxSocketPath = len(unix.RawSockaddrUnix{}.Path) - 1
@@ -38,7 +42,7 @@ func ListenMode(path string, mode fs.FileMode) (*net.UnixListener, error) {
 	switch {
 	case len(path) > maxSocketPath:
 		// bind would say only "invalid argument".
-		return nil, fmt.Errorf("vhost: listen %s: the path is %d bytes; a unix socket's holds at most %d", path, len(path), maxSocketPath)
+		return nil, fmt.Errorf("%w: listen %s: the path is %d bytes; a unix socket's holds at most %d", ErrPathTooLong, path, len(path), maxSocketPath)
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
 		return nil, fmt.Errorf("vhost: listen %s: %w", path, err)

@@ -67,9 +67,12 @@ func absPath(path string) string {
 type opsListeners struct {
 	control     net.Listener // nil when none is opened
 	controlPath string       // its absolute path
-	metrics     net.Listener
-	ctrl        *control.Server
-	http        *http.Server
+	// skipped says why the default control socket was not opened, when
+	// that was not worth failing serve for.
+	skipped error
+	metrics net.Listener
+	ctrl    *control.Server
+	http    *http.Server
 }
 
 // listenOps opens the endpoints asked for; the caller closes them. The
@@ -84,13 +87,18 @@ func listenOps(controlPath string, byDefault bool, metricsAddr string) (*opsList
 	if controlPath != "" {
 		l, err := vhost.Listen(controlPath)
 		switch {
+		case errors.Is(err, vhost.ErrPathTooLong) && byDefault:
+			// The vhost-user socket's own path fits; serving the guest
+			// matters more than the convenience of a default S.ctl.
+			o.skipped = fmt.Errorf("no default control socket: %w (--control-socket PATH puts one elsewhere)", err)
 		case err != nil && byDefault:
 			return nil, fmt.Errorf("the default control socket (--socket-path + %q): %w "+
 				"(--control-socket PATH puts it elsewhere, --control-socket %s opens none)", controlSuffix, err, controlNone)
 		case err != nil:
 			return nil, fmt.Errorf("--control-socket: %w", err)
+		default:
+			o.control, o.controlPath = l, absPath(controlPath)
 		}
-		o.control, o.controlPath = l, absPath(controlPath)
 	}
 	if metricsAddr != "" {
 		l, err := net.Listen("tcp", metricsAddr)
@@ -105,6 +113,9 @@ func listenOps(controlPath string, byDefault bool, metricsAddr string) (*opsList
 
 // serve answers on the endpoints for srv until close.
 func (o *opsListeners) serve(srv *vhost.Server, lg logrus.FieldLogger) {
+	if o.skipped != nil {
+		lg.Warn(o.skipped.Error())
+	}
 	if o.control != nil {
 		o.ctrl = control.NewServer(srv, control.DefaultInterval)
 		go func() {

@@ -291,6 +291,32 @@ func TestControlSocketNoneOpensNothing(t *testing.T) {
 	}
 }
 
+// A vhost-user socket path that fits, with no room left for ".ctl": serve
+// still serves the guest, says once why there is no control socket, and
+// status says it is not there.
+func TestServeWhoseDefaultControlSocketPathIsTooLongStillServes(t *testing.T) {
+	img := formatted(t)
+	checkFDs(t)
+	dir := t.TempDir()
+	// 107 bytes is the most sun_path holds; S.ctl is 4 more.
+	sock := filepath.Join(dir, strings.Repeat("s", 107-len(dir)-1))
+	if len(sock) != 107 {
+		t.Fatalf("socket path is %d bytes, want 107", len(sock))
+	}
+	stop, _, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img)
+	wantGone(t, sock+".ctl", "control socket")
+	if !strings.Contains(logs.String(), "no default control socket") || !strings.Contains(logs.String(), "socket path too long") {
+		t.Errorf("serve does not say why it opened no control socket:\n%s", logs)
+	}
+	code, _, stderr := nvblk(t, nil, "status", "--socket-path", sock)
+	if code != 1 || !strings.Contains(stderr, "is not there") {
+		t.Errorf("status: exit %d, stderr %q", code, stderr)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d:\n%s", code, logs)
+	}
+}
+
 // TestStatusAndDetachWantExactlyOneOfSocketPathAndControlSocket: both or
 // neither is a usage error: exit 2, the problem on one line, then the
 // usage line.

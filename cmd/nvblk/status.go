@@ -71,9 +71,11 @@ func (a *statusArgs) call(cmd string) (*control.Reply, error) {
 		path = defaultControlSocket(a.socketPath)
 	}
 	r, err := control.Call(path, cmd, controlTimeout)
-	if err != nil && a.socketPath != "" && errors.Is(err, syscall.ENOENT) {
+	// EINVAL: S.ctl does not fit a unix socket address, so serve opened
+	// none there (it says so in its log).
+	if err != nil && a.socketPath != "" && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EINVAL)) {
 		return nil, fmt.Errorf("serve's control socket %s is not there: is nvblk serve --socket-path %s running? "+
-			"A serve started with --control-socket %s (or on --fd without --control-socket) opens none; "+
+			"A serve started with --control-socket %s (or on --fd without --control-socket, or whose S.ctl would be too long a path) opens none; "+
 			"one started with --control-socket PATH answers there: pass --control-socket PATH", path, a.socketPath, controlNone)
 	}
 	return r, err
