@@ -136,11 +136,8 @@ func writeWorker(st agentproto.Step, w, chunk int, start <-chan struct{}) (agent
 	d := agentproto.WorkerData{Worker: w, Pinned: w % runtime.NumCPU()}
 	// The thread stays pinned until it exits: it is never unlocked, so the
 	// runtime retires it rather than hand a pinned thread to others.
-	runtime.LockOSThread()
-	var set unix.CPUSet
-	set.Set(d.Pinned)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return d, fmt.Errorf("worker %d: pin to CPU %d: %w", w, d.Pinned, err)
+	if err := pinThread(d.Pinned); err != nil {
+		return d, fmt.Errorf("worker %d: %w", w, err)
 	}
 	f, err := os.OpenFile(st.Device, os.O_WRONLY|unix.O_DIRECT, 0)
 	if err != nil {
@@ -162,13 +159,32 @@ func writeWorker(st agentproto.Step, w, chunk int, start <-chan struct{}) (agent
 		}
 		d.Writes++
 		d.LBAs += chunk
-		var cpu uint32
-		if _, _, e := unix.RawSyscall(unix.SYS_GETCPU, uintptr(unsafe.Pointer(&cpu)), 0, 0); e == 0 && !seen[int(cpu)] {
-			seen[int(cpu)] = true
-			d.CPUs = append(d.CPUs, int(cpu))
-		}
+		sawCPU(&d, seen)
 	}
 	return d, nil
+}
+
+// pinThread locks the calling goroutine to its thread and the thread to
+// cpu, for good: the caller never unlocks, so the runtime retires the
+// thread when the goroutine exits rather than hand a pinned thread to
+// others.
+func pinThread(cpu int) error {
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("pin to CPU %d: %w", cpu, err)
+	}
+	return nil
+}
+
+// sawCPU adds the CPU the calling thread runs on (getcpu) to d.CPUs, once.
+func sawCPU(d *agentproto.WorkerData, seen map[int]bool) {
+	var cpu uint32
+	if _, _, e := unix.RawSyscall(unix.SYS_GETCPU, uintptr(unsafe.Pointer(&cpu)), 0, 0); e == 0 && !seen[int(cpu)] {
+		seen[int(cpu)] = true
+		d.CPUs = append(d.CPUs, int(cpu))
+	}
 }
 
 func waitGone(path string, timeout time.Duration) error {

@@ -93,8 +93,12 @@ type Step struct {
 	// write use it when Data is empty.
 	Seed    string `json:"seed,omitempty"`
 	Size    int    `json:"size,omitempty"`    // write with Seed: bytes of Pattern(Seed, 0..)
-	Workers int    `json:"workers,omitempty"` // parallel-write goroutines, worker i pinned to CPU i mod NumCPU
-	Chunk   int    `json:"chunk,omitempty"`   // parallel-write sectors per write; 1 when zero
+	Workers int    `json:"workers,omitempty"` // parallel-write goroutines, worker i pinned to CPU i mod NumCPU; seq-write writers
+	Chunk   int    `json:"chunk,omitempty"`   // parallel-write sectors per write; 1 when zero; seq-write writes per fsync
+	// Pin pins seq-write's writer i to CPU i mod NumCPU, as parallel-write
+	// always does: blk-mq maps the submitting CPU to a hardware queue, so
+	// with as many queues as CPUs every queue carries writes.
+	Pin bool `json:"pin,omitempty"`
 	// ExpectError turns a step inside out: it succeeds only by failing
 	// with an error containing one of these strings (case-insensitive),
 	// which is reported as ExpectedErrorData.
@@ -160,10 +164,11 @@ type CheckData struct {
 	Heads      []string `json:"heads,omitempty"`      // first 16 bytes of each mismatch, hex
 }
 
-// WorkerData is one parallel-write goroutine's account.
+// WorkerData is one parallel-write goroutine's, or one seq-write
+// writer's, account.
 type WorkerData struct {
 	Worker int   `json:"worker"`
-	Pinned int   `json:"pinned"` // the CPU it was pinned to
+	Pinned int   `json:"pinned"` // the CPU it was pinned to; -1 for an unpinned seq-write writer
 	CPUs   []int `json:"cpus"`   // the CPUs it found itself on after its writes (getcpu)
 	Writes int   `json:"writes"`
 	LBAs   int   `json:"lbas"`
@@ -186,6 +191,9 @@ type SeqWriteData struct {
 	// SlowestMS is the longest single write: a back-end restart shows as
 	// a write that waited for it.
 	SlowestMS int64 `json:"slowest_ms"`
+	// Writers is each writer's account: where it was pinned and the CPUs
+	// it found itself on after its writes (getcpu).
+	Writers []WorkerData `json:"writers"`
 }
 
 // FileDigest identifies one file of a tree.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -139,6 +140,56 @@ func (b *Backend) StopClean(t testing.TB) {
 	if err := b.Stop(); err != nil {
 		t.Fatalf("%s did not shut down cleanly: %v\n%s", b.Name, err, b.Output())
 	}
+}
+
+// Freeze stops the backend with SIGSTOP and returns once every one of
+// its threads is stopped, so that the memory it shares holds still until
+// Thaw or Kill.
+func (b *Backend) Freeze(t testing.TB) {
+	t.Helper()
+	pid := b.cmd.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP %s: %v", b.Name, err)
+	}
+	// kill(2) returns before the group stop completes: a thread running
+	// on another CPU stops on its way back to user space.
+	deadline := time.Now().Add(5 * time.Second)
+	for !allThreadsStopped(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not stopped 5 s after SIGSTOP", b.Name)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// Thaw resumes a frozen backend (SIGCONT).
+func (b *Backend) Thaw(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(b.cmd.Process.Pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("SIGCONT %s: %v", b.Name, err)
+	}
+}
+
+// allThreadsStopped says whether every thread of pid is in the stopped
+// state (T in /proc/PID/task/TID/stat).
+func allThreadsStopped(pid int) bool {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		stat, err := os.ReadFile(dir + "/" + task.Name() + "/stat")
+		if err != nil {
+			return false
+		}
+		// "TID (comm) STATE ...": comm may hold spaces and parentheses.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 || i+2 >= len(stat) || stat[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 // Kill ends the backend with SIGKILL: no drain, no goodbye.

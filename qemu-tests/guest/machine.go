@@ -379,6 +379,10 @@ func (m *Machine) Reports() []agentproto.Report {
 	return append([]agentproto.Report(nil), m.reports...)
 }
 
+// Pid is QEMU's process id, for a test that looks at what QEMU holds
+// (/proc/PID/fd).
+func (m *Machine) Pid() int { return m.cmd.Process.Pid }
+
 // Kill ends QEMU with SIGKILL, the way a crash or the OOM killer would:
 // no device reset, no vhost-user goodbye, requests left in flight.
 func (m *Machine) Kill() {
