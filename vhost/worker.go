@@ -118,6 +118,10 @@ func (w *worker) run() {
 		}
 		w.wait()
 	}
+	// The loop also ends right after spin completed a chain, which only
+	// drain would have published: publish it, or stop's last avail index
+	// would count a request whose completion the driver never sees.
+	w.publish()
 }
 
 // drain processes chains until the ring is empty, publishing in batches.
