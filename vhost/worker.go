@@ -32,6 +32,7 @@ type worker struct {
 	bad  badChainLog // malformed chains (badchain.go)
 	// stats are the queue's counters; rep is h when it reports outcomes.
 	stats   *queueCounters
+	batch   counterBatch // completions not yet added to stats
 	rep     Reporter
 	pending uint32 // chains pushed since the last publish
 	// track records taken chains in the inflight region (nil without
@@ -200,10 +201,11 @@ func (w *worker) completed(d time.Duration) {
 	if w.rep != nil {
 		o = w.rep.LastOutcome()
 	}
-	w.stats.record(o, d)
+	w.batch.record(o, d)
 }
 
 func (w *worker) publish() {
+	w.batch.flushTo(w.stats)
 	if w.pending != 0 {
 		w.pending = 0
 		w.stats.inFlight.Store(0)
