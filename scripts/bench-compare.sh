@@ -10,7 +10,8 @@
 #
 # Environment: BIN (nvblk binary, default bin/nvblk), SIZE (image size,
 # default 1G), TIME (measured seconds per point, default 4s), RAMP (default
-# 1s), KEEP=1 keeps the work directory.
+# 1s), KEEP=1 keeps the work directory, ONLY (an extended regular
+# expression) keeps only the matrix rows whose names match it.
 set -euo pipefail
 
 BIN=${BIN:-bin/nvblk}
@@ -85,6 +86,15 @@ ROWS=(
 	"128k-write-qd16-q1 write 128k 16 1"
 	"128k-write-qd16-q2 write 128k 16 2"
 )
+
+if [ -n "${ONLY:-}" ]; then
+	kept=()
+	for row in "${ROWS[@]}"; do
+		if [[ ${row%% *} =~ $ONLY ]]; then kept+=("$row"); fi
+	done
+	[ ${#kept[@]} -gt 0 ] || { echo "bench-compare: ONLY=$ONLY matches no row" >&2; exit 1; }
+	ROWS=("${kept[@]}")
+fi
 
 # num FILE KEY: a number from bench --json output.
 num() { sed -n "s/.*\"$2\": *\([-0-9.e+]*\).*/\1/p" "$1"; }
