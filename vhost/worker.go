@@ -75,7 +75,7 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 	w.track, w.resub = track, resub
 	w.stats = &s.srv.counters[vr.index]
 	w.rep, _ = w.h.(Reporter)
-	w.stats.lastAvail.Store(uint32(base))
+	w.stats.setRing(base, 0)
 	go w.run()
 	return w, nil
 }
@@ -191,8 +191,7 @@ func (w *worker) one(c *virtq.Chain) (got, ok bool) {
 // taken counts a chain taken off the ring.
 func (w *worker) taken() {
 	w.pending++
-	w.stats.inFlight.Store(w.pending)
-	w.stats.lastAvail.Store(uint32(w.q.LastAvail()))
+	w.stats.setRing(w.q.LastAvail(), w.pending)
 }
 
 // completed counts the request the handler just completed.
@@ -208,7 +207,7 @@ func (w *worker) publish() {
 	w.batch.flushTo(w.stats)
 	if w.pending != 0 {
 		w.pending = 0
-		w.stats.inFlight.Store(0)
+		w.stats.setRing(w.q.LastAvail(), 0)
 	}
 	w.track.prePublish()
 	notify := w.q.Publish()
