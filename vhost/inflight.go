@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"sort"
 	"sync/atomic"
-	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -382,9 +381,9 @@ func (w *worker) resubmit(c *virtq.Chain) {
 			w.q.Push(head, 0)
 		} else {
 			w.taken()
-			start := time.Now()
+			start := w.startClock()
 			n := w.h.Handle(c)
-			w.completed(time.Since(start))
+			w.completed(w.stopClock(start))
 			w.q.Push(head, n)
 		}
 		w.track.pushed(head)

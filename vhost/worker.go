@@ -31,10 +31,14 @@ type worker struct {
 	log  *logrus.Entry
 	bad  badChainLog // malformed chains (badchain.go)
 	// stats are the queue's counters; rep is h when it reports outcomes.
-	stats   *queueCounters
-	batch   counterBatch // completions not yet added to stats
-	rep     Reporter
-	pending uint32 // chains pushed since the last publish
+	stats *queueCounters
+	batch counterBatch // completions not yet added to stats
+	// lastEnd is when the previous request's handler returned, if the
+	// worker has done nothing slow since (see startClock).
+	lastEnd  time.Time
+	haveLast bool
+	rep      Reporter
+	pending  uint32 // chains pushed since the last publish
 	// track records taken chains in the inflight region (nil without
 	// one); resub are chains a dead predecessor took, run first.
 	track *inflightQueue
@@ -171,13 +175,14 @@ func (w *worker) one(c *virtq.Chain) (got, ok bool) {
 	switch {
 	case err == nil && got:
 		w.taken()
-		start := time.Now()
+		start := w.startClock()
 		n := w.h.Handle(c)
-		w.completed(time.Since(start))
+		w.completed(w.stopClock(start))
 		w.q.Push(c.Head, n)
 	case errors.Is(err, virtq.ErrBadChain):
 		w.taken()
 		w.badChain(c, err)
+		w.haveLast = false // it may have logged
 	case err != nil:
 		w.broke(err)
 		return false, false
@@ -194,6 +199,24 @@ func (w *worker) taken() {
 	w.stats.setRing(w.q.LastAvail(), w.pending)
 }
 
+// startClock is when a request's handling starts for its latency: the end
+// of the request before it when the worker went straight on from that one
+// (only ring bookkeeping in between, tens of nanoseconds), else now. A
+// request so costs one clock read instead of two; time.Now is two vDSO
+// calls, ~4 % of the worker's time at 700 K requests a second.
+func (w *worker) startClock() time.Time {
+	if w.haveLast {
+		return w.lastEnd
+	}
+	return time.Now()
+}
+
+// stopClock ends a request's latency and starts the next one's.
+func (w *worker) stopClock(start time.Time) time.Duration {
+	w.lastEnd, w.haveLast = time.Now(), true
+	return w.lastEnd.Sub(start)
+}
+
 // completed counts the request the handler just completed.
 func (w *worker) completed(d time.Duration) {
 	o := Outcome{Op: OpOther, Status: StatusOther}
@@ -204,6 +227,9 @@ func (w *worker) completed(d time.Duration) {
 }
 
 func (w *worker) publish() {
+	// Publishing may signal the driver (a syscall), and the worker may
+	// sleep after it: the next request's clock starts afresh.
+	w.haveLast = false
 	w.batch.flushTo(w.stats)
 	if w.pending != 0 {
 		w.pending = 0
