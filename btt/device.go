@@ -2,7 +2,6 @@ package btt
 
 import (
 	"fmt"
-	"runtime"
 	"sync/atomic"
 
 	"github.com/nvblk/nvblk/pmem"
@@ -137,6 +136,7 @@ func newArena(m Medium, index int, da discoveredArena, externalStart uint64) (*A
 		return nil, err
 	}
 	a.rtt = make([]atomic.Uint32, a.nfree)
+	a.readerLanes = make([]atomic.Uint64, (a.nfree+63)/64)
 	a.mapLocks = make([]paddedMutex, a.nfree)
 	return a, nil
 }
@@ -282,10 +282,8 @@ func (d *Device) ReadV(lba uint64, iov [][]byte) error {
 // readOn reads n sectors at lba into iov through lane l.
 func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) error {
 	cur := iovCursor{iov: iov}
-	// The arena's reader count and the lane's rtt slot are held across
-	// the sectors of one read, not taken per sector: each sector then
-	// costs one atomic publish instead of four locked operations, which
-	// is most of the engine's overhead over memcpy on large reads.
+	// The lane's rtt slot is held across the sectors of one read, not
+	// cleared per sector: each sector then costs one atomic publish.
 	var held *Arena
 	for i := uint64(0); i < n; i++ {
 		a, premap := d.locate(lba + i)
@@ -293,7 +291,7 @@ func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) error {
 			if held != nil {
 				held.endRead(l)
 			}
-			a.readers.Add(1)
+			a.markReader(l.id)
 			held = a
 		}
 		if i+1 < n {
@@ -329,14 +327,13 @@ func (d *Device) prefetchSector(lba uint64) {
 	pmem.Prefetch(a.dataArea[off : off+min(int(d.sector), prefetchLead)])
 }
 
-// endRead clears the lane's rtt slot and leaves the arena's readers.
+// endRead clears the lane's rtt slot.
 func (a *Arena) endRead(l *lane) {
 	a.rtt[l.id].Store(0)
-	a.readers.Add(-1)
 }
 
-// readSector copies one sector. The caller counts itself in a.readers
-// around it. The lane's rtt slot is left publishing the block read: the
+// readSector copies one sector. The caller has marked its lane a reader
+// of a (markReader). The lane's rtt slot is left publishing the block read: the
 // next sector's publish replaces it and endRead clears it, so a writer
 // waiting for that block waits at most until then.
 func (d *Device) readSector(l *lane, a *Arena, premap uint32, dst *iovCursor) error {
@@ -402,14 +399,7 @@ func (d *Device) writeSector(l *lane, a *Arena, premap uint32, src *iovCursor) e
 	}
 	// A reader that published this block before its previous owner moved
 	// on may still be copying it.
-	if a.readers.Load() != 0 {
-		want := rttValid | newBlock
-		for i := range a.rtt {
-			for a.rtt[i].Load() == want {
-				runtime.Gosched()
-			}
-		}
-	}
+	a.waitForReaders(rttValid | newBlock)
 	off := int(newBlock) * int(a.internalLBASize)
 	src.copyTo(a.dataArea[off : off+int(d.sector)])
 	if err := d.m.Persist(a.dataOff+int64(off), int64(d.sector)); err != nil {
