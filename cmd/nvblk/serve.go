@@ -126,6 +126,12 @@ func runServe(env *environment, args []string) error {
 	if len(pos) > 0 {
 		return usagef("unexpected arguments %q (the image is given with --blk-file)", pos)
 	}
+	// Catch SIGINT/SIGTERM from here on: one that lands while the image is
+	// opened or the sockets set up then ends serve cleanly (image flushed
+	// and closed, sockets removed) as soon as it would start serving,
+	// instead of killing it by the default action.
+	ctx, stop := serveContext()
+	defer stop()
 	mode, err := strconv.ParseUint(a.socketMode, 8, 32)
 	if err != nil || mode > 0o777 {
 		return usagef("--socket-mode %q: want octal permissions such as 0600 or 0660", a.socketMode)
@@ -236,8 +242,6 @@ func runServe(env *environment, args []string) error {
 	printQEMUOptions(&text, a.blkFile, qemu)
 	printControlHint(&text, a.socketPath, ops.controlPath)
 	io.WriteString(env.stdout, text.String())
-	ctx, stop := serveContext()
-	defer stop()
 	err = srv.ServeContext(ctx, l, shutdownGrace)
 	if ctx.Err() != nil {
 		lg.Info("signal received: stopped serving")

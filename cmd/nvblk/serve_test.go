@@ -385,6 +385,31 @@ func terminate(t *testing.T, cmd *exec.Cmd, exited <-chan struct{}, out *syncBuf
 	}
 }
 
+// A SIGTERM that lands while serve is still starting (here: as soon as it
+// logs that it is serving, before it prints the attach text and serves)
+// ends it cleanly: exit 0, image closed, sockets removed. It used to be
+// caught only from the moment serving began, so such a signal killed the
+// process outright.
+func TestServeStoppedWhileStartingExitsZeroAndRemovesItsSockets(t *testing.T) {
+	img := formatted(t)
+	for i := range 5 {
+		sock := filepath.Join(t.TempDir(), "nvblk.sock")
+		cmd := exec.Command(binary(t), "serve", "--socket-path", sock, "--blk-file", img)
+		exited, out := serveProcess(t, cmd)
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "serving vhost-user-blk"); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("serve did not start:\n%s", out)
+			}
+		}
+		terminate(t, cmd, exited, out)
+		if !strings.Contains(out.String(), "image flushed and closed") {
+			t.Fatalf("run %d: serve did not close the image:\n%s", i, out)
+		}
+		wantGone(t, sock, "vhost-user socket")
+		wantGone(t, sock+".ctl", "control socket")
+	}
+}
+
 func TestServeProcessExitsZeroOnSIGTERMWithTheDataOnDisk(t *testing.T) {
 	img := formatted(t)
 	sock := filepath.Join(t.TempDir(), "nvblk.sock")
