@@ -381,10 +381,7 @@ func (w *worker) resubmit(c *virtq.Chain) {
 			w.q.Push(head, 0)
 		} else {
 			w.taken()
-			start := w.startClock()
-			n := w.h.Handle(c)
-			w.completed(w.stopClock(start))
-			w.q.Push(head, n)
+			w.q.Push(head, w.handle(c))
 		}
 		w.track.pushed(head)
 	}
