@@ -28,14 +28,14 @@ test: deps vet
 	$(GO) test -race -count=1 -timeout 30m ./...
 	@# Allocation counts mean nothing under -race: the zero-allocation data
 	@# path is checked in a plain build.
-	$(GO) test -count=1 -run 'AllocsPerRequest' ./vhost/frontend/loadgen/
+	$(GO) test -count=1 -run 'AllocsPerRequest' ./vhostuser/frontend/loadgen/
 	@$(MAKE) --no-print-directory fuzz-smoke
 
 # fuzz runs every fuzz target for FUZZTIME each (one package and target per
 # `go test -fuzz`). New crashers land in the package's
 # testdata/fuzz/<target>/ and then run as ordinary tests.
 FUZZTIME ?= 60s
-FUZZ_TARGETS := ./vhost/:FuzzDecodeMessage ./virtq/:FuzzNext ./vhost/blk/:FuzzHandle ./btt/:FuzzOpen
+FUZZ_TARGETS := ./vhostuser/:FuzzDecodeMessage ./virtq/:FuzzNext ./vhost/blk/:FuzzHandle ./btt/:FuzzOpen
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
@@ -48,7 +48,7 @@ fuzz:
 # (about 5 s each on a 2-core box) rather than a duration: with a duration,
 # Go 1.26's fuzz coordinator can report its own stop as a failure, "context
 # deadline exceeded" with no crasher (go.dev/issue/75804, fixed in 1.27).
-FUZZ_SMOKE := ./vhost/:FuzzDecodeMessage:250000x ./virtq/:FuzzNext:200000x ./vhost/blk/:FuzzHandle:400000x ./btt/:FuzzOpen:1000x
+FUZZ_SMOKE := ./vhostuser/:FuzzDecodeMessage:250000x ./virtq/:FuzzNext:200000x ./vhost/blk/:FuzzHandle:400000x ./btt/:FuzzOpen:1000x
 
 fuzz-smoke:
 	@set -e; for t in $(FUZZ_SMOKE); do \

@@ -8,8 +8,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // TestBrokenMessages adds to TestProtocol the broken front-ends it does not
@@ -18,7 +18,7 @@ import (
 // Each ends with a clear outcome (a nack or a dropped connection), no panic,
 // no fd leak (startEnv counts) and the next connection served.
 func TestBrokenMessages(t *testing.T) {
-	getFeatures := vhost.EncodeMessage(vhost.ReqGetFeatures, vhost.FlagVersion, nil)
+	getFeatures := vhostuser.EncodeMessage(vhostuser.ReqGetFeatures, vhostuser.FlagVersion, nil)
 	for _, tc := range []struct {
 		name string
 		run  func(t *testing.T, e *env, c *frontend.Conn)
@@ -36,16 +36,16 @@ func TestBrokenMessages(t *testing.T) {
 			expectDroppedWithin(t, c, 5*time.Second)
 		}},
 		{"payload stalled mid-way", func(t *testing.T, e *env, c *frontend.Conn) {
-			msg := vhost.EncodeMessage(vhost.ReqSetFeatures, vhost.FlagVersion, vhost.EncodeU64(0))
-			c.SendRaw(msg[:vhost.HeaderSize+3], nil)
+			msg := vhostuser.EncodeMessage(vhostuser.ReqSetFeatures, vhostuser.FlagVersion, vhostuser.EncodeU64(0))
+			c.SendRaw(msg[:vhostuser.HeaderSize+3], nil)
 			expectDroppedWithin(t, c, 5*time.Second)
 		}},
 		{"idle between messages is not a stall", func(t *testing.T, e *env, c *frontend.Conn) {
-			if _, err := c.GetU64(vhost.ReqGetFeatures); err != nil {
+			if _, err := c.GetU64(vhostuser.ReqGetFeatures); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(500 * time.Millisecond)
-			if _, err := c.GetU64(vhost.ReqGetFeatures); err != nil {
+			if _, err := c.GetU64(vhostuser.ReqGetFeatures); err != nil {
 				t.Fatalf("after an idle pause longer than MessageTimeout: %v", err)
 			}
 		}},
@@ -55,15 +55,15 @@ func TestBrokenMessages(t *testing.T) {
 			expectDropped(t, c)
 		}},
 		{"payload cut", func(t *testing.T, e *env, c *frontend.Conn) {
-			msg := vhost.EncodeMessage(vhost.ReqSetFeatures, vhost.FlagVersion, vhost.EncodeU64(0))
-			c.SendRaw(msg[:vhost.HeaderSize+3], nil)
+			msg := vhostuser.EncodeMessage(vhostuser.ReqSetFeatures, vhostuser.FlagVersion, vhostuser.EncodeU64(0))
+			c.SendRaw(msg[:vhostuser.HeaderSize+3], nil)
 			c.UnixConn().CloseWrite()
 			expectDropped(t, c)
 		}},
 		{"mem table payload cut with its fds", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
 			m := newMem(t, 1<<20, 1)
-			msg := vhost.EncodeMessage(vhost.ReqSetMemTable, vhost.FlagVersion, vhost.EncodeMemTable(m.VhostRegions()))
+			msg := vhostuser.EncodeMessage(vhostuser.ReqSetMemTable, vhostuser.FlagVersion, vhostuser.EncodeMemTable(m.VhostRegions()))
 			c.SendRaw(msg[:len(msg)-10], []int{m.FD()})
 			c.UnixConn().CloseWrite()
 			expectDropped(t, c)
@@ -71,32 +71,32 @@ func TestBrokenMessages(t *testing.T) {
 		{"header size larger than the payload", func(t *testing.T, e *env, c *frontend.Conn) {
 			// 16 announced, 8 sent: the next message's header is read as
 			// payload, and the stream is out of step: the peer must go.
-			c.SendRaw(vhost.Header{Request: vhost.ReqSetFeatures, Flags: vhost.FlagVersion, Size: 16}.AppendTo(nil), nil)
-			c.SendRaw(append(vhost.EncodeU64(0), getFeatures...), nil)
+			c.SendRaw(vhostuser.Header{Request: vhostuser.ReqSetFeatures, Flags: vhostuser.FlagVersion, Size: 16}.AppendTo(nil), nil)
+			c.SendRaw(append(vhostuser.EncodeU64(0), getFeatures...), nil)
 			expectDropped(t, c)
 		}},
 		{"region count larger than the payload", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
 			m := newMem(t, 2<<20, 2)
-			p := vhost.EncodeMemTable(m.VhostRegions()[:1])
+			p := vhostuser.EncodeMemTable(m.VhostRegions()[:1])
 			p[0] = 2 // two regions announced, one sent
-			c.SendRaw(vhost.EncodeMessage(vhost.ReqSetMemTable, vhost.FlagVersion, p), []int{m.FD(), m.FD()})
+			c.SendRaw(vhostuser.EncodeMessage(vhostuser.ReqSetMemTable, vhostuser.FlagVersion, p), []int{m.FD(), m.FD()})
 			expectDropped(t, c)
 		}},
 		{"config size larger than the payload", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
-			p := vhost.ConfigSpace{Payload: make([]byte, 8)}.Encode()
+			p := vhostuser.ConfigSpace{Payload: make([]byte, 8)}.Encode()
 			p[4] = 200 // size field
-			c.SendRaw(vhost.EncodeMessage(vhost.ReqGetConfig, vhost.FlagVersion, p), nil)
+			c.SendRaw(vhostuser.EncodeMessage(vhostuser.ReqGetConfig, vhostuser.FlagVersion, p), nil)
 			expectDropped(t, c)
 		}},
 		{"fds split over header and payload, too many in all", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
 			m := newMem(t, 1<<20, 1)
-			msg := vhost.EncodeMessage(vhost.ReqSetMemTable, vhost.FlagVersion, vhost.EncodeMemTable(m.VhostRegions()))
+			msg := vhostuser.EncodeMessage(vhostuser.ReqSetMemTable, vhostuser.FlagVersion, vhostuser.EncodeMemTable(m.VhostRegions()))
 			five := []int{m.FD(), m.FD(), m.FD(), m.FD(), m.FD()}
-			c.SendRaw(msg[:vhost.HeaderSize], five)
-			c.SendRaw(msg[vhost.HeaderSize:], five)
+			c.SendRaw(msg[:vhostuser.HeaderSize], five)
+			c.SendRaw(msg[vhostuser.HeaderSize:], five)
 			expectDropped(t, c)
 		}},
 		{"more fds than the control buffer holds", func(t *testing.T, e *env, c *frontend.Conn) {
@@ -110,7 +110,7 @@ func TestBrokenMessages(t *testing.T) {
 		}},
 		{"fds on a request that takes none", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
-			c.SendRaw(vhost.EncodeMessage(vhost.ReqGetQueueNum, vhost.FlagVersion, nil), []int{eventfd(t)})
+			c.SendRaw(vhostuser.EncodeMessage(vhostuser.ReqGetQueueNum, vhostuser.FlagVersion, nil), []int{eventfd(t)})
 			expectDropped(t, c)
 		}},
 		{"message split over writes is whole", func(t *testing.T, e *env, c *frontend.Conn) {
@@ -119,7 +119,7 @@ func TestBrokenMessages(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if h, p, err := c.Recv(); err != nil || h.Request != vhost.ReqGetFeatures || len(p) != 8 {
+			if h, p, err := c.Recv(); err != nil || h.Request != vhostuser.ReqGetFeatures || len(p) != 8 {
 				t.Fatalf("reply %+v %d bytes, %v", h, len(p), err)
 			}
 		}},
@@ -131,11 +131,11 @@ func TestBrokenMessages(t *testing.T) {
 			}
 			defer unix.Close(p[0])
 			defer unix.Close(p[1])
-			r := vhost.MemRegion{GuestAddr: 0, Size: 1 << 20, UserAddr: 1 << 30}
-			if _, err := c.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable([]vhost.MemRegion{r}), []int{p[0]}); !errors.Is(err, frontend.ErrNack) {
+			r := vhostuser.MemRegion{GuestAddr: 0, Size: 1 << 20, UserAddr: 1 << 30}
+			if _, err := c.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable([]vhostuser.MemRegion{r}), []int{p[0]}); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("pipe as guest memory: %v, want nack", err)
 			}
-			if _, err := c.Call(vhost.ReqAddMemReg, vhost.EncodeSingleRegion(r), []int{eventfd(t)}); !errors.Is(err, frontend.ErrNack) {
+			if _, err := c.Call(vhostuser.ReqAddMemReg, vhostuser.EncodeSingleRegion(r), []int{eventfd(t)}); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("eventfd as guest memory: %v, want nack", err)
 			}
 		}},
@@ -145,48 +145,48 @@ func TestBrokenMessages(t *testing.T) {
 			r := m.VhostRegion(0)
 			for _, size := range []uint64{1<<20 + 1, 1 << 62, ^uint64(0)} {
 				r.Size = size
-				if _, err := c.Call(vhost.ReqAddMemReg, vhost.EncodeSingleRegion(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
+				if _, err := c.Call(vhostuser.ReqAddMemReg, vhostuser.EncodeSingleRegion(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
 					t.Fatalf("size %#x: %v, want nack", size, err)
 				}
 			}
 			r = m.VhostRegion(0)
 			r.MmapOffset = ^uint64(0) - 4095 // wraps with the size
-			if _, err := c.Call(vhost.ReqAddMemReg, vhost.EncodeSingleRegion(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
+			if _, err := c.Call(vhostuser.ReqAddMemReg, vhostuser.EncodeSingleRegion(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("wrapping offset: %v, want nack", err)
 			}
 		}},
 		{"region overlapping one added earlier", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
 			m := newMem(t, 2<<20, 2)
-			if _, err := c.Call(vhost.ReqAddMemReg, vhost.EncodeSingleRegion(m.VhostRegion(0)), []int{m.FD()}); err != nil {
+			if _, err := c.Call(vhostuser.ReqAddMemReg, vhostuser.EncodeSingleRegion(m.VhostRegion(0)), []int{m.FD()}); err != nil {
 				t.Fatal(err)
 			}
 			r := m.VhostRegion(1)
 			r.GuestAddr = m.VhostRegion(0).GuestAddr + 4096
-			if _, err := c.Call(vhost.ReqAddMemReg, vhost.EncodeSingleRegion(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
+			if _, err := c.Call(vhostuser.ReqAddMemReg, vhostuser.EncodeSingleRegion(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("overlapping ADD_MEM_REG: %v, want nack", err)
 			}
 		}},
 		{"ring set up before memory lies outside it", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
-			if err := c.SetVringState(vhost.ReqSetVringNum, 0, 64); err != nil {
+			if err := c.SetVringState(vhostuser.ReqSetVringNum, 0, 64); err != nil {
 				t.Fatal(err)
 			}
 			// Accepted for now (no memory to check against)...
-			a := vhost.VringAddr{Desc: 1 << 40, Avail: 1<<40 + 4096, Used: 1<<40 + 8192}
-			if _, err := c.Call(vhost.ReqSetVringAddr, a.Encode(), nil); err != nil {
+			a := vhostuser.VringAddr{Desc: 1 << 40, Avail: 1<<40 + 4096, Used: 1<<40 + 8192}
+			if _, err := c.Call(vhostuser.ReqSetVringAddr, a.Encode(), nil); err != nil {
 				t.Fatal(err)
 			}
 			m := newMem(t, 1<<20, 1)
-			if _, err := c.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(m.VhostRegions()), []int{m.FD()}); err != nil {
+			if _, err := c.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(m.VhostRegions()), []int{m.FD()}); err != nil {
 				t.Fatal(err)
 			}
 			// ...but the queue never starts on it: the kick is taken (the
 			// ring is still disabled), enabling it is refused.
-			if err := c.SetVringFD(vhost.ReqSetVringKick, 0, eventfd(t)); err != nil {
+			if err := c.SetVringFD(vhostuser.ReqSetVringKick, 0, eventfd(t)); err != nil {
 				t.Fatal(err)
 			}
-			if err := c.SetVringState(vhost.ReqSetVringEnable, 0, 1); !errors.Is(err, frontend.ErrNack) {
+			if err := c.SetVringState(vhostuser.ReqSetVringEnable, 0, 1); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("enable of a ring outside memory: %v, want nack", err)
 			}
 		}},
@@ -194,26 +194,26 @@ func TestBrokenMessages(t *testing.T) {
 			// SET_OWNER carries nothing: this backend serves one front-end
 			// per connection, so, like libvhost-user, it does not insist
 			// on it. A front-end that skips it gets a working device.
-			f, err := c.GetU64(vhost.ReqGetFeatures)
+			f, err := c.GetU64(vhostuser.ReqGetFeatures)
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := c.GetU64(vhost.ReqGetProtocolFeatures)
+			p, err := c.GetU64(vhostuser.ReqGetProtocolFeatures)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := c.SetU64(vhost.ReqSetProtocolFeatures, p); err != nil {
+			if err := c.SetU64(vhostuser.ReqSetProtocolFeatures, p); err != nil {
 				t.Fatal(err)
 			}
 			c.SetProtocolFeatures(p) // REPLY_ACK: every request below is acked
-			if err := c.SetU64(vhost.ReqSetFeatures, f); err != nil {
+			if err := c.SetU64(vhostuser.ReqSetFeatures, f); err != nil {
 				t.Fatal(err)
 			}
 			m := newMem(t, 1<<20, 1)
-			if _, err := c.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(m.VhostRegions()), []int{m.FD()}); err != nil {
+			if _, err := c.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(m.VhostRegions()), []int{m.FD()}); err != nil {
 				t.Fatal(err)
 			}
-			if n, err := c.GetU64(vhost.ReqGetQueueNum); err != nil || n != 2 {
+			if n, err := c.GetU64(vhostuser.ReqGetQueueNum); err != nil || n != 2 {
 				t.Fatalf("GET_QUEUE_NUM = %d, %v", n, err)
 			}
 		}},
@@ -225,7 +225,7 @@ func TestBrokenMessages(t *testing.T) {
 			tc.run(t, e, c)
 			c.Close()
 			c2 := e.dial(t)
-			if _, err := c2.GetU64(vhost.ReqGetFeatures); err != nil {
+			if _, err := c2.GetU64(vhostuser.ReqGetFeatures); err != nil {
 				t.Fatalf("next connection: %v", err)
 			}
 		})

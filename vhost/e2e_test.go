@@ -11,10 +11,12 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 const ioTimeout = 5 * time.Second
@@ -228,18 +230,18 @@ func TestEndToEndMemoryChange(t *testing.T) {
 	extra := newMem(t, 1<<20, 1)
 	r := extra.VhostRegion(0)
 	r.GuestAddr = 1 << 40
-	if _, err := d.Conn.Call(vhost.ReqAddMemReg, vhost.EncodeSingleRegion(r), []int{extra.FD()}); err != nil {
+	if _, err := d.Conn.Call(vhostuser.ReqAddMemReg, vhostuser.EncodeSingleRegion(r), []int{extra.FD()}); err != nil {
 		t.Fatal(err)
 	}
 	if err := q.Do(&frontend.Request{Type: frontend.TypeOut, Sector: 8, Data: pattern(6, 4096)}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Conn.Call(vhost.ReqRemMemReg, vhost.EncodeSingleRegion(r), nil); err != nil {
+	if _, err := d.Conn.Call(vhostuser.ReqRemMemReg, vhostuser.EncodeSingleRegion(r), nil); err != nil {
 		t.Fatal(err)
 	}
 	// SET_MEM_TABLE with the same layout replaces every mapping.
 	fds := []int{d.Mem.FD()}
-	if _, err := d.Conn.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(d.Mem.VhostRegions()), fds); err != nil {
+	if _, err := d.Conn.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(d.Mem.VhostRegions()), fds); err != nil {
 		t.Fatal(err)
 	}
 	got := make([]byte, 4096)
@@ -281,7 +283,7 @@ func TestShutdownDrains(t *testing.T) {
 
 // TestEndToEndBTT runs the socket against the real engine on a pmem file.
 func TestEndToEndBTT(t *testing.T) {
-	checkFDs(t)
+	fdcheck.Check(t)
 	lg := logrus.New()
 	lg.SetLevel(logrus.WarnLevel)
 	s := vhosttest.ServeBTT(t, vhosttest.Options{

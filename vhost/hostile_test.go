@@ -15,11 +15,13 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // bttServer is a Server over a real BTT on a pmem file, as `nvblk serve`
@@ -373,7 +375,7 @@ func TestHostileGuest(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			checkFDs(t)
+			fdcheck.Check(t)
 			before := imageHash(t, s.img)
 			d, err := frontend.Connect(s.sock, frontend.Options{
 				NumQueues: 2, QueueSize: 16, Indirect: true, Regions: 2, MemSize: 16 << 20, MaxIO: 64 << 10,
@@ -385,7 +387,7 @@ func TestHostileGuest(t *testing.T) {
 			if tc.adjacent {
 				regs := d.Mem.VhostRegions()
 				regs[1].GuestAddr = regs[0].GuestAddr + regs[0].Size
-				if _, err := d.Conn.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(regs), []int{d.Mem.FD(), d.Mem.FD()}); err != nil {
+				if _, err := d.Conn.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(regs), []int{d.Mem.FD(), d.Mem.FD()}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -410,7 +412,7 @@ func TestHostileGuest(t *testing.T) {
 				if want.check != nil {
 					want.check(t)
 				}
-				if st, err := d.Conn.GetU64(vhost.ReqGetStatus); err != nil || st&0x40 != 0 {
+				if st, err := d.Conn.GetU64(vhostuser.ReqGetStatus); err != nil || st&0x40 != 0 {
 					t.Errorf("GET_STATUS %#x, %v: a malformed chain must not break the queue", st, err)
 				}
 				// The queue itself goes on.
@@ -461,7 +463,7 @@ func waitNeedsReset(t *testing.T, d *frontend.Device) {
 	t.Helper()
 	deadline := time.Now().Add(ioTimeout)
 	for {
-		st, err := d.Conn.GetU64(vhost.ReqGetStatus)
+		st, err := d.Conn.GetU64(vhostuser.ReqGetStatus)
 		if err != nil {
 			t.Fatal(err)
 		}

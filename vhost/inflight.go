@@ -29,6 +29,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/virtq"
 )
 
@@ -91,13 +92,13 @@ func splitHalves(w uint32) (lo, hi uint16) {
 // unmapped once, when replaced or when the connection ends, after every
 // worker stopped); its fd is closed as soon as it is mapped.
 type inflightRegion struct {
-	desc    Inflight
+	desc    vhostuser.Inflight
 	mapping []byte // the whole mmap, for munmap
 	data    []byte // NumQueues regions of inflightQueueSize(QueueSize)
 }
 
 // checkInflight validates the queue geometry of a description.
-func checkInflight(inf Inflight) error {
+func checkInflight(inf vhostuser.Inflight) error {
 	if inf.NumQueues == 0 || inf.QueueSize == 0 || uint32(inf.QueueSize) > maxQueueSize {
 		return fmt.Errorf("%w: %d queues of %d entries", ErrBadInflight, inf.NumQueues, inf.QueueSize)
 	}
@@ -107,7 +108,7 @@ func checkInflight(inf Inflight) error {
 // newInflightRegion allocates a zeroed region for GET_INFLIGHT_FD. It
 // returns the region, mapped, and the memfd to send; the caller owns fd.
 func newInflightRegion(numQueues, queueSize uint16) (*inflightRegion, int, error) {
-	inf := Inflight{NumQueues: numQueues, QueueSize: queueSize}
+	inf := vhostuser.Inflight{NumQueues: numQueues, QueueSize: queueSize}
 	if err := checkInflight(inf); err != nil {
 		return nil, -1, err
 	}
@@ -126,7 +127,7 @@ func newInflightRegion(numQueues, queueSize uint16) (*inflightRegion, int, error
 
 // mapInflightRegion maps the region inf describes in fd (SET_INFLIGHT_FD).
 // fd stays the caller's.
-func mapInflightRegion(inf Inflight, fd int) (*inflightRegion, error) {
+func mapInflightRegion(inf vhostuser.Inflight, fd int) (*inflightRegion, error) {
 	if err := checkInflight(inf); err != nil {
 		return nil, err
 	}
@@ -412,18 +413,18 @@ func (s *session) setInflightLocked(r *inflightRegion) error {
 // mmap_size 0 and no fd, which QEMU takes as "no inflight tracking".
 //
 // +checklocks:s.mu
-func (s *session) getInflightFDLocked(inf Inflight) error {
+func (s *session) getInflightFDLocked(inf vhostuser.Inflight) error {
 	r, fd, err := newInflightRegion(inf.NumQueues, inf.QueueSize)
 	if err != nil {
 		s.log.WithError(err).Error("vhost: GET_INFLIGHT_FD: no inflight tracking")
-		return s.replyLocked(ReqGetInflightFD, Inflight{}.Encode())
+		return s.replyLocked(vhostuser.ReqGetInflightFD, vhostuser.Inflight{}.Encode())
 	}
 	defer unix.Close(fd)
 	if err := s.setInflightLocked(r); err != nil {
 		s.log.WithError(err).Error("vhost: restarting queues on the new inflight region")
 	}
-	if err := WriteMessage(s.conn, EncodeMessage(ReqGetInflightFD, replyFlags, r.desc.Encode()), []int{fd}); err != nil {
-		return fmt.Errorf("vhost: reply to %v: %w", ReqGetInflightFD, err)
+	if err := vhostuser.WriteMessage(s.conn, vhostuser.EncodeMessage(vhostuser.ReqGetInflightFD, vhostuser.ReplyFlags, r.desc.Encode()), []int{fd}); err != nil {
+		return fmt.Errorf("vhost: reply to %v: %w", vhostuser.ReqGetInflightFD, err)
 	}
 	s.log.WithFields(logrus.Fields{"queues": inf.NumQueues, "queue_size": inf.QueueSize, "bytes": r.desc.MmapSize}).
 		Debug("vhost: inflight region allocated")
@@ -435,7 +436,7 @@ func (s *session) getInflightFDLocked(inf Inflight) error {
 // It owns fd and closes it: the mapping keeps the memory.
 //
 // +checklocks:s.mu
-func (s *session) setInflightFDLocked(inf Inflight, fd int) error {
+func (s *session) setInflightFDLocked(inf vhostuser.Inflight, fd int) error {
 	defer unix.Close(fd)
 	r, err := mapInflightRegion(inf, fd)
 	if err != nil {

@@ -16,9 +16,11 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // stallingBackendEnv makes the test binary a back-end that completes
@@ -54,8 +56,8 @@ func runStallingBackend(sock string) {
 	dv := blk.NewDevice(disk, blk.Options{NumQueues: 1, Serial: "stalling"})
 	lg := logrus.New()
 	lg.SetOutput(os.Stderr)
-	srv := vhost.NewServer(vhost.NewBlkBackend(dv, disk), vhost.Options{Logger: lg})
-	l, err := vhost.Listen(sock)
+	srv := vhost.NewServer(blk.NewBackend(dv, disk), vhost.Options{Logger: lg})
+	l, err := vhostuser.Listen(sock)
 	if err != nil {
 		fmt.Println("listen:", err)
 		os.Exit(1)
@@ -112,7 +114,7 @@ func waitLine(t *testing.T, lines <-chan string) string {
 // it out (QueueRegionSplit: a 16-byte header, then 16-byte DescStateSplit
 // entries, inflight at byte 0 and counter at byte 8), independently of the
 // back-end's code: the heads in flight, in counter order.
-func inflightHeads(t *testing.T, inf vhost.Inflight, fd int) (heads []uint16, usedIdx uint16) {
+func inflightHeads(t *testing.T, inf vhostuser.Inflight, fd int) (heads []uint16, usedIdx uint16) {
 	t.Helper()
 	b, err := unix.Mmap(fd, int64(inf.MmapOffset), int(inf.MmapSize), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
@@ -151,7 +153,7 @@ func inflightHeads(t *testing.T, inf vhost.Inflight, fd int) (heads []uint16, us
 // every write completes once, with its data on the new disk, and no fd is
 // left open on either side of this process.
 func TestInflightWritesTakenByAKilledBackendAreResubmittedByTheNext(t *testing.T) {
-	checkFDs(t)
+	fdcheck.Check(t)
 	sock := filepath.Join(t.TempDir(), "stalling.sock")
 	helper, lines := startStallingBackend(t, sock)
 

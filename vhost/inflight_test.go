@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/nvblk/nvblk/vhostuser"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,7 +42,7 @@ func TestInflightRegionSizes(t *testing.T) {
 	if _, _, err := newInflightRegion(0, 128); err == nil {
 		t.Fatal("a region for no queues was made")
 	}
-	if _, err := mapInflightRegion(Inflight{MmapSize: 100, NumQueues: 1, QueueSize: 128}, -1); err == nil {
+	if _, err := mapInflightRegion(vhostuser.Inflight{MmapSize: 100, NumQueues: 1, QueueSize: 128}, -1); err == nil {
 		t.Fatal("a region smaller than its queues was accepted")
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+
+	"github.com/nvblk/nvblk/vhostuser"
 )
 
 // Errors of the guest memory table.
@@ -19,12 +21,12 @@ var (
 // memTable snapshots (ADD_MEM_REG keeps the others) and unmapped exactly once,
 // when the last table holding it is retired by the session.
 type guestRegion struct {
-	MemRegion
+	vhostuser.MemRegion
 	mapping []byte // whole mmap, for munmap
 	data    []byte // the region's Size bytes, starting at guest address GuestAddr
 }
 
-func newGuestRegion(r MemRegion, fd int) (*guestRegion, error) {
+func newGuestRegion(r vhostuser.MemRegion, fd int) (*guestRegion, error) {
 	if err := checkRange(r.GuestAddr, r.Size); err != nil {
 		return nil, fmt.Errorf("%w: guest address %#x size %#x", ErrBadRegion, r.GuestAddr, r.Size)
 	}
@@ -119,7 +121,7 @@ func (t *memTable) userToGuest(uva, n uint64) (uint64, error) {
 
 // find returns the index of the region equal to r in guest address, user
 // address and size (REM_MEM_REG ignores the mmap offset), or -1.
-func (t *memTable) find(r MemRegion) int {
+func (t *memTable) find(r vhostuser.MemRegion) int {
 	if t == nil {
 		return -1
 	}

@@ -6,7 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/internal/fdcheck"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // TestReadOnlyCannotBeBypassed: against a read-only backend over a real BTT
@@ -25,7 +26,7 @@ func TestReadOnlyCannotBeBypassed(t *testing.T) {
 		{"lying disk", bttServerOpts{readOnly: true, lyingDisk: true}, false},
 	} {
 		t.Run(cfg.name, func(t *testing.T) {
-			checkFDs(t)
+			fdcheck.Check(t)
 			s := startBTTServer(t, cfg.o)
 			if !s.dev.ReadOnly() {
 				t.Fatal("the BTT is not read-only")

@@ -11,9 +11,11 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 func quietLogger() *logrus.Logger {
@@ -23,11 +25,11 @@ func quietLogger() *logrus.Logger {
 }
 
 func TestServeContextShutsDownCleanlyWhenTheContextEnds(t *testing.T) {
-	checkFDs(t)
+	fdcheck.Check(t)
 	disk := newMemDisk(1<<20, 512)
-	srv := vhost.NewServer(vhost.NewBlkBackend(blk.NewDevice(disk, blk.Options{}), disk), vhost.Options{Logger: quietLogger()})
+	srv := vhost.NewServer(blk.NewBackend(blk.NewDevice(disk, blk.Options{}), disk), vhost.Options{Logger: quietLogger()})
 	sock := filepath.Join(t.TempDir(), "s.sock")
-	l, err := vhost.Listen(sock)
+	l, err := vhostuser.Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,10 +68,10 @@ func TestServeContextShutsDownCleanlyWhenTheContextEnds(t *testing.T) {
 }
 
 func TestServeContextReturnsAnAcceptErrorAfterShuttingDown(t *testing.T) {
-	checkFDs(t)
+	fdcheck.Check(t)
 	disk := newMemDisk(1<<20, 512)
-	srv := vhost.NewServer(vhost.NewBlkBackend(blk.NewDevice(disk, blk.Options{}), disk), vhost.Options{Logger: quietLogger()})
-	l, err := vhost.Listen(filepath.Join(t.TempDir(), "s.sock"))
+	srv := vhost.NewServer(blk.NewBackend(blk.NewDevice(disk, blk.Options{}), disk), vhost.Options{Logger: quietLogger()})
+	l, err := vhostuser.Listen(filepath.Join(t.TempDir(), "s.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,14 +90,14 @@ func TestServeContextReturnsAnAcceptErrorAfterShuttingDown(t *testing.T) {
 // startup) closes its listener, so neither the fd nor the socket file
 // outlives the server.
 func TestServeAfterShutdownClosesTheListener(t *testing.T) {
-	checkFDs(t)
+	fdcheck.Check(t)
 	disk := newMemDisk(1<<20, 512)
-	srv := vhost.NewServer(vhost.NewBlkBackend(blk.NewDevice(disk, blk.Options{}), disk), vhost.Options{Logger: quietLogger()})
+	srv := vhost.NewServer(blk.NewBackend(blk.NewDevice(disk, blk.Options{}), disk), vhost.Options{Logger: quietLogger()})
 	if err := srv.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "s.sock")
-	l, err := vhost.Listen(sock)
+	l, err := vhostuser.Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}

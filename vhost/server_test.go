@@ -13,10 +13,12 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // memDisk is an in-memory blk.Disk.
@@ -96,43 +98,6 @@ func (d *memDisk) bytes(off, n int) []byte {
 	return append([]byte(nil), d.data[off:off+n]...)
 }
 
-var warmOnce sync.Once
-
-func fdCount(t *testing.T) int {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
-// checkFDs fails the test if it ends with more open fds than it started
-// with. Register it first: cleanups run last-in first-out.
-func checkFDs(t *testing.T) {
-	warmOnce.Do(func() {
-		// The runtime's poller and the like open fds once per process.
-		l, err := net.Listen("unix", filepath.Join(t.TempDir(), "warm"))
-		if err == nil {
-			l.Close()
-		}
-	})
-	before := fdCount(t)
-	t.Cleanup(func() {
-		deadline := time.Now().Add(3 * time.Second)
-		for {
-			after := fdCount(t)
-			if after <= before {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("fd leak: %d open before, %d after", before, after)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
-
 type env struct {
 	sock string
 	srv  *vhost.Server
@@ -149,7 +114,7 @@ type envOpts struct {
 
 func startEnv(t *testing.T, o envOpts) *env {
 	t.Helper()
-	checkFDs(t)
+	fdcheck.Check(t)
 	if o.queues == 0 {
 		o.queues = 2
 	}
@@ -181,22 +146,22 @@ func (e *env) dial(t *testing.T) *frontend.Conn {
 // negotiate does the feature part of the handshake with REPLY_ACK.
 func negotiate(t *testing.T, c *frontend.Conn) {
 	t.Helper()
-	f, err := c.GetU64(vhost.ReqGetFeatures)
+	f, err := c.GetU64(vhostuser.ReqGetFeatures)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := c.GetU64(vhost.ReqGetProtocolFeatures)
+	p, err := c.GetU64(vhostuser.ReqGetProtocolFeatures)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.SetU64(vhost.ReqSetProtocolFeatures, p); err != nil {
+	if err := c.SetU64(vhostuser.ReqSetProtocolFeatures, p); err != nil {
 		t.Fatal(err)
 	}
 	c.SetProtocolFeatures(p)
-	if _, err := c.Call(vhost.ReqSetOwner, nil, nil); err != nil {
+	if _, err := c.Call(vhostuser.ReqSetOwner, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.SetU64(vhost.ReqSetFeatures, f); err != nil {
+	if err := c.SetU64(vhostuser.ReqSetFeatures, f); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -233,27 +198,27 @@ func TestProtocol(t *testing.T) {
 		run  func(t *testing.T, e *env, c *frontend.Conn)
 	}{
 		{"handshake", func(t *testing.T, e *env, c *frontend.Conn) {
-			f, err := c.GetU64(vhost.ReqGetFeatures)
+			f, err := c.GetU64(vhostuser.ReqGetFeatures)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if f&vhost.FeatureProtocolFeatures == 0 || f&vhost.FeatureVersion1 == 0 {
+			if f&vhostuser.FeatureProtocolFeatures == 0 || f&vhostuser.FeatureVersion1 == 0 {
 				t.Fatalf("features %#x lack PROTOCOL_FEATURES or VERSION_1", f)
 			}
-			p, err := c.GetU64(vhost.ReqGetProtocolFeatures)
+			p, err := c.GetU64(vhostuser.ReqGetProtocolFeatures)
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := vhost.ProtoMQ | vhost.ProtoReplyAck | vhost.ProtoConfig | vhost.ProtoConfigureMemSlots | vhost.ProtoResetDevice | vhost.ProtoStatus |
-				vhost.ProtoInflightSHMFD
+			want := vhostuser.ProtoMQ | vhostuser.ProtoReplyAck | vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots | vhostuser.ProtoResetDevice | vhostuser.ProtoStatus |
+				vhostuser.ProtoInflightSHMFD
 			if p != want {
 				t.Fatalf("protocol features %#x, want %#x", p, want)
 			}
 			negotiate(t, c)
-			if n, err := c.GetU64(vhost.ReqGetQueueNum); err != nil || n != 2 {
+			if n, err := c.GetU64(vhostuser.ReqGetQueueNum); err != nil || n != 2 {
 				t.Fatalf("GET_QUEUE_NUM = %d, %v", n, err)
 			}
-			if n, err := c.GetU64(vhost.ReqGetMaxMemSlots); err != nil || n != 509 {
+			if n, err := c.GetU64(vhostuser.ReqGetMaxMemSlots); err != nil || n != 509 {
 				t.Fatalf("GET_MAX_MEM_SLOTS = %d, %v", n, err)
 			}
 			cfg, err := c.GetConfig(0, 60)
@@ -265,8 +230,8 @@ func TestProtocol(t *testing.T) {
 			}
 		}},
 		{"reply flags are 0x5", func(t *testing.T, e *env, c *frontend.Conn) {
-			for _, req := range []vhost.Request{vhost.ReqGetFeatures, vhost.ReqGetProtocolFeatures, vhost.ReqGetQueueNum} {
-				if err := c.SendRaw(vhost.EncodeMessage(req, vhost.FlagVersion, nil), nil); err != nil {
+			for _, req := range []vhostuser.Request{vhostuser.ReqGetFeatures, vhostuser.ReqGetProtocolFeatures, vhostuser.ReqGetQueueNum} {
+				if err := c.SendRaw(vhostuser.EncodeMessage(req, vhostuser.FlagVersion, nil), nil); err != nil {
 					t.Fatal(err)
 				}
 				h, p, err := c.Recv()
@@ -278,7 +243,7 @@ func TestProtocol(t *testing.T) {
 				}
 			}
 			negotiate(t, c)
-			if err := c.SendRaw(vhost.EncodeMessage(vhost.ReqSetOwner, vhost.FlagVersion|vhost.FlagNeedReply, nil), nil); err != nil {
+			if err := c.SendRaw(vhostuser.EncodeMessage(vhostuser.ReqSetOwner, vhostuser.FlagVersion|vhostuser.FlagNeedReply, nil), nil); err != nil {
 				t.Fatal(err)
 			}
 			if h, _, err := c.Recv(); err != nil || h.Flags != 0x5 {
@@ -300,7 +265,7 @@ func TestProtocol(t *testing.T) {
 				t.Fatalf("offset 8: %v %d", err, len(b))
 			}
 			// Past the 256-byte limit: an empty payload signals the error.
-			if err := c.SendRaw(vhost.EncodeMessage(vhost.ReqGetConfig, vhost.FlagVersion, vhost.ConfigSpace{Offset: 250, Payload: make([]byte, 10)}.Encode()), nil); err != nil {
+			if err := c.SendRaw(vhostuser.EncodeMessage(vhostuser.ReqGetConfig, vhostuser.FlagVersion, vhostuser.ConfigSpace{Offset: 250, Payload: make([]byte, 10)}.Encode()), nil); err != nil {
 				t.Fatal(err)
 			}
 			if h, _, err := c.Recv(); err != nil || h.Size != 0 || h.Flags != 0x5 {
@@ -309,7 +274,7 @@ func TestProtocol(t *testing.T) {
 		}},
 		{"set config refused", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
-			_, err := c.Call(vhost.ReqSetConfig, vhost.ConfigSpace{Offset: 32, Payload: []byte{1}}.Encode(), nil)
+			_, err := c.Call(vhostuser.ReqSetConfig, vhostuser.ConfigSpace{Offset: 32, Payload: []byte{1}}.Encode(), nil)
 			if !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("SET_CONFIG: %v, want nack", err)
 			}
@@ -317,24 +282,24 @@ func TestProtocol(t *testing.T) {
 		{"unknown request with need_reply", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
 			fd := eventfd(t)
-			_, err := c.Call(vhost.Request(200), []byte{1, 2, 3}, []int{fd})
+			_, err := c.Call(vhostuser.Request(200), []byte{1, 2, 3}, []int{fd})
 			if !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("unknown request: %v, want nack", err)
 			}
-			_, err = c.Call(vhost.ReqSetLogFD, nil, []int{fd})
+			_, err = c.Call(vhostuser.ReqSetLogFD, nil, []int{fd})
 			if !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("SET_LOG_FD: %v, want nack", err)
 			}
-			if _, err := c.GetU64(vhost.ReqGetFeatures); err != nil {
+			if _, err := c.GetU64(vhostuser.ReqGetFeatures); err != nil {
 				t.Fatalf("connection unusable after unknown request: %v", err)
 			}
 		}},
 		{"bad size drops connection", func(t *testing.T, e *env, c *frontend.Conn) {
-			c.SendRaw(vhost.EncodeMessage(vhost.ReqSetFeatures, vhost.FlagVersion, []byte{1, 2, 3, 4}), nil)
+			c.SendRaw(vhostuser.EncodeMessage(vhostuser.ReqSetFeatures, vhostuser.FlagVersion, []byte{1, 2, 3, 4}), nil)
 			expectDropped(t, c)
 		}},
 		{"oversized payload drops connection", func(t *testing.T, e *env, c *frontend.Conn) {
-			c.SendRaw(vhost.Header{Request: vhost.ReqSetConfig, Flags: 1, Size: 1 << 30}.AppendTo(nil), nil)
+			c.SendRaw(vhostuser.Header{Request: vhostuser.ReqSetConfig, Flags: 1, Size: 1 << 30}.AppendTo(nil), nil)
 			expectDropped(t, c)
 		}},
 		{"too many fds drops connection", func(t *testing.T, e *env, c *frontend.Conn) {
@@ -343,12 +308,12 @@ func TestProtocol(t *testing.T) {
 			for i := range fds {
 				fds[i] = m.FD()
 			}
-			regs := make([]vhost.MemRegion, 8)
-			c.SendRaw(vhost.EncodeMessage(vhost.ReqSetMemTable, vhost.FlagVersion, vhost.EncodeMemTable(regs)), fds)
+			regs := make([]vhostuser.MemRegion, 8)
+			c.SendRaw(vhostuser.EncodeMessage(vhostuser.ReqSetMemTable, vhostuser.FlagVersion, vhostuser.EncodeMemTable(regs)), fds)
 			expectDropped(t, c)
 		}},
 		{"fd where none expected drops connection", func(t *testing.T, e *env, c *frontend.Conn) {
-			c.SendRaw(vhost.EncodeMessage(vhost.ReqSetFeatures, vhost.FlagVersion, vhost.EncodeU64(0)), []int{eventfd(t)})
+			c.SendRaw(vhostuser.EncodeMessage(vhostuser.ReqSetFeatures, vhostuser.FlagVersion, vhostuser.EncodeU64(0)), []int{eventfd(t)})
 			expectDropped(t, c)
 		}},
 		{"garbage drops connection", func(t *testing.T, e *env, c *frontend.Conn) {
@@ -360,13 +325,13 @@ func TestProtocol(t *testing.T) {
 			m := newMem(t, 2<<20, 2)
 			r := m.VhostRegions()
 			r[1].GuestAddr = r[0].GuestAddr + 4096
-			_, err := c.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(r), []int{m.FD(), m.FD()})
+			_, err := c.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(r), []int{m.FD(), m.FD()})
 			if !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("overlap: %v, want nack", err)
 			}
 			r = m.VhostRegions()
 			r[1].UserAddr = r[0].UserAddr
-			_, err = c.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(r), []int{m.FD(), m.FD()})
+			_, err = c.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(r), []int{m.FD(), m.FD()})
 			if !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("user overlap: %v, want nack", err)
 			}
@@ -376,17 +341,17 @@ func TestProtocol(t *testing.T) {
 			m := newMem(t, 1<<20, 1)
 			r := m.VhostRegions()
 			r[0].MmapOffset = 4096 // 4 KiB + 1 MiB > the 1 MiB memfd
-			if _, err := c.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
+			if _, err := c.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("offset past size: %v, want nack", err)
 			}
 			r = m.VhostRegions()
 			r[0].Size = 0
-			if _, err := c.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
+			if _, err := c.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("empty region: %v, want nack", err)
 			}
 			r = m.VhostRegions()
 			r[0].GuestAddr = ^uint64(0) - 10
-			if _, err := c.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
+			if _, err := c.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(r), []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("wrapping region: %v, want nack", err)
 			}
 		}},
@@ -394,75 +359,75 @@ func TestProtocol(t *testing.T) {
 			negotiate(t, c)
 			m := newMem(t, 2<<20, 2)
 			for i := 0; i < 2; i++ {
-				if _, err := c.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(m.VhostRegions()), []int{m.FD(), m.FD()}); err != nil {
+				if _, err := c.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(m.VhostRegions()), []int{m.FD(), m.FD()}); err != nil {
 					t.Fatal(err)
 				}
 			}
-			r0 := vhost.EncodeSingleRegion(m.VhostRegion(0))
-			if _, err := c.Call(vhost.ReqRemMemReg, r0, nil); err != nil {
+			r0 := vhostuser.EncodeSingleRegion(m.VhostRegion(0))
+			if _, err := c.Call(vhostuser.ReqRemMemReg, r0, nil); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := c.Call(vhost.ReqRemMemReg, r0, nil); !errors.Is(err, frontend.ErrNack) {
+			if _, err := c.Call(vhostuser.ReqRemMemReg, r0, nil); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("second REM_MEM_REG: %v, want nack", err)
 			}
-			if _, err := c.Call(vhost.ReqAddMemReg, r0, []int{m.FD()}); err != nil {
+			if _, err := c.Call(vhostuser.ReqAddMemReg, r0, []int{m.FD()}); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := c.Call(vhost.ReqAddMemReg, r0, []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
+			if _, err := c.Call(vhostuser.ReqAddMemReg, r0, []int{m.FD()}); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("duplicate ADD_MEM_REG: %v, want nack", err)
 			}
 			// REM_MEM_REG may carry an fd, which must be closed unused.
-			if _, err := c.Call(vhost.ReqRemMemReg, r0, []int{m.FD()}); err != nil {
+			if _, err := c.Call(vhostuser.ReqRemMemReg, r0, []int{m.FD()}); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"vring addr outside memory", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
 			m := newMem(t, 1<<20, 1)
-			if _, err := c.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(m.VhostRegions()), []int{m.FD()}); err != nil {
+			if _, err := c.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(m.VhostRegions()), []int{m.FD()}); err != nil {
 				t.Fatal(err)
 			}
-			if err := c.SetVringState(vhost.ReqSetVringNum, 0, 256); err != nil {
+			if err := c.SetVringState(vhostuser.ReqSetVringNum, 0, 256); err != nil {
 				t.Fatal(err)
 			}
 			base, _ := m.UserAddr(0x10000)
-			for _, a := range []vhost.VringAddr{
+			for _, a := range []vhostuser.VringAddr{
 				{Desc: base - 4096, Avail: base + 8192, Used: base + 16384},
 				{Desc: base, Avail: base + (1 << 20) - 8, Used: base + 16384}, // crosses the end
 				{Desc: base, Avail: base + 8192, Used: 0x10},
 				{Desc: base + 8, Avail: base + 8192, Used: base + 16384}, // misaligned
 				{Index: 7, Desc: base, Avail: base + 8192, Used: base + 16384},
 			} {
-				if _, err := c.Call(vhost.ReqSetVringAddr, a.Encode(), nil); !errors.Is(err, frontend.ErrNack) {
+				if _, err := c.Call(vhostuser.ReqSetVringAddr, a.Encode(), nil); !errors.Is(err, frontend.ErrNack) {
 					t.Fatalf("%+v: %v, want nack", a, err)
 				}
 			}
-			ok := vhost.VringAddr{Desc: base, Avail: base + 8192, Used: base + 16384}
-			if _, err := c.Call(vhost.ReqSetVringAddr, ok.Encode(), nil); err != nil {
+			ok := vhostuser.VringAddr{Desc: base, Avail: base + 8192, Used: base + 16384}
+			if _, err := c.Call(vhostuser.ReqSetVringAddr, ok.Encode(), nil); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"vring state validation", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
 			for _, tc := range []struct {
-				req        vhost.Request
+				req        vhostuser.Request
 				index, num uint32
 			}{
-				{vhost.ReqSetVringNum, 0, 3}, {vhost.ReqSetVringNum, 0, 0}, {vhost.ReqSetVringNum, 0, 65536},
-				{vhost.ReqSetVringNum, 2, 8}, {vhost.ReqSetVringBase, 0, 1 << 16},
-				{vhost.ReqSetVringEnable, 0, 2}, {vhost.ReqSetVringEnable, 9, 1},
+				{vhostuser.ReqSetVringNum, 0, 3}, {vhostuser.ReqSetVringNum, 0, 0}, {vhostuser.ReqSetVringNum, 0, 65536},
+				{vhostuser.ReqSetVringNum, 2, 8}, {vhostuser.ReqSetVringBase, 0, 1 << 16},
+				{vhostuser.ReqSetVringEnable, 0, 2}, {vhostuser.ReqSetVringEnable, 9, 1},
 			} {
 				if err := c.SetVringState(tc.req, tc.index, tc.num); !errors.Is(err, frontend.ErrNack) {
 					t.Fatalf("%v %d %d: %v, want nack", tc.req, tc.index, tc.num, err)
 				}
 			}
-			if err := c.SetVringFD(vhost.ReqSetVringCall, 5, eventfd(t)); !errors.Is(err, frontend.ErrNack) {
+			if err := c.SetVringFD(vhostuser.ReqSetVringCall, 5, eventfd(t)); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("SET_VRING_CALL bad index: %v", err)
 			}
 		}},
 		{"vring base round trip", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
-			if err := c.SetVringState(vhost.ReqSetVringBase, 1, 1234); err != nil {
+			if err := c.SetVringState(vhostuser.ReqSetVringBase, 1, 1234); err != nil {
 				t.Fatal(err)
 			}
 			if b, err := c.GetVringBase(1); err != nil || b != 1234 {
@@ -471,7 +436,7 @@ func TestProtocol(t *testing.T) {
 		}},
 		{"vring fds and nofd", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
-			for _, req := range []vhost.Request{vhost.ReqSetVringCall, vhost.ReqSetVringErr, vhost.ReqSetVringKick} {
+			for _, req := range []vhostuser.Request{vhostuser.ReqSetVringCall, vhostuser.ReqSetVringErr, vhostuser.ReqSetVringKick} {
 				if err := c.SetVringFD(req, 0, eventfd(t)); err != nil {
 					t.Fatalf("%v: %v", req, err)
 				}
@@ -485,31 +450,31 @@ func TestProtocol(t *testing.T) {
 		}},
 		{"status and reset", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
-			if err := c.SetU64(vhost.ReqSetStatus, 0xf); err != nil {
+			if err := c.SetU64(vhostuser.ReqSetStatus, 0xf); err != nil {
 				t.Fatal(err)
 			}
-			if s, err := c.GetU64(vhost.ReqGetStatus); err != nil || s != 0xf {
+			if s, err := c.GetU64(vhostuser.ReqGetStatus); err != nil || s != 0xf {
 				t.Fatalf("GET_STATUS = %#x, %v", s, err)
 			}
-			if err := c.SetU64(vhost.ReqSetStatus, 0x100); !errors.Is(err, frontend.ErrNack) {
+			if err := c.SetU64(vhostuser.ReqSetStatus, 0x100); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("status 0x100: %v", err)
 			}
-			if _, err := c.Call(vhost.ReqResetDevice, nil, nil); err != nil {
+			if _, err := c.Call(vhostuser.ReqResetDevice, nil, nil); err != nil {
 				t.Fatal(err)
 			}
-			if s, err := c.GetU64(vhost.ReqGetStatus); err != nil || s != 0 {
+			if s, err := c.GetU64(vhostuser.ReqGetStatus); err != nil || s != 0 {
 				t.Fatalf("GET_STATUS after reset = %#x, %v", s, err)
 			}
-			if _, err := c.Call(vhost.ReqResetOwner, nil, nil); err != nil {
+			if _, err := c.Call(vhostuser.ReqResetOwner, nil, nil); err != nil {
 				t.Fatal(err)
 			}
 		}},
 		{"features not offered", func(t *testing.T, e *env, c *frontend.Conn) {
 			negotiate(t, c)
-			if err := c.SetU64(vhost.ReqSetFeatures, 1<<63); !errors.Is(err, frontend.ErrNack) {
+			if err := c.SetU64(vhostuser.ReqSetFeatures, 1<<63); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("SET_FEATURES: %v", err)
 			}
-			if err := c.SetU64(vhost.ReqSetProtocolFeatures, 1<<40|vhost.ProtoReplyAck); !errors.Is(err, frontend.ErrNack) {
+			if err := c.SetU64(vhostuser.ReqSetProtocolFeatures, 1<<40|vhostuser.ProtoReplyAck); !errors.Is(err, frontend.ErrNack) {
 				t.Fatalf("SET_PROTOCOL_FEATURES: %v", err)
 			}
 		}},
@@ -521,7 +486,7 @@ func TestProtocol(t *testing.T) {
 			c.Close()
 			// Whatever happened, the server serves the next connection.
 			c2 := e.dial(t)
-			if _, err := c2.GetU64(vhost.ReqGetFeatures); err != nil {
+			if _, err := c2.GetU64(vhostuser.ReqGetFeatures); err != nil {
 				t.Fatalf("next connection: %v", err)
 			}
 		})
@@ -539,35 +504,35 @@ func le64(b []byte) uint64 {
 func TestListen(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "s")
-	l, err := vhost.Listen(sock)
+	l, err := vhostuser.Listen(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := vhost.Listen(sock); err == nil {
-		t.Fatal("second Listen on a live socket succeeded")
+	if _, err := vhostuser.Listen(sock); err == nil {
+		t.Fatal("second vhostuser.Listen on a live socket succeeded")
 	}
 	l.SetUnlinkOnClose(false)
 	l.Close()
 	// Stale socket file: nothing listens, so it is replaced.
-	l2, err := vhost.Listen(sock)
+	l2, err := vhostuser.Listen(sock)
 	if err != nil {
 		t.Fatalf("stale socket: %v", err)
 	}
 	l2.Close()
 	link := filepath.Join(dir, "link")
 	os.Symlink(filepath.Join(dir, "elsewhere"), link)
-	if _, err := vhost.Listen(link); err == nil {
+	if _, err := vhostuser.Listen(link); err == nil {
 		t.Fatal("Listen on a symlink succeeded")
 	}
 	reg := filepath.Join(dir, "file")
 	os.WriteFile(reg, nil, 0o600)
-	if _, err := vhost.Listen(reg); err == nil {
+	if _, err := vhostuser.Listen(reg); err == nil {
 		t.Fatal("Listen on a regular file succeeded")
 	}
 }
 
 func TestFileListener(t *testing.T) {
-	checkFDs(t)
+	fdcheck.Check(t)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "s"), Net: "unix"})
 	if err != nil {
 		t.Fatal(err)

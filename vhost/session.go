@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +25,11 @@ var (
 // Virtio device status bits we look at (virtio 1.2 §2.1).
 const statusNeedsReset = 0x40
 
+// supportedProtocolFeatures are the protocol features the server offers.
+const supportedProtocolFeatures = vhostuser.ProtoMQ | vhostuser.ProtoReplyAck |
+	vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots |
+	vhostuser.ProtoResetDevice | vhostuser.ProtoStatus | vhostuser.ProtoInflightSHMFD
+
 // maxQueueSize is the largest split virtqueue (virtio 1.2 §2.7).
 const maxQueueSize = 32768
 
@@ -31,8 +37,8 @@ const maxQueueSize = 32768
 // than this connection: it is what a reconnecting front-end (INFLIGHT_SHMFD)
 // would need back, and so is kept apart from fds and workers.
 type vringState struct {
-	num     uint32    // SET_VRING_NUM; 0 = unset
-	addr    VringAddr // SET_VRING_ADDR, front-end user addresses
+	num     uint32              // SET_VRING_NUM; 0 = unset
+	addr    vhostuser.VringAddr // SET_VRING_ADDR, front-end user addresses
 	addrSet bool
 	base    uint16 // last avail idx: SET_VRING_BASE, refreshed when a worker stops
 	enabled bool   // SET_VRING_ENABLE
@@ -98,22 +104,22 @@ func (s *session) serve() {
 	for {
 		timeout := s.srv.opts.MessageTimeout
 		if timeout <= 0 {
-			timeout = DefaultMessageTimeout
+			timeout = vhostuser.DefaultMessageTimeout
 		}
-		hdr, payload, fds, err := ReadMessageTimeout(s.conn, timeout)
+		hdr, payload, fds, err := vhostuser.ReadMessageTimeout(s.conn, timeout)
 		if err != nil {
 			switch {
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 				s.log.Info("vhost-user front-end disconnected")
 			default:
-				s.log.WithError(err).Error("vhost: dropping connection: bad message")
+				s.log.WithError(err).Error("vhost: dropping connection: bad vhostuser.Message")
 			}
 			return
 		}
-		m, err := decodeMessage(hdr, payload, len(fds))
+		m, err := vhostuser.DecodeMessage(hdr, payload, len(fds))
 		if err != nil {
-			closeFDs(fds)
-			s.log.WithError(err).Error("vhost: dropping connection: malformed message")
+			vhostuser.CloseFDs(fds)
+			s.log.WithError(err).Error("vhost: dropping connection: malformed vhostuser.Message")
 			return
 		}
 		if err := s.dispatch(m, fds); err != nil {
@@ -125,21 +131,21 @@ func (s *session) serve() {
 
 // dispatch handles one decoded request and sends its reply. It owns fds.
 // A returned error ends the connection.
-func (s *session) dispatch(m message, fds []int) error {
+func (s *session) dispatch(m vhostuser.Message, fds []int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		closeFDs(fds)
+		vhostuser.CloseFDs(fds)
 		return net.ErrClosed
 	}
-	log := s.log.WithField("request", m.hdr.Request)
-	if m.hdr.Request == ReqGetInflightFD {
+	log := s.log.WithField("request", m.Hdr.Request)
+	if m.Hdr.Request == vhostuser.ReqGetInflightFD {
 		// The one reply that carries an fd: it sends it itself.
-		return s.getInflightFDLocked(m.inflight)
+		return s.getInflightFDLocked(m.Inflight)
 	}
 	reply, err := s.handleLocked(m, fds)
 	if err != nil {
-		if errors.Is(err, ErrMalformed) {
+		if errors.Is(err, vhostuser.ErrMalformed) {
 			return err
 		}
 		if errors.Is(err, ErrUnsupported) {
@@ -151,21 +157,21 @@ func (s *session) dispatch(m message, fds []int) error {
 		log.Debug("vhost: request done")
 	}
 	if reply != nil {
-		return s.replyLocked(m.hdr.Request, reply)
+		return s.replyLocked(m.Hdr.Request, reply)
 	}
-	if m.hdr.Flags&FlagNeedReply != 0 && s.protocol&ProtoReplyAck != 0 {
+	if m.Hdr.Flags&vhostuser.FlagNeedReply != 0 && s.protocol&vhostuser.ProtoReplyAck != 0 {
 		var ack uint64
 		if err != nil {
 			ack = 1
 		}
-		return s.replyLocked(m.hdr.Request, EncodeU64(ack))
+		return s.replyLocked(m.Hdr.Request, vhostuser.EncodeU64(ack))
 	}
 	return nil
 }
 
 // +checklocks:s.mu
-func (s *session) replyLocked(req Request, payload []byte) error {
-	if err := WriteMessage(s.conn, EncodeMessage(req, replyFlags, payload), nil); err != nil {
+func (s *session) replyLocked(req vhostuser.Request, payload []byte) error {
+	if err := vhostuser.WriteMessage(s.conn, vhostuser.EncodeMessage(req, vhostuser.ReplyFlags, payload), nil); err != nil {
 		return fmt.Errorf("vhost: reply to %v: %w", req, err)
 	}
 	return nil
@@ -177,66 +183,66 @@ func (s *session) replyLocked(req Request, payload []byte) error {
 // reported through REPLY_ACK.
 //
 // +checklocks:s.mu
-func (s *session) handleLocked(m message, fds []int) (reply []byte, err error) {
-	req := m.hdr.Request
+func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, err error) {
+	req := m.Hdr.Request
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("vhost: %v: %w", req, err)
 		}
 	}()
-	if !m.known {
-		closeFDs(fds)
+	if !m.Known {
+		vhostuser.CloseFDs(fds)
 		return nil, ErrUnsupported
 	}
 	switch req {
-	case ReqGetFeatures:
-		return EncodeU64(s.offeredFeatures()), nil
-	case ReqSetFeatures:
-		if m.u64&^s.offeredFeatures() != 0 {
-			return nil, fmt.Errorf("%w: %#x", ErrBadFeatures, m.u64&^s.offeredFeatures())
+	case vhostuser.ReqGetFeatures:
+		return vhostuser.EncodeU64(s.offeredFeatures()), nil
+	case vhostuser.ReqSetFeatures:
+		if m.U64&^s.offeredFeatures() != 0 {
+			return nil, fmt.Errorf("%w: %#x", ErrBadFeatures, m.U64&^s.offeredFeatures())
 		}
 		running := s.stopAllLocked()
-		s.features = m.u64
+		s.features = m.U64
 		return nil, s.startLocked(running)
-	case ReqGetProtocolFeatures:
-		return EncodeU64(supportedProtocolFeatures), nil
-	case ReqSetProtocolFeatures:
-		if m.u64&^supportedProtocolFeatures != 0 {
-			s.protocol = m.u64 & supportedProtocolFeatures
-			return nil, fmt.Errorf("%w: protocol %#x", ErrBadFeatures, m.u64&^supportedProtocolFeatures)
+	case vhostuser.ReqGetProtocolFeatures:
+		return vhostuser.EncodeU64(supportedProtocolFeatures), nil
+	case vhostuser.ReqSetProtocolFeatures:
+		if m.U64&^supportedProtocolFeatures != 0 {
+			s.protocol = m.U64 & supportedProtocolFeatures
+			return nil, fmt.Errorf("%w: protocol %#x", ErrBadFeatures, m.U64&^supportedProtocolFeatures)
 		}
-		s.protocol = m.u64
+		s.protocol = m.U64
 		return nil, nil
-	case ReqSetOwner:
+	case vhostuser.ReqSetOwner:
 		return nil, nil
-	case ReqResetOwner:
+	case vhostuser.ReqResetOwner:
 		// Deprecated; the spec recommends ignoring it or disabling rings.
 		s.stopAllLocked()
 		for _, vr := range s.vrings {
 			vr.enabled = false
 		}
 		return nil, nil
-	case ReqResetDevice:
+	case vhostuser.ReqResetDevice:
 		s.resetDeviceLocked()
 		return nil, nil
-	case ReqGetQueueNum:
-		return EncodeU64(uint64(len(s.vrings))), nil
-	case ReqGetMaxMemSlots:
-		return EncodeU64(MaxMemSlots), nil
-	case ReqSetMemTable:
-		return nil, s.setMemTableLocked(m.regions, fds)
-	case ReqAddMemReg:
-		return nil, s.addMemRegLocked(m.regions[0], fds[0])
-	case ReqRemMemReg:
-		closeFDs(fds)
-		return nil, s.remMemRegLocked(m.regions[0])
-	case ReqSetVringNum, ReqSetVringBase, ReqSetVringEnable:
-		return nil, s.setVringStateLocked(req, m.state)
-	case ReqGetVringBase:
-		vr, err := s.vringLocked(uint64(m.state.Index))
+	case vhostuser.ReqGetQueueNum:
+		return vhostuser.EncodeU64(uint64(len(s.vrings))), nil
+	case vhostuser.ReqGetMaxMemSlots:
+		return vhostuser.EncodeU64(vhostuser.MaxMemSlots), nil
+	case vhostuser.ReqSetMemTable:
+		return nil, s.setMemTableLocked(m.Regions, fds)
+	case vhostuser.ReqAddMemReg:
+		return nil, s.addMemRegLocked(m.Regions[0], fds[0])
+	case vhostuser.ReqRemMemReg:
+		vhostuser.CloseFDs(fds)
+		return nil, s.remMemRegLocked(m.Regions[0])
+	case vhostuser.ReqSetVringNum, vhostuser.ReqSetVringBase, vhostuser.ReqSetVringEnable:
+		return nil, s.setVringStateLocked(req, m.State)
+	case vhostuser.ReqGetVringBase:
+		vr, err := s.vringLocked(uint64(m.State.Index))
 		if err != nil {
 			// QEMU waits for this reply; a wrong index is a broken peer.
-			return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+			return nil, fmt.Errorf("%w: %w", vhostuser.ErrMalformed, err)
 		}
 		s.stopLocked(vr)
 		vr.started = false
@@ -244,24 +250,24 @@ func (s *session) handleLocked(m message, fds []int) (reply []byte, err error) {
 			vr.kick.Close()
 			vr.kick = nil
 		}
-		return VringState{Index: m.state.Index, Num: uint32(vr.base)}.Encode(), nil
-	case ReqSetVringAddr:
-		return nil, s.setVringAddrLocked(m.addr)
-	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
-		return nil, s.setVringFDLocked(req, m.u64, fds)
-	case ReqGetConfig:
-		return s.getConfigLocked(m.config), nil
-	case ReqSetConfig:
+		return vhostuser.VringState{Index: m.State.Index, Num: uint32(vr.base)}.Encode(), nil
+	case vhostuser.ReqSetVringAddr:
+		return nil, s.setVringAddrLocked(m.Addr)
+	case vhostuser.ReqSetVringKick, vhostuser.ReqSetVringCall, vhostuser.ReqSetVringErr:
+		return nil, s.setVringFDLocked(req, m.U64, fds)
+	case vhostuser.ReqGetConfig:
+		return s.getConfigLocked(m.Config), nil
+	case vhostuser.ReqSetConfig:
 		cw, ok := s.srv.be.(ConfigWriter)
 		if !ok {
 			return nil, fmt.Errorf("%w: config space is read-only", ErrBadConfig)
 		}
-		return nil, cw.SetConfig(m.config.Offset, m.config.Payload, m.config.Flags)
-	case ReqSetStatus:
-		if m.u64 > 0xff {
-			return nil, fmt.Errorf("%w: status %#x", ErrBadConfig, m.u64)
+		return nil, cw.SetConfig(m.Config.Offset, m.Config.Payload, m.Config.Flags)
+	case vhostuser.ReqSetStatus:
+		if m.U64 > 0xff {
+			return nil, fmt.Errorf("%w: status %#x", ErrBadConfig, m.U64)
 		}
-		s.status = uint8(m.u64)
+		s.status = uint8(m.U64)
 		if s.status == 0 {
 			// The driver reset the device: a broken ring may run again.
 			for _, vr := range s.vrings {
@@ -269,23 +275,23 @@ func (s *session) handleLocked(m message, fds []int) (reply []byte, err error) {
 			}
 		}
 		return nil, nil
-	case ReqSetInflightFD:
-		return nil, s.setInflightFDLocked(m.inflight, fds[0])
-	case ReqGetStatus:
+	case vhostuser.ReqSetInflightFD:
+		return nil, s.setInflightFDLocked(m.Inflight, fds[0])
+	case vhostuser.ReqGetStatus:
 		st := uint64(s.status)
 		for _, vr := range s.vrings {
 			if vr.broken.Load() {
 				st |= statusNeedsReset
 			}
 		}
-		return EncodeU64(st), nil
+		return vhostuser.EncodeU64(st), nil
 	}
-	closeFDs(fds)
+	vhostuser.CloseFDs(fds)
 	return nil, ErrUnsupported
 }
 
 func (s *session) offeredFeatures() uint64 {
-	return s.srv.be.Features() | FeatureProtocolFeatures
+	return s.srv.be.Features() | vhostuser.FeatureProtocolFeatures
 }
 
 // +checklocks:s.mu
@@ -297,13 +303,13 @@ func (s *session) vringLocked(index uint64) (*vring, error) {
 }
 
 // +checklocks:s.mu
-func (s *session) setVringStateLocked(req Request, st VringState) error {
+func (s *session) setVringStateLocked(req vhostuser.Request, st vhostuser.VringState) error {
 	vr, err := s.vringLocked(uint64(st.Index))
 	if err != nil {
 		return err
 	}
 	switch req {
-	case ReqSetVringNum:
+	case vhostuser.ReqSetVringNum:
 		if st.Num == 0 || st.Num > maxQueueSize || st.Num&(st.Num-1) != 0 {
 			return fmt.Errorf("%w: queue size %d", ErrBadVring, st.Num)
 		}
@@ -311,7 +317,7 @@ func (s *session) setVringStateLocked(req Request, st VringState) error {
 			return fmt.Errorf("%w: queue %d is running", ErrBadVring, st.Index)
 		}
 		vr.num = st.Num
-	case ReqSetVringBase:
+	case vhostuser.ReqSetVringBase:
 		if st.Num > 0xffff {
 			return fmt.Errorf("%w: base %d", ErrBadVring, st.Num)
 		}
@@ -319,7 +325,7 @@ func (s *session) setVringStateLocked(req Request, st VringState) error {
 			return fmt.Errorf("%w: queue %d is running", ErrBadVring, st.Index)
 		}
 		vr.base = uint16(st.Num)
-	case ReqSetVringEnable:
+	case vhostuser.ReqSetVringEnable:
 		if st.Num > 1 {
 			return fmt.Errorf("%w: enable %d", ErrBadVring, st.Num)
 		}
@@ -334,7 +340,7 @@ func (s *session) setVringStateLocked(req Request, st VringState) error {
 }
 
 // +checklocks:s.mu
-func (s *session) setVringAddrLocked(a VringAddr) error {
+func (s *session) setVringAddrLocked(a vhostuser.VringAddr) error {
 	vr, err := s.vringLocked(uint64(a.Index))
 	if err != nil {
 		return err
@@ -370,7 +376,7 @@ type ringAddrs struct{ desc, avail, used uint64 }
 // inside one region.
 //
 // +checklocks:s.mu
-func (s *session) ringGuestAddrsLocked(a VringAddr, num uint32) (ringAddrs, error) {
+func (s *session) ringGuestAddrsLocked(a vhostuser.VringAddr, num uint32) (ringAddrs, error) {
 	var r ringAddrs
 	var err error
 	n := uint64(num)
@@ -387,10 +393,10 @@ func (s *session) ringGuestAddrsLocked(a VringAddr, num uint32) (ringAddrs, erro
 }
 
 // +checklocks:s.mu
-func (s *session) setVringFDLocked(req Request, v uint64, fds []int) error {
-	vr, err := s.vringLocked(v & vringIndexMask)
+func (s *session) setVringFDLocked(req vhostuser.Request, v uint64, fds []int) error {
+	vr, err := s.vringLocked(v & vhostuser.VringIndexMask)
 	if err != nil {
-		closeFDs(fds)
+		vhostuser.CloseFDs(fds)
 		return err
 	}
 	var f *os.File
@@ -404,14 +410,14 @@ func (s *session) setVringFDLocked(req Request, v uint64, fds []int) error {
 		f = os.NewFile(uintptr(fds[0]), fmt.Sprintf("%v-%d", req, vr.index))
 	}
 	switch req {
-	case ReqSetVringKick:
+	case vhostuser.ReqSetVringKick:
 		s.stopLocked(vr)
 		if vr.kick != nil {
 			vr.kick.Close()
 		}
 		vr.kick, vr.kickPoll, vr.started = f, f == nil, true
 		return s.startLocked([]*vring{vr})
-	case ReqSetVringCall:
+	case vhostuser.ReqSetVringCall:
 		if old := vr.call.Swap(f); old != nil {
 			old.Close()
 		}
@@ -420,7 +426,7 @@ func (s *session) setVringFDLocked(req Request, v uint64, fds []int) error {
 			// the front-end stopped watching it; a spurious one is harmless.
 			signal(f)
 		}
-	case ReqSetVringErr:
+	case vhostuser.ReqSetVringErr:
 		if old := vr.errFD.Swap(f); old != nil {
 			old.Close()
 		}
@@ -429,10 +435,10 @@ func (s *session) setVringFDLocked(req Request, v uint64, fds []int) error {
 }
 
 // +checklocks:s.mu
-func (s *session) getConfigLocked(c ConfigSpace) []byte {
+func (s *session) getConfigLocked(c vhostuser.ConfigSpace) []byte {
 	cfg := s.srv.be.Config()
 	end := uint64(c.Offset) + uint64(c.Size)
-	if c.Size == 0 || end > MaxConfigSize {
+	if c.Size == 0 || end > vhostuser.MaxConfigSize {
 		s.log.WithField("offset", c.Offset).WithField("size", c.Size).Warn("vhost: GET_CONFIG out of range")
 		return []byte{} // an empty payload tells the front-end it failed
 	}
@@ -440,15 +446,15 @@ func (s *session) getConfigLocked(c ConfigSpace) []byte {
 	if uint64(c.Offset) < uint64(len(cfg)) {
 		copy(out, cfg[c.Offset:])
 	}
-	return ConfigSpace{Offset: c.Offset, Flags: c.Flags, Payload: out}.Encode()
+	return vhostuser.ConfigSpace{Offset: c.Offset, Flags: c.Flags, Payload: out}.Encode()
 }
 
 // setMemTableLocked maps every region (each fd once, then closed: the
 // mapping keeps the memory) and replaces the table, unmapping the old one.
 //
 // +checklocks:s.mu
-func (s *session) setMemTableLocked(regions []MemRegion, fds []int) error {
-	defer closeFDs(fds)
+func (s *session) setMemTableLocked(regions []vhostuser.MemRegion, fds []int) error {
+	defer vhostuser.CloseFDs(fds)
 	var mapped []*guestRegion
 	fail := func(err error) error {
 		for _, g := range mapped {
@@ -472,10 +478,10 @@ func (s *session) setMemTableLocked(regions []MemRegion, fds []int) error {
 }
 
 // +checklocks:s.mu
-func (s *session) addMemRegLocked(r MemRegion, fd int) error {
+func (s *session) addMemRegLocked(r vhostuser.MemRegion, fd int) error {
 	defer unix.Close(fd)
-	if s.mem.len() >= MaxMemSlots {
-		return fmt.Errorf("%w: all %d slots in use", ErrBadRegion, MaxMemSlots)
+	if s.mem.len() >= vhostuser.MaxMemSlots {
+		return fmt.Errorf("%w: all %d slots in use", ErrBadRegion, vhostuser.MaxMemSlots)
 	}
 	g, err := newGuestRegion(r, fd)
 	if err != nil {
@@ -495,7 +501,7 @@ func (s *session) addMemRegLocked(r MemRegion, fd int) error {
 }
 
 // +checklocks:s.mu
-func (s *session) remMemRegLocked(r MemRegion) error {
+func (s *session) remMemRegLocked(r vhostuser.MemRegion) error {
 	i := s.mem.find(r)
 	if i < 0 {
 		return fmt.Errorf("%w: no region at guest %#x user %#x size %#x", ErrBadRegion, r.GuestAddr, r.UserAddr, r.Size)
@@ -569,7 +575,7 @@ func (vr *vring) closeFiles() {
 //
 // +checklocks:s.mu
 func (s *session) runnableLocked(vr *vring) bool {
-	enabled := vr.enabled || s.features&FeatureProtocolFeatures == 0
+	enabled := vr.enabled || s.features&vhostuser.FeatureProtocolFeatures == 0
 	return vr.started && enabled && vr.num != 0 && vr.addrSet && s.mem != nil &&
 		!vr.broken.Load() && !s.closed
 }

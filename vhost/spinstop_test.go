@@ -4,10 +4,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // gatedDisk is a memDisk whose reads wait for the test: entered says one
@@ -33,7 +34,7 @@ func (d *gatedDisk) ReadV(lba uint64, iov [][]byte) error {
 // driver sees: the worker publishes it on its way out instead of leaving
 // the used index behind the base.
 func TestGetVringBaseWhileASpinningWorkerRunsARequestPublishesIt(t *testing.T) {
-	checkFDs(t)
+	fdcheck.Check(t)
 	disk := &gatedDisk{memDisk: newMemDisk(4<<20, 512), entered: make(chan struct{}, 1), open: make(chan struct{})}
 	_, sock := vhosttest.Serve(t, disk, blk.Options{NumQueues: 1},
 		vhost.Options{PollDuration: time.Minute})

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nvblk/nvblk/vhostuser"
 	"golang.org/x/sys/cpu"
 )
 
@@ -302,7 +303,7 @@ func (s *session) ringStates(qs []QueueStats) bool {
 			break
 		}
 		q := &qs[i]
-		q.Enabled = vr.enabled || (vr.started && s.features&FeatureProtocolFeatures == 0)
+		q.Enabled = vr.enabled || (vr.started && s.features&vhostuser.FeatureProtocolFeatures == 0)
 		q.Running = vr.w != nil
 		q.Broken = vr.broken.Load()
 		if vr.w == nil {

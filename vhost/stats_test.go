@@ -5,7 +5,8 @@ import (
 	"time"
 
 	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // TestStatsCountEachQueuesRequests: reads, writes, a flush and a failing
@@ -79,7 +80,7 @@ func TestDetachDropsTheFrontEndAndServesTheNext(t *testing.T) {
 	if !e.srv.Detach() {
 		t.Fatal("Detach did not find the connected front-end")
 	}
-	if _, err := d.Conn.GetU64(vhost.ReqGetFeatures); err == nil {
+	if _, err := d.Conn.GetU64(vhostuser.ReqGetFeatures); err == nil {
 		t.Fatal("the detached connection still answers")
 	}
 	d2 := connect(t, e, frontend.Options{})

@@ -8,6 +8,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/virtq"
 )
 
@@ -61,8 +62,8 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 		DescAddr:     a.desc,
 		AvailAddr:    a.avail,
 		UsedAddr:     a.used,
-		EventIdx:     s.features&FeatureRingEventIdx != 0,
-		IndirectDesc: s.features&FeatureRingIndirectDesc != 0,
+		EventIdx:     s.features&vhostuser.FeatureRingEventIdx != 0,
+		IndirectDesc: s.features&vhostuser.FeatureRingIndirectDesc != 0,
 	})
 	if err != nil {
 		return nil, err

@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/nvblk/nvblk/vhost/frontend/loadgen"
+	"github.com/nvblk/nvblk/vhostuser/frontend/loadgen"
 )
 
 func init() {

@@ -12,7 +12,7 @@ import (
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/frontend/loadgen"
+	"github.com/nvblk/nvblk/vhostuser/frontend/loadgen"
 )
 
 func TestBenchUsageErrors(t *testing.T) {

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nvblk/nvblk/vhost/conformance"
+	"github.com/nvblk/nvblk/vhostuser/conformance"
 )
 
 func init() {

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // logMessages returns the msg of every JSON log line.

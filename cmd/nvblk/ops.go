@@ -10,8 +10,9 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nvblk/nvblk/internal/control"
 	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/control"
+	"github.com/nvblk/nvblk/vhostuser"
 )
 
 // controlSuffix names serve's default control socket: S.ctl next to its
@@ -76,7 +77,7 @@ type opsListeners struct {
 }
 
 // listenOps opens the endpoints asked for; the caller closes them. The
-// control socket is created the way the vhost-user socket is (vhost.Listen:
+// control socket is created the way the vhost-user socket is (vhostuser.Listen:
 // a stale socket file is replaced, a live one, a symlink or any other file
 // refused), but always 0600 whatever --socket-mode says: whoever can
 // connect to it can detach the guest, which is more than a front-end
@@ -85,9 +86,9 @@ type opsListeners struct {
 func listenOps(controlPath string, byDefault bool, metricsAddr string) (*opsListeners, error) {
 	o := &opsListeners{}
 	if controlPath != "" {
-		l, err := vhost.Listen(controlPath)
+		l, err := vhostuser.Listen(controlPath)
 		switch {
-		case errors.Is(err, vhost.ErrPathTooLong) && byDefault:
+		case errors.Is(err, vhostuser.ErrPathTooLong) && byDefault:
 			// The vhost-user socket's own path fits; serving the guest
 			// matters more than the convenience of a default S.ctl.
 			o.skipped = fmt.Errorf("no default control socket: %w (--control-socket PATH puts one elsewhere)", err)

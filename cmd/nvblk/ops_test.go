@@ -15,8 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nvblk/nvblk/vhost/control"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/internal/control"
+	"github.com/nvblk/nvblk/internal/fdcheck"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // logField finds the first JSON log line with msg and returns its field.
@@ -79,7 +80,7 @@ func scrape(t *testing.T, url string) map[string]float64 {
 // the front-end, and the next one is served with the data in place.
 func TestOperatorWatchesLoadThenDetachesTheGuest(t *testing.T) {
 	img := formatted(t)
-	checkFDs(t)
+	fdcheck.Check(t)
 	dir := t.TempDir()
 	sock, ctl := filepath.Join(dir, "nvblk.sock"), filepath.Join(dir, "control.sock")
 	stop, _, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--num-queues", "2",
@@ -234,7 +235,7 @@ func wantGone(t *testing.T, path, what string) {
 // once serve stops.
 func TestStatusBySocketPathReachesAServeStartedWithoutControlSocket(t *testing.T) {
 	img := formatted(t)
-	checkFDs(t)
+	fdcheck.Check(t)
 	sock := filepath.Join(t.TempDir(), "vm1.sock")
 	ctl := sock + ".ctl"
 	stop, stdout, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--log-format", "json")
@@ -271,7 +272,7 @@ func TestStatusBySocketPathReachesAServeStartedWithoutControlSocket(t *testing.T
 // fails with one line saying S.ctl is not there and why that may be.
 func TestControlSocketNoneOpensNothing(t *testing.T) {
 	img := formatted(t)
-	checkFDs(t)
+	fdcheck.Check(t)
 	sock := filepath.Join(t.TempDir(), "vm1.sock")
 	stop, stdout, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--control-socket", "none")
 	wantGone(t, sock+".ctl", "control socket")
@@ -296,7 +297,7 @@ func TestControlSocketNoneOpensNothing(t *testing.T) {
 // status says it is not there.
 func TestServeWhoseDefaultControlSocketPathIsTooLongStillServes(t *testing.T) {
 	img := formatted(t)
-	checkFDs(t)
+	fdcheck.Check(t)
 	dir := t.TempDir()
 	// 107 bytes is the most sun_path holds; S.ctl is 4 more.
 	sock := filepath.Join(dir, strings.Repeat("s", 107-len(dir)-1))
@@ -374,7 +375,7 @@ func TestStaleDefaultControlSocketOfAKilledServeIsReplaced(t *testing.T) {
 	if _, err := os.Lstat(sock + ".ctl"); err != nil {
 		t.Fatalf("SIGKILL left no control socket to test with: %v", err)
 	}
-	checkFDs(t)
+	fdcheck.Check(t)
 	stop, _, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img)
 	if code, text, stderr := nvblk(t, nil, "status", "--socket-path", sock); code != 0 || !strings.Contains(text, "front-end: none connected") {
 		t.Fatalf("status: exit %d: %s%s", code, stderr, text)
@@ -390,7 +391,7 @@ func TestStaleDefaultControlSocketOfAKilledServeIsReplaced(t *testing.T) {
 // its default and how to choose another, before creating S.
 func TestServeRefusesAStrayFileAtTheDefaultControlSocket(t *testing.T) {
 	img := formatted(t)
-	checkFDs(t)
+	fdcheck.Check(t)
 	sock := filepath.Join(t.TempDir(), "vm1.sock")
 	if err := os.WriteFile(sock+".ctl", []byte("keep"), 0o600); err != nil {
 		t.Fatal(err)
@@ -411,7 +412,7 @@ func TestServeRefusesAStrayFileAtTheDefaultControlSocket(t *testing.T) {
 // that group detach the guest.
 func TestDefaultControlSocketStays0600WhenSocketModeWidensTheVhostSocket(t *testing.T) {
 	img := formatted(t)
-	checkFDs(t)
+	fdcheck.Check(t)
 	sock := filepath.Join(t.TempDir(), "vm1.sock")
 	stop, _, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--socket-mode", "0660")
 	for path, want := range map[string]os.FileMode{sock: 0o660, sock + ".ctl": 0o600} {

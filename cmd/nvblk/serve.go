@@ -22,6 +22,7 @@ import (
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
+	"github.com/nvblk/nvblk/vhostuser"
 )
 
 func init() {
@@ -212,7 +213,7 @@ func runServe(env *environment, args []string) error {
 	if a.fd >= 0 {
 		l, err = vhost.FileListener(a.fd)
 	} else {
-		l, err = vhost.ListenMode(a.socketPath, socketMode)
+		l, err = vhostuser.ListenMode(a.socketPath, socketMode)
 	}
 	if err != nil {
 		return err
@@ -234,7 +235,7 @@ func runServe(env *environment, args []string) error {
 	qemu := qemuOptions(socket, a.numQueues)
 	lg.WithField("qemu", strings.Join(qemu, " ")).Info("attach with these QEMU options")
 
-	srv := vhost.NewServer(vhost.NewBlkBackend(dv, d), vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: lg})
+	srv := vhost.NewServer(blk.NewBackend(dv, d), vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: lg})
 	ops.serve(srv, lg)
 	// Printed last and in one write: once "# attach" is out, every endpoint
 	// listens and the whole text is there.

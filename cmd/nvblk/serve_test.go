@@ -15,39 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost/blk"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 const ioTimeout = 5 * time.Second
-
-// openFDs counts this process's open file descriptors.
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
-// checkFDs fails the test if it leaves more fds open than it found.
-func checkFDs(t *testing.T) {
-	before := openFDs(t)
-	t.Cleanup(func() {
-		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			after := openFDs(t)
-			if after <= before {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("fd leak: %d open before, %d after", before, after)
-				return
-			}
-		}
-	})
-}
 
 // waitListening waits for serve's "# attach" block, which it prints once
 // its socket listens. The socket file alone is not enough: it appears at
@@ -124,7 +98,7 @@ func servingInProcess(t *testing.T, args ...string) (stop func() int, stdout, st
 
 func TestServeWritesThroughTheSocketAndFlushesOnStop(t *testing.T) {
 	img := formatted(t)
-	checkFDs(t)
+	fdcheck.Check(t)
 	sock := filepath.Join(t.TempDir(), "nvblk.sock")
 	stop, stdout, stderr := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--num-queues", "2", "--log-format", "json")
 
@@ -167,7 +141,7 @@ func TestServeWritesThroughTheSocketAndFlushesOnStop(t *testing.T) {
 
 func TestConformanceCommandPassesAgainstServe(t *testing.T) {
 	img := formatted(t)
-	checkFDs(t)
+	fdcheck.Check(t)
 	sock := filepath.Join(t.TempDir(), "nvblk.sock")
 	stop, _, stderr := servingInProcess(t, "--socket-path", sock, "--blk-file", img, "--num-queues", "2", "--log-level", "warn")
 	code, out, errOut := nvblk(t, nil, "conformance", "--socket-path", sock, "--destructive", "--json")
@@ -271,7 +245,7 @@ func TestServeFailsOnABusyMissingOrCorruptImage(t *testing.T) {
 		{"not a BTT", corrupt, corrupt},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			checkFDs(t)
+			fdcheck.Check(t)
 			sock := filepath.Join(t.TempDir(), "s.sock")
 			code, _, stderr := nvblk(t, nil, "--socket-path", sock, "--blk-file", c.img)
 			if code != 1 || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, c.want) {

@@ -10,8 +10,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nvblk/nvblk/internal/control"
 	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/control"
 )
 
 func init() {

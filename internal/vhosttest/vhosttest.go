@@ -16,6 +16,7 @@ import (
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
+	"github.com/nvblk/nvblk/vhostuser"
 )
 
 // shutdownTimeout bounds the Shutdown at the end of a test: a server that
@@ -58,9 +59,9 @@ func NewBTT(tb testing.TB, path string, o BTTOptions) (*pmem.Medium, *btt.Device
 // first.
 func Serve(tb testing.TB, disk blk.Disk, dev blk.Options, o vhost.Options) (*vhost.Server, string) {
 	tb.Helper()
-	srv := vhost.NewServer(vhost.NewBlkBackend(blk.NewDevice(disk, dev), disk), o)
+	srv := vhost.NewServer(blk.NewBackend(blk.NewDevice(disk, dev), disk), o)
 	sock := filepath.Join(tb.TempDir(), "vhost.sock")
-	l, err := vhost.Listen(sock)
+	l, err := vhostuser.Listen(sock)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package vhost
+package vhostuser
 
 import (
 	"errors"
@@ -13,7 +13,7 @@ import (
 // ErrTooManyFDs reports a message carrying more descriptors than MaxFDs (or
 // more than the control buffer could hold, in which case the kernel already
 // closed the rest).
-var ErrTooManyFDs = errors.New("vhost: too many file descriptors in one message")
+var ErrTooManyFDs = errors.New("vhostuser: too many file descriptors in one message")
 
 // oobSize holds one more descriptor than a message may carry so that an
 // excess is seen as a count rather than only as MSG_CTRUNC.
@@ -38,7 +38,7 @@ func ReadMessage(c *net.UnixConn) (Header, []byte, []int, error) {
 func ReadMessageTimeout(c *net.UnixConn, timeout time.Duration) (Header, []byte, []int, error) {
 	var fds []int
 	fail := func(err error) (Header, []byte, []int, error) {
-		closeFDs(fds)
+		CloseFDs(fds)
 		return Header{}, nil, nil, err
 	}
 	oob := make([]byte, oobSize)
@@ -132,12 +132,14 @@ func WriteMessage(c *net.UnixConn, b []byte, fds []int) error {
 		return err
 	}
 	if n != len(b) || oobn != len(oob) {
-		return fmt.Errorf("vhost: short write: %d of %d bytes", n, len(b))
+		return fmt.Errorf("vhostuser: short write: %d of %d bytes", n, len(b))
 	}
 	return nil
 }
 
-func closeFDs(fds []int) {
+// CloseFDs closes every descriptor in fds, for a receiver that keeps none
+// of a message's descriptors.
+func CloseFDs(fds []int) {
 	for _, fd := range fds {
 		unix.Close(fd)
 	}

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // Result is one run's measured phase.

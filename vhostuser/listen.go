@@ -1,4 +1,4 @@
-package vhost
+package vhostuser
 
 import (
 	"context"
@@ -20,7 +20,7 @@ const DefaultSocketMode fs.FileMode = 0o600
 
 // ErrPathTooLong is returned for a socket path longer than a unix socket
 // address holds.
-var ErrPathTooLong = errors.New("vhost: socket path too long")
+var ErrPathTooLong = errors.New("vhostuser: socket path too long")
 
 // maxSocketPath is the longest path a unix socket can be bound to: sun_path
 // less its terminating NUL.
@@ -45,22 +45,22 @@ func ListenMode(path string, mode fs.FileMode) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("%w: listen %s: the path is %d bytes; a unix socket's holds at most %d", ErrPathTooLong, path, len(path), maxSocketPath)
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
-		return nil, fmt.Errorf("vhost: listen %s: %w", path, err)
+		return nil, fmt.Errorf("vhostuser: listen %s: %w", path, err)
 	case fi.Mode()&fs.ModeSymlink != 0:
-		return nil, fmt.Errorf("vhost: listen %s: refusing a symlink", path)
+		return nil, fmt.Errorf("vhostuser: listen %s: refusing a symlink", path)
 	case fi.Mode()&fs.ModeSocket == 0:
-		return nil, fmt.Errorf("vhost: listen %s: exists and is not a socket", path)
+		return nil, fmt.Errorf("vhostuser: listen %s: exists and is not a socket", path)
 	default:
 		c, err := net.DialTimeout("unix", path, time.Second)
 		if err == nil {
 			c.Close()
-			return nil, fmt.Errorf("vhost: listen %s: %w", path, syscall.EADDRINUSE)
+			return nil, fmt.Errorf("vhostuser: listen %s: %w", path, syscall.EADDRINUSE)
 		}
 		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("vhost: listen %s: probing existing socket: %w", path, err)
+			return nil, fmt.Errorf("vhostuser: listen %s: probing existing socket: %w", path, err)
 		}
 		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("vhost: listen %s: removing stale socket: %w", path, err)
+			return nil, fmt.Errorf("vhostuser: listen %s: removing stale socket: %w", path, err)
 		}
 	}
 	// Linux creates the socket file with the socket inode's mode minus the
@@ -75,12 +75,12 @@ func ListenMode(path string, mode fs.FileMode) (*net.UnixListener, error) {
 	}}
 	nl, err := lc.Listen(context.Background(), "unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("vhost: listen %s: %w", path, err)
+		return nil, fmt.Errorf("vhostuser: listen %s: %w", path, err)
 	}
 	l := nl.(*net.UnixListener)
 	if err := widenSocket(path, mode); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("vhost: listen %s: %w", path, err)
+		return nil, fmt.Errorf("vhostuser: listen %s: %w", path, err)
 	}
 	return l, nil
 }

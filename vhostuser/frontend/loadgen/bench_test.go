@@ -3,7 +3,7 @@ package loadgen_test
 import (
 	"testing"
 
-	"github.com/nvblk/nvblk/vhost/frontend/loadgen"
+	"github.com/nvblk/nvblk/vhostuser/frontend/loadgen"
 )
 
 // BenchmarkServe4KRead and BenchmarkServe4KWrite run nvblk's server and

@@ -10,7 +10,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/nvblk/nvblk/vhost/frontend/loadgen"
+	"github.com/nvblk/nvblk/vhostuser/frontend/loadgen"
 )
 
 // TestServeAllocsPerRequest: the steady-state data path, server and

@@ -1,4 +1,4 @@
-package vhost
+package vhostuser
 
 // The vhost-user wire format (QEMU docs/interop/vhost-user.rst, "Message
 // Specification"). Everything that knows a byte offset lives in this file;
@@ -96,8 +96,8 @@ const (
 	flagVersionMask uint32 = 0x3
 	FlagReply       uint32 = 0x4 // set on every back-end reply
 	FlagNeedReply   uint32 = 0x8 // REPLY_ACK: front-end wants an ack
-	// replyFlags is exactly what every reply we send carries.
-	replyFlags = FlagVersion | FlagReply
+	// ReplyFlags is exactly what every back-end reply carries.
+	ReplyFlags = FlagVersion | FlagReply
 )
 
 // Virtio/vhost feature bits the protocol layer itself cares about.
@@ -110,18 +110,16 @@ const (
 
 // Protocol feature bits (GET/SET_PROTOCOL_FEATURES).
 const (
-	ProtoMQ                   uint64 = 1 << 0
-	ProtoLogSHMFD             uint64 = 1 << 1
-	ProtoReplyAck             uint64 = 1 << 3
-	ProtoBackendReq           uint64 = 1 << 5
-	ProtoConfig               uint64 = 1 << 9
-	ProtoInflightSHMFD        uint64 = 1 << 12
-	ProtoResetDevice          uint64 = 1 << 13
-	ProtoInbandNotify         uint64 = 1 << 14
-	ProtoConfigureMemSlots    uint64 = 1 << 15
-	ProtoStatus               uint64 = 1 << 16
-	supportedProtocolFeatures        = ProtoMQ | ProtoReplyAck | ProtoConfig |
-		ProtoConfigureMemSlots | ProtoResetDevice | ProtoStatus | ProtoInflightSHMFD
+	ProtoMQ                uint64 = 1 << 0
+	ProtoLogSHMFD          uint64 = 1 << 1
+	ProtoReplyAck          uint64 = 1 << 3
+	ProtoBackendReq        uint64 = 1 << 5
+	ProtoConfig            uint64 = 1 << 9
+	ProtoInflightSHMFD     uint64 = 1 << 12
+	ProtoResetDevice       uint64 = 1 << 13
+	ProtoInbandNotify      uint64 = 1 << 14
+	ProtoConfigureMemSlots uint64 = 1 << 15
+	ProtoStatus            uint64 = 1 << 16
 )
 
 // Limits of the wire format.
@@ -142,9 +140,10 @@ const (
 	// MaxConfigSize bounds GET/SET_CONFIG (QEMU's VHOST_USER_MAX_CONFIG_SIZE).
 	MaxConfigSize = 256
 	// VringNoFD is bit 8 of the SET_VRING_KICK/CALL/ERR u64: no fd, poll.
-	VringNoFD       uint64 = 1 << 8
-	vringIndexMask  uint64 = 0xff
-	vringFDReserved        = ^(VringNoFD | vringIndexMask)
+	VringNoFD uint64 = 1 << 8
+	// VringIndexMask is the queue index in the SET_VRING_KICK/CALL/ERR u64.
+	VringIndexMask  uint64 = 0xff
+	vringFDReserved        = ^(VringNoFD | VringIndexMask)
 )
 
 // Payload sizes.
@@ -161,7 +160,7 @@ const (
 
 // ErrMalformed reports a message that violates the wire format; the server
 // drops the connection on it.
-var ErrMalformed = errors.New("vhost: malformed message")
+var ErrMalformed = errors.New("vhostuser: malformed message")
 
 var le = binary.LittleEndian
 
@@ -389,25 +388,25 @@ func DecodeInflight(b []byte) (Inflight, error) {
 	return Inflight{le.Uint64(b[0:]), le.Uint64(b[8:]), le.Uint16(b[16:]), le.Uint16(b[18:])}, nil
 }
 
-// message is one decoded front-end request. Exactly the fields for hdr's
+// Message is one decoded front-end request. Exactly the fields for Hdr's
 // request type are meaningful.
-type message struct {
-	hdr      Header
-	u64      uint64
-	state    VringState
-	addr     VringAddr
-	regions  []MemRegion // SET_MEM_TABLE; ADD/REM_MEM_REG use regions[0]
-	config   ConfigSpace
-	inflight Inflight // GET/SET_INFLIGHT_FD
-	known    bool     // false: a request we do not implement; payload ignored
+type Message struct {
+	Hdr      Header
+	U64      uint64
+	State    VringState
+	Addr     VringAddr
+	Regions  []MemRegion // SET_MEM_TABLE; ADD/REM_MEM_REG use Regions[0]
+	Config   ConfigSpace
+	Inflight Inflight // GET/SET_INFLIGHT_FD
+	Known    bool     // false: a request this package does not decode; payload ignored
 }
 
-// decodeMessage validates and decodes one request whose payload was read in
+// DecodeMessage validates and decodes one request whose payload was read in
 // full and which arrived with nfds file descriptors. Sizes and descriptor
 // counts must match the request type exactly; a mismatch is ErrMalformed.
 // Fuzzed by FuzzDecodeMessage: it must never panic.
-func decodeMessage(hdr Header, payload []byte, nfds int) (message, error) {
-	m := message{hdr: hdr, known: true}
+func DecodeMessage(hdr Header, payload []byte, nfds int) (Message, error) {
+	m := Message{Hdr: hdr, Known: true}
 	if hdr.Flags&flagVersionMask != FlagVersion {
 		return m, fmt.Errorf("%w: %v: version %d", ErrMalformed, hdr.Request, hdr.Flags&flagVersionMask)
 	}
@@ -427,19 +426,19 @@ func decodeMessage(hdr Header, payload []byte, nfds int) (message, error) {
 		ReqGetQueueNum, ReqResetDevice, ReqGetMaxMemSlots, ReqGetStatus:
 		err = wantSize(payload, 0)
 	case ReqSetFeatures, ReqSetProtocolFeatures, ReqSetStatus:
-		m.u64, err = DecodeU64(payload)
+		m.U64, err = DecodeU64(payload)
 	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:
-		if m.u64, err = DecodeU64(payload); err == nil {
-			if m.u64&vringFDReserved != 0 {
-				err = fmt.Errorf("%w: reserved bits in %#x", ErrMalformed, m.u64)
-			} else if m.u64&VringNoFD == 0 {
+		if m.U64, err = DecodeU64(payload); err == nil {
+			if m.U64&vringFDReserved != 0 {
+				err = fmt.Errorf("%w: reserved bits in %#x", ErrMalformed, m.U64)
+			} else if m.U64&VringNoFD == 0 {
 				wantFDs = 1
 			}
 		}
 	case ReqSetVringNum, ReqSetVringBase, ReqGetVringBase, ReqSetVringEnable:
-		m.state, err = DecodeVringState(payload)
+		m.State, err = DecodeVringState(payload)
 	case ReqSetVringAddr:
-		m.addr, err = decodeVringAddr(payload)
+		m.Addr, err = decodeVringAddr(payload)
 	case ReqSetMemTable:
 		if len(payload) < memTableHdr {
 			err = fmt.Errorf("%w: mem table of %d bytes", ErrMalformed, len(payload))
@@ -453,16 +452,16 @@ func decodeMessage(hdr Header, payload []byte, nfds int) (message, error) {
 		if err = wantSize(payload, memTableHdr+memRegionSize*int(n)); err != nil {
 			break
 		}
-		m.regions = make([]MemRegion, n)
-		for i := range m.regions {
-			m.regions[i] = decodeMemRegion(payload[memTableHdr+memRegionSize*i:])
+		m.Regions = make([]MemRegion, n)
+		for i := range m.Regions {
+			m.Regions[i] = decodeMemRegion(payload[memTableHdr+memRegionSize*i:])
 		}
 		wantFDs = int(n)
 	case ReqAddMemReg, ReqRemMemReg:
 		if err = wantSize(payload, singleRegSize); err != nil {
 			break
 		}
-		m.regions = []MemRegion{decodeMemRegion(payload[8:])}
+		m.Regions = []MemRegion{decodeMemRegion(payload[8:])}
 		wantFDs = 1
 		if hdr.Request == ReqRemMemReg && nfds == 0 {
 			// The spec says no fd SHOULD be sent but MAY be accepted
@@ -470,14 +469,14 @@ func decodeMessage(hdr Header, payload []byte, nfds int) (message, error) {
 			wantFDs = 0
 		}
 	case ReqGetConfig, ReqSetConfig:
-		m.config, err = DecodeConfigSpace(payload)
+		m.Config, err = DecodeConfigSpace(payload)
 	case ReqGetInflightFD:
-		m.inflight, err = DecodeInflight(payload)
+		m.Inflight, err = DecodeInflight(payload)
 	case ReqSetInflightFD:
-		m.inflight, err = DecodeInflight(payload)
+		m.Inflight, err = DecodeInflight(payload)
 		wantFDs = 1
 	default:
-		m.known = false
+		m.Known = false
 		wantFDs = nfds // owned by nobody; the caller closes them
 	}
 	if err != nil {

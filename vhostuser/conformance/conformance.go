@@ -1,6 +1,6 @@
 // Package conformance puts any vhost-user-blk back-end socket (nvblk's,
 // qemu-storage-daemon's, another program's) through protocol and virtio-blk
-// checks, driving it with vhost/frontend the way QEMU would: the handshake
+// checks, driving it with vhostuser/frontend the way QEMU would: the handshake
 // and feature negotiation, the config space, every request type with its
 // data verified, the error statuses the virtio 1.2 spec (§5.2.6) demands,
 // descriptor layouts a guest may use, indirect tables, EVENT_IDX,
@@ -23,7 +23,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // Outcome is a check's result.

@@ -1,4 +1,4 @@
-package vhost
+package vhostuser
 
 import (
 	"bytes"
@@ -35,8 +35,8 @@ func TestWireGolden(t *testing.T) {
 			}
 		})
 	}
-	if replyFlags != 0x5 {
-		t.Fatalf("reply flags %#x", replyFlags)
+	if ReplyFlags != 0x5 {
+		t.Fatalf("reply flags %#x", ReplyFlags)
 	}
 }
 
@@ -83,7 +83,7 @@ func TestDecodeMessage(t *testing.T) {
 		{"set inflight no fd", hdr(ReqSetInflightFD, 24), make([]byte, 24), 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := decodeMessage(tc.hdr, tc.payload, tc.nfds)
+			_, err := DecodeMessage(tc.hdr, tc.payload, tc.nfds)
 			if tc.bad != (err != nil) {
 				t.Fatalf("err = %v, want bad=%v", err, tc.bad)
 			}
@@ -107,7 +107,7 @@ func FuzzDecodeMessage(f *testing.F) {
 			return
 		}
 		payload := b[HeaderSize:]
-		m, err := decodeMessage(hdr, payload, int(nfds))
+		m, err := DecodeMessage(hdr, payload, int(nfds))
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v does not wrap ErrMalformed", err)
@@ -121,17 +121,17 @@ func FuzzDecodeMessage(f *testing.F) {
 		var again []byte
 		switch hdr.Request {
 		case ReqSetMemTable:
-			again = EncodeMemTable(m.regions)
+			again = EncodeMemTable(m.Regions)
 			copy(again[4:8], payload[4:8]) // padding is not kept
 		case ReqSetVringAddr:
-			again = m.addr.Encode()
+			again = m.Addr.Encode()
 		case ReqGetConfig, ReqSetConfig:
-			again = m.config.Encode()
+			again = m.Config.Encode()
 		case ReqGetInflightFD, ReqSetInflightFD:
-			again = m.inflight.Encode()
+			again = m.Inflight.Encode()
 			copy(again[20:], payload[20:]) // padding is not kept
 		case ReqAddMemReg, ReqRemMemReg:
-			again = EncodeSingleRegion(m.regions[0])
+			again = EncodeSingleRegion(m.Regions[0])
 			copy(again[:8], payload[:8]) // padding is not kept
 		default:
 			return

@@ -4,22 +4,21 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nvblk/nvblk/vhostuser"
 	"golang.org/x/sys/unix"
-
-	"github.com/nvblk/nvblk/vhost"
 )
 
 // GetInflightFD asks the back-end for an inflight region of numQueues
 // queues of queueSize entries (GET_INFLIGHT_FD). The fd that comes with the
 // reply is the caller's; it is -1 when the back-end answered with mmap size
 // 0 (no tracking).
-func (c *Conn) GetInflightFD(numQueues, queueSize uint16) (vhost.Inflight, int, error) {
+func (c *Conn) GetInflightFD(numQueues, queueSize uint16) (vhostuser.Inflight, int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	req := vhost.Inflight{NumQueues: numQueues, QueueSize: queueSize}
-	msg := vhost.EncodeMessage(vhost.ReqGetInflightFD, vhost.FlagVersion, req.Encode())
-	if err := vhost.WriteMessage(c.c, msg, nil); err != nil {
-		return vhost.Inflight{}, -1, fmt.Errorf("frontend: GET_INFLIGHT_FD: %w", err)
+	req := vhostuser.Inflight{NumQueues: numQueues, QueueSize: queueSize}
+	msg := vhostuser.EncodeMessage(vhostuser.ReqGetInflightFD, vhostuser.FlagVersion, req.Encode())
+	if err := vhostuser.WriteMessage(c.c, msg, nil); err != nil {
+		return vhostuser.Inflight{}, -1, fmt.Errorf("frontend: GET_INFLIGHT_FD: %w", err)
 	}
 	t := c.Timeout
 	if t == 0 {
@@ -27,20 +26,20 @@ func (c *Conn) GetInflightFD(numQueues, queueSize uint16) (vhost.Inflight, int, 
 	}
 	c.c.SetReadDeadline(time.Now().Add(t))
 	defer c.c.SetReadDeadline(time.Time{})
-	hdr, payload, fds, err := vhost.ReadMessage(c.c)
+	hdr, payload, fds, err := vhostuser.ReadMessage(c.c)
 	if err != nil {
-		return vhost.Inflight{}, -1, fmt.Errorf("frontend: GET_INFLIGHT_FD reply: %w", err)
+		return vhostuser.Inflight{}, -1, fmt.Errorf("frontend: GET_INFLIGHT_FD reply: %w", err)
 	}
-	fail := func(err error) (vhost.Inflight, int, error) {
+	fail := func(err error) (vhostuser.Inflight, int, error) {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
-		return vhost.Inflight{}, -1, err
+		return vhostuser.Inflight{}, -1, err
 	}
-	if hdr.Request != vhost.ReqGetInflightFD || hdr.Flags != vhost.FlagVersion|vhost.FlagReply {
+	if hdr.Request != vhostuser.ReqGetInflightFD || hdr.Flags != vhostuser.FlagVersion|vhostuser.FlagReply {
 		return fail(fmt.Errorf("%w: GET_INFLIGHT_FD answered by %v flags %#x", ErrBadReply, hdr.Request, hdr.Flags))
 	}
-	inf, err := vhost.DecodeInflight(payload)
+	inf, err := vhostuser.DecodeInflight(payload)
 	if err != nil {
 		return fail(fmt.Errorf("%w: GET_INFLIGHT_FD: %v", ErrBadReply, err))
 	}
@@ -55,8 +54,8 @@ func (c *Conn) GetInflightFD(numQueues, queueSize uint16) (vhost.Inflight, int, 
 
 // SetInflightFD hands an inflight region to the back-end
 // (SET_INFLIGHT_FD); fd stays the caller's.
-func (c *Conn) SetInflightFD(inf vhost.Inflight, fd int) error {
-	_, err := c.Call(vhost.ReqSetInflightFD, inf.Encode(), []int{fd})
+func (c *Conn) SetInflightFD(inf vhostuser.Inflight, fd int) error {
+	_, err := c.Call(vhostuser.ReqSetInflightFD, inf.Encode(), []int{fd})
 	return err
 }
 
@@ -65,7 +64,7 @@ func (c *Conn) SetInflightFD(inf vhost.Inflight, fd int) error {
 // keeps it, for the back-ends that come after); every time,
 // SET_INFLIGHT_FD.
 func (d *Device) setupInflight(queues, queueSize uint16) error {
-	if d.Protocol&vhost.ProtoInflightSHMFD == 0 {
+	if d.Protocol&vhostuser.ProtoInflightSHMFD == 0 {
 		return nil
 	}
 	if d.InflightFD < 0 {
@@ -97,30 +96,30 @@ func (d *Device) Resume(path string) error {
 		c.Close()
 		return fmt.Errorf("frontend: resume on %s: %w", path, err)
 	}
-	offered, err := c.GetU64(vhost.ReqGetFeatures)
+	offered, err := c.GetU64(vhostuser.ReqGetFeatures)
 	if err != nil {
 		return fail(err)
 	}
 	if offered&d.Features != d.Features {
 		return fail(fmt.Errorf("back-end offers %#x, lacking %#x", offered, d.Features&^offered))
 	}
-	if d.Features&vhost.FeatureProtocolFeatures != 0 {
-		p, err := c.GetU64(vhost.ReqGetProtocolFeatures)
+	if d.Features&vhostuser.FeatureProtocolFeatures != 0 {
+		p, err := c.GetU64(vhostuser.ReqGetProtocolFeatures)
 		if err != nil {
 			return fail(err)
 		}
 		if p&d.Protocol != d.Protocol {
 			return fail(fmt.Errorf("back-end protocol features %#x lack %#x", p, d.Protocol&^p))
 		}
-		if err := c.SetU64(vhost.ReqSetProtocolFeatures, d.Protocol); err != nil {
+		if err := c.SetU64(vhostuser.ReqSetProtocolFeatures, d.Protocol); err != nil {
 			return fail(err)
 		}
 		c.SetProtocolFeatures(d.Protocol)
 	}
-	if _, err := c.Call(vhost.ReqSetOwner, nil, nil); err != nil {
+	if _, err := c.Call(vhostuser.ReqSetOwner, nil, nil); err != nil {
 		return fail(err)
 	}
-	if err := c.SetU64(vhost.ReqSetFeatures, d.Features); err != nil {
+	if err := c.SetU64(vhostuser.ReqSetFeatures, d.Features); err != nil {
 		return fail(err)
 	}
 	old := d.Conn

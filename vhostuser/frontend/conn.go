@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nvblk/nvblk/vhost"
+	"github.com/nvblk/nvblk/vhostuser"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,25 +65,25 @@ func (c *Conn) SetProtocolFeatures(p uint64) {
 func (c *Conn) SendRaw(b []byte, fds []int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return vhost.WriteMessage(c.c, b, fds)
+	return vhostuser.WriteMessage(c.c, b, fds)
 }
 
 // Recv reads one message; any fds that came with it are closed.
-func (c *Conn) Recv() (vhost.Header, []byte, error) {
+func (c *Conn) Recv() (vhostuser.Header, []byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.recvLocked()
 }
 
 // +checklocks:c.mu
-func (c *Conn) recvLocked() (vhost.Header, []byte, error) {
+func (c *Conn) recvLocked() (vhostuser.Header, []byte, error) {
 	t := c.Timeout
 	if t == 0 {
 		t = DefaultTimeout
 	}
 	c.c.SetReadDeadline(time.Now().Add(t))
 	defer c.c.SetReadDeadline(time.Time{})
-	hdr, payload, fds, err := vhost.ReadMessage(c.c)
+	hdr, payload, fds, err := vhostuser.ReadMessage(c.c)
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
@@ -91,10 +91,10 @@ func (c *Conn) recvLocked() (vhost.Header, []byte, error) {
 }
 
 // hasReply lists requests whose reply is their own payload, not an ack.
-func hasReply(req vhost.Request) bool {
+func hasReply(req vhostuser.Request) bool {
 	switch req {
-	case vhost.ReqGetFeatures, vhost.ReqGetProtocolFeatures, vhost.ReqGetVringBase,
-		vhost.ReqGetQueueNum, vhost.ReqGetConfig, vhost.ReqGetMaxMemSlots, vhost.ReqGetStatus:
+	case vhostuser.ReqGetFeatures, vhostuser.ReqGetProtocolFeatures, vhostuser.ReqGetVringBase,
+		vhostuser.ReqGetQueueNum, vhostuser.ReqGetConfig, vhostuser.ReqGetMaxMemSlots, vhostuser.ReqGetStatus:
 		return true
 	}
 	return false
@@ -104,36 +104,36 @@ func hasReply(req vhost.Request) bool {
 // reply of their own return it; the others ask for a REPLY_ACK when it was
 // negotiated (or when flags has NEED_REPLY) and fail with ErrNack on a
 // non-zero ack, else return nil without waiting.
-func (c *Conn) Call(req vhost.Request, payload []byte, fds []int) ([]byte, error) {
+func (c *Conn) Call(req vhostuser.Request, payload []byte, fds []int) ([]byte, error) {
 	return c.CallFlags(req, 0, payload, fds)
 }
 
 // CallFlags is Call with extra header flags (the version bit is added).
-func (c *Conn) CallFlags(req vhost.Request, flags uint32, payload []byte, fds []int) ([]byte, error) {
+func (c *Conn) CallFlags(req vhostuser.Request, flags uint32, payload []byte, fds []int) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	flags |= vhost.FlagVersion
-	wantAck := !hasReply(req) && c.protocol&vhost.ProtoReplyAck != 0
+	flags |= vhostuser.FlagVersion
+	wantAck := !hasReply(req) && c.protocol&vhostuser.ProtoReplyAck != 0
 	if wantAck {
-		flags |= vhost.FlagNeedReply
+		flags |= vhostuser.FlagNeedReply
 	}
-	if err := vhost.WriteMessage(c.c, vhost.EncodeMessage(req, flags, payload), fds); err != nil {
+	if err := vhostuser.WriteMessage(c.c, vhostuser.EncodeMessage(req, flags, payload), fds); err != nil {
 		return nil, fmt.Errorf("frontend: %v: %w", req, err)
 	}
-	if !hasReply(req) && flags&vhost.FlagNeedReply == 0 {
+	if !hasReply(req) && flags&vhostuser.FlagNeedReply == 0 {
 		return nil, nil
 	}
 	hdr, reply, err := c.recvLocked()
 	if err != nil {
 		return nil, fmt.Errorf("frontend: %v reply: %w", req, err)
 	}
-	if hdr.Request != req || hdr.Flags != vhost.FlagVersion|vhost.FlagReply {
+	if hdr.Request != req || hdr.Flags != vhostuser.FlagVersion|vhostuser.FlagReply {
 		return nil, fmt.Errorf("%w: %v answered by %v flags %#x", ErrBadReply, req, hdr.Request, hdr.Flags)
 	}
 	if hasReply(req) {
 		return reply, nil
 	}
-	ack, err := vhost.DecodeU64(reply)
+	ack, err := vhostuser.DecodeU64(reply)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v ack: %v", ErrBadReply, req, err)
 	}
@@ -144,12 +144,12 @@ func (c *Conn) CallFlags(req vhost.Request, flags uint32, payload []byte, fds []
 }
 
 // GetU64 performs a request whose reply is a u64.
-func (c *Conn) GetU64(req vhost.Request) (uint64, error) {
+func (c *Conn) GetU64(req vhostuser.Request) (uint64, error) {
 	b, err := c.Call(req, nil, nil)
 	if err != nil {
 		return 0, err
 	}
-	v, err := vhost.DecodeU64(b)
+	v, err := vhostuser.DecodeU64(b)
 	if err != nil {
 		return 0, fmt.Errorf("frontend: %v: %w", req, err)
 	}
@@ -157,24 +157,24 @@ func (c *Conn) GetU64(req vhost.Request) (uint64, error) {
 }
 
 // SetU64 performs a request with a u64 payload.
-func (c *Conn) SetU64(req vhost.Request, v uint64) error {
-	_, err := c.Call(req, vhost.EncodeU64(v), nil)
+func (c *Conn) SetU64(req vhostuser.Request, v uint64) error {
+	_, err := c.Call(req, vhostuser.EncodeU64(v), nil)
 	return err
 }
 
 // SetVringState performs SET_VRING_NUM/BASE/ENABLE.
-func (c *Conn) SetVringState(req vhost.Request, index, num uint32) error {
-	_, err := c.Call(req, vhost.VringState{Index: index, Num: num}.Encode(), nil)
+func (c *Conn) SetVringState(req vhostuser.Request, index, num uint32) error {
+	_, err := c.Call(req, vhostuser.VringState{Index: index, Num: num}.Encode(), nil)
 	return err
 }
 
 // GetVringBase stops ring index and returns its last avail index.
 func (c *Conn) GetVringBase(index uint32) (uint32, error) {
-	b, err := c.Call(vhost.ReqGetVringBase, vhost.VringState{Index: index}.Encode(), nil)
+	b, err := c.Call(vhostuser.ReqGetVringBase, vhostuser.VringState{Index: index}.Encode(), nil)
 	if err != nil {
 		return 0, err
 	}
-	st, err := vhost.DecodeVringState(b)
+	st, err := vhostuser.DecodeVringState(b)
 	if err != nil {
 		return 0, fmt.Errorf("frontend: GET_VRING_BASE: %w", err)
 	}
@@ -185,26 +185,26 @@ func (c *Conn) GetVringBase(index uint32) (uint32, error) {
 }
 
 // SetVringFD performs SET_VRING_KICK/CALL/ERR; fd < 0 sends the NOFD bit.
-func (c *Conn) SetVringFD(req vhost.Request, index uint32, fd int) error {
+func (c *Conn) SetVringFD(req vhostuser.Request, index uint32, fd int) error {
 	v := uint64(index)
 	var fds []int
 	if fd < 0 {
-		v |= vhost.VringNoFD
+		v |= vhostuser.VringNoFD
 	} else {
 		fds = []int{fd}
 	}
-	_, err := c.Call(req, vhost.EncodeU64(v), fds)
+	_, err := c.Call(req, vhostuser.EncodeU64(v), fds)
 	return err
 }
 
 // GetConfig reads size bytes of device config space at offset. The reply
 // must be exactly the size asked.
 func (c *Conn) GetConfig(offset, size uint32) ([]byte, error) {
-	b, err := c.Call(vhost.ReqGetConfig, vhost.ConfigSpace{Offset: offset, Payload: make([]byte, size)}.Encode(), nil)
+	b, err := c.Call(vhostuser.ReqGetConfig, vhostuser.ConfigSpace{Offset: offset, Payload: make([]byte, size)}.Encode(), nil)
 	if err != nil {
 		return nil, err
 	}
-	cs, err := vhost.DecodeConfigSpace(b)
+	cs, err := vhostuser.DecodeConfigSpace(b)
 	if err != nil {
 		return nil, fmt.Errorf("frontend: GET_CONFIG: %w", err)
 	}

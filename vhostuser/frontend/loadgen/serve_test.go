@@ -12,7 +12,7 @@ import (
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
-	"github.com/nvblk/nvblk/vhost/frontend/loadgen"
+	"github.com/nvblk/nvblk/vhostuser/frontend/loadgen"
 )
 
 // serveBTT serves a fresh 4 KiB-sector BTT of size bytes in this process

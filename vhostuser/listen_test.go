@@ -1,4 +1,4 @@
-package vhost_test
+package vhostuser_test
 
 import (
 	"errors"
@@ -12,7 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nvblk/nvblk/vhost"
+	"github.com/nvblk/nvblk/internal/fdcheck"
+	"github.com/nvblk/nvblk/vhostuser"
 )
 
 // TestListenMode: the socket is the owner's alone unless widened, and gets
@@ -23,19 +24,19 @@ func TestListenMode(t *testing.T) {
 		mode  fs.FileMode
 		umask int
 	}{
-		{"default", vhost.DefaultSocketMode, 0o022},
-		{"default under umask 0", vhost.DefaultSocketMode, 0},
+		{"default", vhostuser.DefaultSocketMode, 0o022},
+		{"default under umask 0", vhostuser.DefaultSocketMode, 0},
 		{"group widened past the umask", 0o660, 0o077},
 		{"world", 0o666, 0o022},
 		{"narrowed", 0o400, 0o022},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkFDs(t)
+			fdcheck.Check(t)
 			// The umask is process-wide: no parallel subtests here.
 			old := syscall.Umask(tc.umask)
 			defer syscall.Umask(old)
 			sock := filepath.Join(t.TempDir(), "s")
-			l, err := vhost.ListenMode(sock, tc.mode)
+			l, err := vhostuser.ListenMode(sock, tc.mode)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -51,7 +52,7 @@ func TestListenMode(t *testing.T) {
 	}
 	t.Run("Listen is 0600", func(t *testing.T) {
 		sock := filepath.Join(t.TempDir(), "s")
-		l, err := vhost.Listen(sock)
+		l, err := vhostuser.Listen(sock)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -114,13 +115,13 @@ func TestListenExistingPath(t *testing.T) {
 		}, false, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkFDs(t)
+			fdcheck.Check(t)
 			dir := t.TempDir()
 			path := filepath.Join(dir, "s")
 			tc.prepare(t, dir, path)
 			before, _ := os.Lstat(path)
 			targetBefore, targetErr := os.Lstat(filepath.Join(dir, "target"))
-			l, lerr := vhost.Listen(path)
+			l, lerr := vhostuser.Listen(path)
 			if tc.ok {
 				if lerr != nil {
 					t.Fatal(lerr)
@@ -157,19 +158,19 @@ func TestListenExistingPath(t *testing.T) {
 // is bound; one byte more is refused with an error that says why, not
 // bind's bare "invalid argument".
 func TestListenPathLengthLimit(t *testing.T) {
-	checkFDs(t)
+	fdcheck.Check(t)
 	dir := t.TempDir()
 	if len(dir) > 100 {
 		t.Skipf("temp dir %s too long to build a 107-byte path in", dir)
 	}
 	fits := filepath.Join(dir, strings.Repeat("s", 107-len(dir)-1))
-	l, err := vhost.Listen(fits)
+	l, err := vhostuser.Listen(fits)
 	if err != nil {
 		t.Fatalf("%d-byte path: %v", len(fits), err)
 	}
 	l.Close()
 	long := fits + "x"
-	l, err = vhost.Listen(long)
+	l, err = vhostuser.Listen(long)
 	if err == nil {
 		l.Close()
 		t.Fatalf("%d-byte path bound", len(long))

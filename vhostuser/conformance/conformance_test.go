@@ -15,8 +15,8 @@ import (
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
-	"github.com/nvblk/nvblk/vhost/conformance"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser/conformance"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 type serverOpts struct {

@@ -6,9 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nvblk/nvblk/vhostuser"
 	"golang.org/x/sys/unix"
-
-	"github.com/nvblk/nvblk/vhost"
 )
 
 // virtio-blk request types and status values (virtio 1.2 §5.2.6).
@@ -338,12 +337,12 @@ type Device struct {
 	// Inflight and InflightFD are the inflight region the first back-end
 	// gave (GET_INFLIGHT_FD), kept for the next; InflightFD is owned by
 	// the Device and -1 without one.
-	Inflight   vhost.Inflight
+	Inflight   vhostuser.Inflight
 	InflightFD int
 }
 
 // wantedProtocol is every protocol feature this front-end can use.
-const wantedProtocol = vhost.ProtoMQ | vhost.ProtoReplyAck | vhost.ProtoConfig | vhost.ProtoConfigureMemSlots
+const wantedProtocol = vhostuser.ProtoMQ | vhostuser.ProtoReplyAck | vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots
 
 // blkConfigSize is sizeof(struct virtio_blk_config) up to
 // write_zeroes_may_unmap and padding, what QEMU 7.2 asks for.
@@ -378,26 +377,26 @@ func Start(c *Conn, o Options) (*Device, error) {
 		o.MaxIO = 128 << 10
 	}
 	d := &Device{Conn: c, InflightFD: -1}
-	offered, err := c.GetU64(vhost.ReqGetFeatures)
+	offered, err := c.GetU64(vhostuser.ReqGetFeatures)
 	if err != nil {
 		return nil, err
 	}
-	if offered&vhost.FeatureProtocolFeatures != 0 {
-		p, err := c.GetU64(vhost.ReqGetProtocolFeatures)
+	if offered&vhostuser.FeatureProtocolFeatures != 0 {
+		p, err := c.GetU64(vhostuser.ReqGetProtocolFeatures)
 		if err != nil {
 			return nil, err
 		}
 		d.Protocol = p & wantedProtocol
 		if o.Inflight {
-			d.Protocol |= p & vhost.ProtoInflightSHMFD
+			d.Protocol |= p & vhostuser.ProtoInflightSHMFD
 		}
-		if err := c.SetU64(vhost.ReqSetProtocolFeatures, d.Protocol); err != nil {
+		if err := c.SetU64(vhostuser.ReqSetProtocolFeatures, d.Protocol); err != nil {
 			return nil, err
 		}
 		c.SetProtocolFeatures(d.Protocol)
 	}
-	if d.Protocol&vhost.ProtoMQ != 0 {
-		n, err := c.GetU64(vhost.ReqGetQueueNum)
+	if d.Protocol&vhostuser.ProtoMQ != 0 {
+		n, err := c.GetU64(vhostuser.ReqGetQueueNum)
 		if err != nil {
 			return nil, err
 		}
@@ -407,24 +406,24 @@ func Start(c *Conn, o Options) (*Device, error) {
 	} else if o.NumQueues > 1 {
 		return nil, fmt.Errorf("frontend: back-end lacks PROTOCOL_F_MQ for %d queues", o.NumQueues)
 	}
-	if _, err := c.Call(vhost.ReqSetOwner, nil, nil); err != nil {
+	if _, err := c.Call(vhostuser.ReqSetOwner, nil, nil); err != nil {
 		return nil, err
 	}
-	if d.Protocol&vhost.ProtoConfig != 0 {
+	if d.Protocol&vhostuser.ProtoConfig != 0 {
 		if d.Config, err = c.GetConfig(0, blkConfigSize); err != nil {
 			return nil, err
 		}
 	}
-	want := vhost.FeatureVersion1 | vhost.FeatureProtocolFeatures | BlkFSizeMax | BlkFSegMax |
+	want := vhostuser.FeatureVersion1 | vhostuser.FeatureProtocolFeatures | BlkFSizeMax | BlkFSegMax |
 		BlkFRO | BlkFBlkSize | BlkFFlush | BlkFTopology | BlkFMQ | BlkFDiscard | BlkFWriteZeroes
 	if o.Indirect {
-		want |= vhost.FeatureRingIndirectDesc
+		want |= vhostuser.FeatureRingIndirectDesc
 	}
 	if o.EventIdx {
-		want |= vhost.FeatureRingEventIdx
+		want |= vhostuser.FeatureRingEventIdx
 	}
 	d.Features = offered & want
-	if err := c.SetU64(vhost.ReqSetFeatures, d.Features); err != nil {
+	if err := c.SetU64(vhostuser.ReqSetFeatures, d.Features); err != nil {
 		return nil, err
 	}
 	if err := d.setupInflight(uint16(o.NumQueues), o.QueueSize); err != nil {
@@ -447,7 +446,7 @@ func Start(c *Conn, o Options) (*Device, error) {
 		return nil, err
 	}
 	for i := 0; i < o.NumQueues; i++ {
-		q, err := newQueue(d.Mem, i, &o, d.Features&vhost.FeatureRingEventIdx != 0, d.Features&vhost.FeatureRingIndirectDesc != 0)
+		q, err := newQueue(d.Mem, i, &o, d.Features&vhostuser.FeatureRingEventIdx != 0, d.Features&vhostuser.FeatureRingIndirectDesc != 0)
 		if err != nil {
 			d.release()
 			return nil, err
@@ -462,8 +461,8 @@ func Start(c *Conn, o Options) (*Device, error) {
 }
 
 func (d *Device) sendMemory(slots bool) error {
-	if slots && d.Protocol&vhost.ProtoConfigureMemSlots != 0 {
-		max, err := d.Conn.GetU64(vhost.ReqGetMaxMemSlots)
+	if slots && d.Protocol&vhostuser.ProtoConfigureMemSlots != 0 {
+		max, err := d.Conn.GetU64(vhostuser.ReqGetMaxMemSlots)
 		if err != nil {
 			return err
 		}
@@ -471,7 +470,7 @@ func (d *Device) sendMemory(slots bool) error {
 			return fmt.Errorf("frontend: back-end has %d memory slots", max)
 		}
 		for i := range d.Mem.Regions {
-			if _, err := d.Conn.Call(vhost.ReqAddMemReg, vhost.EncodeSingleRegion(d.Mem.VhostRegion(i)), []int{d.Mem.FD()}); err != nil {
+			if _, err := d.Conn.Call(vhostuser.ReqAddMemReg, vhostuser.EncodeSingleRegion(d.Mem.VhostRegion(i)), []int{d.Mem.FD()}); err != nil {
 				return err
 			}
 		}
@@ -481,7 +480,7 @@ func (d *Device) sendMemory(slots bool) error {
 	for i := range fds {
 		fds[i] = d.Mem.FD()
 	}
-	_, err := d.Conn.Call(vhost.ReqSetMemTable, vhost.EncodeMemTable(d.Mem.VhostRegions()), fds)
+	_, err := d.Conn.Call(vhostuser.ReqSetMemTable, vhostuser.EncodeMemTable(d.Mem.VhostRegions()), fds)
 	return err
 }
 
@@ -490,8 +489,8 @@ func (d *Device) startRing(q *Queue, base uint32, enable bool) error {
 	if err := d.SendRing(q, base); err != nil {
 		return err
 	}
-	if enable && d.Features&vhost.FeatureProtocolFeatures != 0 {
-		return d.Conn.SetVringState(vhost.ReqSetVringEnable, uint32(q.Index), 1)
+	if enable && d.Features&vhostuser.FeatureProtocolFeatures != 0 {
+		return d.Conn.SetVringState(vhostuser.ReqSetVringEnable, uint32(q.Index), 1)
 	}
 	return nil
 }
@@ -501,13 +500,13 @@ func (d *Device) startRing(q *Queue, base uint32, enable bool) error {
 // SET_VRING_ENABLE, which is the caller's to send or withhold.
 func (d *Device) SendRing(q *Queue, base uint32) error {
 	c, r, idx := d.Conn, q.Ring, uint32(q.Index)
-	if err := c.SetVringState(vhost.ReqSetVringNum, idx, uint32(r.Size)); err != nil {
+	if err := c.SetVringState(vhostuser.ReqSetVringNum, idx, uint32(r.Size)); err != nil {
 		return err
 	}
-	if err := c.SetVringState(vhost.ReqSetVringBase, idx, base); err != nil {
+	if err := c.SetVringState(vhostuser.ReqSetVringBase, idx, base); err != nil {
 		return err
 	}
-	var a vhost.VringAddr
+	var a vhostuser.VringAddr
 	a.Index = idx
 	var err error
 	if a.Desc, err = d.Mem.UserAddr(r.DescAddr); err != nil {
@@ -519,13 +518,13 @@ func (d *Device) SendRing(q *Queue, base uint32) error {
 	if a.Used, err = d.Mem.UserAddr(r.UsedAddr); err != nil {
 		return err
 	}
-	if _, err := c.Call(vhost.ReqSetVringAddr, a.Encode(), nil); err != nil {
+	if _, err := c.Call(vhostuser.ReqSetVringAddr, a.Encode(), nil); err != nil {
 		return err
 	}
-	if err := c.SetVringFD(vhost.ReqSetVringCall, idx, r.Call); err != nil {
+	if err := c.SetVringFD(vhostuser.ReqSetVringCall, idx, r.Call); err != nil {
 		return err
 	}
-	return c.SetVringFD(vhost.ReqSetVringKick, idx, r.Kick)
+	return c.SetVringFD(vhostuser.ReqSetVringKick, idx, r.Kick)
 }
 
 // Capacity is the disk size in 512-byte sectors (from the config space).

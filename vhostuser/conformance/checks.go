@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // checks run in this order; each records one or more named results.
@@ -54,9 +54,9 @@ func (s *suite) probe() error {
 		return err
 	}
 	c.Timeout = s.timeout()
-	s.offered, err = c.GetU64(vhost.ReqGetFeatures)
-	if err == nil && s.has(vhost.FeatureProtocolFeatures) {
-		s.protocol, err = c.GetU64(vhost.ReqGetProtocolFeatures)
+	s.offered, err = c.GetU64(vhostuser.ReqGetFeatures)
+	if err == nil && s.has(vhostuser.FeatureProtocolFeatures) {
+		s.protocol, err = c.GetU64(vhostuser.ReqGetProtocolFeatures)
 	}
 	c.Close()
 	if err != nil {
@@ -79,8 +79,8 @@ func (s *suite) probe() error {
 			s.blkSize = bs
 		}
 	}
-	if s.protoHas(vhost.ProtoMQ) {
-		n, err := d.Conn.GetU64(vhost.ReqGetQueueNum)
+	if s.protoHas(vhostuser.ProtoMQ) {
+		n, err := d.Conn.GetU64(vhostuser.ReqGetQueueNum)
 		if err != nil {
 			return err
 		}
@@ -172,10 +172,10 @@ func (s *suite) group(o frontend.Options, names []string, fn func(d *dev)) {
 }
 
 func protocolNames(p uint64) string {
-	names := map[uint64]string{vhost.ProtoMQ: "MQ", vhost.ProtoLogSHMFD: "LOG_SHMFD", vhost.ProtoReplyAck: "REPLY_ACK",
-		vhost.ProtoBackendReq: "BACKEND_REQ", vhost.ProtoConfig: "CONFIG", vhost.ProtoInflightSHMFD: "INFLIGHT_SHMFD",
-		vhost.ProtoResetDevice: "RESET_DEVICE", vhost.ProtoInbandNotify: "INBAND_NOTIFICATIONS",
-		vhost.ProtoConfigureMemSlots: "CONFIGURE_MEM_SLOTS", vhost.ProtoStatus: "STATUS"}
+	names := map[uint64]string{vhostuser.ProtoMQ: "MQ", vhostuser.ProtoLogSHMFD: "LOG_SHMFD", vhostuser.ProtoReplyAck: "REPLY_ACK",
+		vhostuser.ProtoBackendReq: "BACKEND_REQ", vhostuser.ProtoConfig: "CONFIG", vhostuser.ProtoInflightSHMFD: "INFLIGHT_SHMFD",
+		vhostuser.ProtoResetDevice: "RESET_DEVICE", vhostuser.ProtoInbandNotify: "INBAND_NOTIFICATIONS",
+		vhostuser.ProtoConfigureMemSlots: "CONFIGURE_MEM_SLOTS", vhostuser.ProtoStatus: "STATUS"}
 	var out []string
 	for bit := 0; bit < 64; bit++ {
 		if p&(1<<bit) == 0 {
@@ -202,51 +202,51 @@ func checkHandshake(s *suite) {
 	}
 	defer c.Close()
 	c.Timeout = s.timeout()
-	f, err := c.GetU64(vhost.ReqGetFeatures)
+	f, err := c.GetU64(vhostuser.ReqGetFeatures)
 	switch {
 	case err != nil:
 		s.record(names[0], errVerdict("GET_FEATURES", err))
-	case f&vhost.FeatureVersion1 == 0:
+	case f&vhostuser.FeatureVersion1 == 0:
 		s.record(names[0], failf("VIRTIO_F_VERSION_1 not offered (%#x)", f))
-	case f&vhost.FeatureProtocolFeatures == 0:
+	case f&vhostuser.FeatureProtocolFeatures == 0:
 		s.record(names[0], failf("VHOST_USER_F_PROTOCOL_FEATURES not offered (%#x): no GET_CONFIG", f))
 	default:
 		s.record(names[0], passf("%#x", f))
 	}
-	p, err := c.GetU64(vhost.ReqGetProtocolFeatures)
+	p, err := c.GetU64(vhostuser.ReqGetProtocolFeatures)
 	switch {
 	case err != nil:
 		s.record(names[1], errVerdict("GET_PROTOCOL_FEATURES", err))
-	case p&vhost.ProtoConfig == 0:
+	case p&vhostuser.ProtoConfig == 0:
 		s.record(names[1], failf("PROTOCOL_F_CONFIG not offered (QEMU's vhost-user-blk needs it): %s", protocolNames(p)))
 	default:
 		s.record(names[1], passf("%s", protocolNames(p)))
 	}
-	want := p & (vhost.ProtoMQ | vhost.ProtoReplyAck | vhost.ProtoConfig | vhost.ProtoConfigureMemSlots)
-	if err := c.SetU64(vhost.ReqSetProtocolFeatures, want); err != nil {
+	want := p & (vhostuser.ProtoMQ | vhostuser.ProtoReplyAck | vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots)
+	if err := c.SetU64(vhostuser.ReqSetProtocolFeatures, want); err != nil {
 		s.record(names[2], errVerdict("SET_PROTOCOL_FEATURES", err))
-	} else if want&vhost.ProtoReplyAck == 0 {
+	} else if want&vhostuser.ProtoReplyAck == 0 {
 		s.record(names[2], s.notOffered("PROTOCOL_F_REPLY_ACK"))
 	} else {
 		c.SetProtocolFeatures(want) // SET_OWNER now asks for an ack
-		if _, err := c.Call(vhost.ReqSetOwner, nil, nil); err != nil {
+		if _, err := c.Call(vhostuser.ReqSetOwner, nil, nil); err != nil {
 			s.record(names[2], errVerdict("SET_OWNER with NEED_REPLY", err))
 		} else {
 			s.record(names[2], passf("SET_OWNER acked 0"))
 		}
 	}
-	if want&vhost.ProtoMQ == 0 {
+	if want&vhostuser.ProtoMQ == 0 {
 		s.record(names[3], s.notOffered("PROTOCOL_F_MQ"))
-	} else if n, err := c.GetU64(vhost.ReqGetQueueNum); err != nil {
+	} else if n, err := c.GetU64(vhostuser.ReqGetQueueNum); err != nil {
 		s.record(names[3], errVerdict("GET_QUEUE_NUM", err))
 	} else if n < 1 || n > 1024 {
 		s.record(names[3], failf("GET_QUEUE_NUM = %d", n))
 	} else {
 		s.record(names[3], passf("%d queues", n))
 	}
-	if err := c.SetU64(vhost.ReqSetFeatures, f&(vhost.FeatureVersion1|vhost.FeatureProtocolFeatures|frontend.BlkFFlush|frontend.BlkFBlkSize)); err != nil {
+	if err := c.SetU64(vhostuser.ReqSetFeatures, f&(vhostuser.FeatureVersion1|vhostuser.FeatureProtocolFeatures|frontend.BlkFFlush|frontend.BlkFBlkSize)); err != nil {
 		s.record(names[4], errVerdict("SET_FEATURES", err))
-	} else if _, err := c.GetU64(vhost.ReqGetFeatures); err != nil {
+	} else if _, err := c.GetU64(vhostuser.ReqGetFeatures); err != nil {
 		s.record(names[4], errVerdict("GET_FEATURES after SET_FEATURES", err))
 	} else {
 		s.record(names[4], pass())
@@ -272,7 +272,7 @@ func checkConfig(s *suite) {
 		problems = append(problems, "seg_max 0")
 	}
 	if s.has(frontend.BlkFMQ) {
-		if n := int(le.Uint16(cfg[cfgNumQueues:])); n < 1 || (s.protoHas(vhost.ProtoMQ) && n > s.queues) {
+		if n := int(le.Uint16(cfg[cfgNumQueues:])); n < 1 || (s.protoHas(vhostuser.ProtoMQ) && n > s.queues) {
 			problems = append(problems, fmt.Sprintf("num_queues %d (GET_QUEUE_NUM %d)", n, s.queues))
 		}
 	}
@@ -471,9 +471,9 @@ func featureName(f uint64) string {
 		return "VIRTIO_BLK_F_DISCARD"
 	case frontend.BlkFRO:
 		return "VIRTIO_BLK_F_RO"
-	case vhost.FeatureRingIndirectDesc:
+	case vhostuser.FeatureRingIndirectDesc:
 		return "VIRTIO_RING_F_INDIRECT_DESC"
-	case vhost.FeatureRingEventIdx:
+	case vhostuser.FeatureRingEventIdx:
 		return "VIRTIO_RING_F_EVENT_IDX"
 	}
 	return fmt.Sprintf("feature %#x", f)
@@ -503,8 +503,8 @@ func checkLayouts(s *suite) {
 		{name: "layout/header-and-data-in-one-descriptor", readOut: []int{}, writeOut: []int{}},
 		{name: "layout/data-and-status-in-one-descriptor", readIn: []int{}},
 		{name: "layout/byte-granular-segments", readIn: every(1000, 1000, n+1), writeOut: every(16, 1000, 16+n)},
-		{name: "layout/indirect", need: vhost.FeatureRingIndirectDesc, indirect: true},
-		{name: "layout/indirect-header-split-byte-segments", need: vhost.FeatureRingIndirectDesc, indirect: true,
+		{name: "layout/indirect", need: vhostuser.FeatureRingIndirectDesc, indirect: true},
+		{name: "layout/indirect-header-split-byte-segments", need: vhostuser.FeatureRingIndirectDesc, indirect: true,
 			readOut: []int{8}, readIn: every(700, 700, n+1), writeOut: append([]int{8}, every(16, 700, 16+n)...)},
 	}
 	var names []string
@@ -512,7 +512,7 @@ func checkLayouts(s *suite) {
 		names = append(names, l.name)
 	}
 	s.group(frontend.Options{Indirect: true}, names, func(d *dev) {
-		indirect := d.Features&vhost.FeatureRingIndirectDesc != 0
+		indirect := d.Features&vhostuser.FeatureRingIndirectDesc != 0
 		for i, l := range layouts {
 			if l.need != 0 && !indirect {
 				s.record(l.name, s.notOffered(featureName(l.need)))
@@ -562,8 +562,8 @@ func checkNotifications(s *suite) {
 		name := "ring/call-signalled"
 		if eventIdx {
 			name = "ring/event-idx"
-			if !s.has(vhost.FeatureRingEventIdx) {
-				s.record(name, s.notOffered(featureName(vhost.FeatureRingEventIdx)))
+			if !s.has(vhostuser.FeatureRingEventIdx) {
+				s.record(name, s.notOffered(featureName(vhostuser.FeatureRingEventIdx)))
 				continue
 			}
 		}
@@ -614,7 +614,7 @@ func checkNotifications(s *suite) {
 func checkMultiqueue(s *suite) {
 	const name = "ring/multiqueue"
 	switch {
-	case !s.protoHas(vhost.ProtoMQ):
+	case !s.protoHas(vhostuser.ProtoMQ):
 		s.record(name, s.notOffered("PROTOCOL_F_MQ"))
 		return
 	case s.queues < 2:
@@ -677,7 +677,7 @@ func checkMemory(s *suite) {
 		return pass()
 	}
 	s.record("memory/multiple-regions", s.withDev(frontend.Options{Regions: 3}, readOne))
-	if !s.protoHas(vhost.ProtoConfigureMemSlots) {
+	if !s.protoHas(vhostuser.ProtoConfigureMemSlots) {
 		s.record("memory/add-mem-reg", s.notOffered("PROTOCOL_F_CONFIGURE_MEM_SLOTS"))
 		return
 	}
@@ -767,7 +767,7 @@ func restartRing(d *dev, q *frontend.Queue, base uint32) error {
 	if err := d.SendRing(q, base); err != nil {
 		return err
 	}
-	return d.Conn.SetVringState(vhost.ReqSetVringEnable, uint32(q.Index), 1)
+	return d.Conn.SetVringState(vhostuser.ReqSetVringEnable, uint32(q.Index), 1)
 }
 
 func checkReadOnly(s *suite) {

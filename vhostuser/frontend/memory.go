@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/nvblk/nvblk/vhost"
+	"github.com/nvblk/nvblk/vhostuser"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,7 +40,7 @@ const guestBase = 0x10000
 // must split into page multiples).
 func NewMemory(size uint64, n int) (*Memory, error) {
 	page := uint64(unix.Getpagesize())
-	if n < 1 || n > vhost.MaxMemRegions || size == 0 || size%(uint64(n)*page) != 0 {
+	if n < 1 || n > vhostuser.MaxMemRegions || size == 0 || size%(uint64(n)*page) != 0 {
 		return nil, fmt.Errorf("frontend: memory of %d bytes in %d regions", size, n)
 	}
 	fd, mapping, err := newMemfd(size)
@@ -68,9 +68,9 @@ func (m *Memory) Close() error {
 }
 
 // VhostRegion describes region i for SET_MEM_TABLE / ADD_MEM_REG.
-func (m *Memory) VhostRegion(i int) vhost.MemRegion {
+func (m *Memory) VhostRegion(i int) vhostuser.MemRegion {
 	r := m.Regions[i]
-	return vhost.MemRegion{
+	return vhostuser.MemRegion{
 		GuestAddr:  r.GuestAddr,
 		Size:       r.Size,
 		UserAddr:   hostAddr(m.mapping[r.Offset:]),
@@ -79,8 +79,8 @@ func (m *Memory) VhostRegion(i int) vhost.MemRegion {
 }
 
 // VhostRegions describes every region.
-func (m *Memory) VhostRegions() []vhost.MemRegion {
-	out := make([]vhost.MemRegion, len(m.Regions))
+func (m *Memory) VhostRegions() []vhostuser.MemRegion {
+	out := make([]vhostuser.MemRegion, len(m.Regions))
 	for i := range m.Regions {
 		out[i] = m.VhostRegion(i)
 	}

@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 	"golang.org/x/sys/unix"
 )
 

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nvblk/nvblk/vhost/frontend"
+	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
 // maxData is the largest data transfer of one raw request.
