@@ -20,10 +20,11 @@ type Backend interface {
 	Flush() error
 }
 
-// Handler processes one request chain and returns how many bytes it wrote
-// into the chain's device-writable buffers (the used element's len).
+// Handler processes one request chain and reports what it did: the bytes
+// it wrote into the chain's device-writable buffers (the used element's len)
+// and, for the statistics, the kind of request and its status.
 type Handler interface {
-	Handle(c *virtq.Chain) uint32
+	Handle(c *virtq.Chain) Outcome
 }
 
 // handlerCloser is implemented by handlers that hold resources for their

@@ -99,7 +99,7 @@ type inflightRegion struct {
 
 // checkInflight validates the queue geometry of a description.
 func checkInflight(inf vhostuser.Inflight) error {
-	if inf.NumQueues == 0 || inf.QueueSize == 0 || uint32(inf.QueueSize) > maxQueueSize {
+	if inf.NumQueues == 0 || inf.QueueSize == 0 || uint32(inf.QueueSize) > virtq.MaxSize {
 		return fmt.Errorf("%w: %d queues of %d entries", ErrBadInflight, inf.NumQueues, inf.QueueSize)
 	}
 	return nil

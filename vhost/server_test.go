@@ -19,6 +19,7 @@ import (
 	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // memDisk is an in-memory blk.Disk.
@@ -202,7 +203,7 @@ func TestProtocol(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if f&vhostuser.FeatureProtocolFeatures == 0 || f&vhostuser.FeatureVersion1 == 0 {
+			if f&vhostuser.FeatureProtocolFeatures == 0 || f&virtio.FVersion1 == 0 {
 				t.Fatalf("features %#x lack PROTOCOL_FEATURES or VERSION_1", f)
 			}
 			p, err := c.GetU64(vhostuser.ReqGetProtocolFeatures)

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 
 	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/virtio"
+	"github.com/nvblk/nvblk/virtq"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -22,16 +24,10 @@ var (
 	ErrBadConfig   = errors.New("vhost: bad config access")
 )
 
-// Virtio device status bits we look at (virtio 1.2 §2.1).
-const statusNeedsReset = 0x40
-
 // supportedProtocolFeatures are the protocol features the server offers.
 const supportedProtocolFeatures = vhostuser.ProtoMQ | vhostuser.ProtoReplyAck |
 	vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots |
 	vhostuser.ProtoResetDevice | vhostuser.ProtoStatus | vhostuser.ProtoInflightSHMFD
-
-// maxQueueSize is the largest split virtqueue (virtio 1.2 §2.7).
-const maxQueueSize = 32768
 
 // vringState is the part of a vring that describes the guest's ring rather
 // than this connection: it is what a reconnecting front-end (INFLIGHT_SHMFD)
@@ -187,7 +183,7 @@ func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, er
 	req := m.Hdr.Request
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("vhost: %v: %w", req, err)
+			err = fmt.Errorf("%v: %w", req, err)
 		}
 	}()
 	if !m.Known {
@@ -278,13 +274,13 @@ func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, er
 	case vhostuser.ReqSetInflightFD:
 		return nil, s.setInflightFDLocked(m.Inflight, fds[0])
 	case vhostuser.ReqGetStatus:
-		st := uint64(s.status)
+		st := s.status
 		for _, vr := range s.vrings {
 			if vr.broken.Load() {
-				st |= statusNeedsReset
+				st |= virtio.StatusDeviceNeedsReset
 			}
 		}
-		return vhostuser.EncodeU64(st), nil
+		return vhostuser.EncodeU64(uint64(st)), nil
 	}
 	vhostuser.CloseFDs(fds)
 	return nil, ErrUnsupported
@@ -310,8 +306,8 @@ func (s *session) setVringStateLocked(req vhostuser.Request, st vhostuser.VringS
 	}
 	switch req {
 	case vhostuser.ReqSetVringNum:
-		if st.Num == 0 || st.Num > maxQueueSize || st.Num&(st.Num-1) != 0 {
-			return fmt.Errorf("%w: queue size %d", ErrBadVring, st.Num)
+		if err := virtq.CheckSize(st.Num); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadVring, err)
 		}
 		if vr.w != nil {
 			return fmt.Errorf("%w: queue %d is running", ErrBadVring, st.Index)
@@ -351,8 +347,8 @@ func (s *session) setVringAddrLocked(a vhostuser.VringAddr) error {
 	if a.Flags != 0 {
 		return fmt.Errorf("%w: dirty logging (VHOST_VRING_F_LOG)", ErrUnsupported)
 	}
-	if a.Desc%16 != 0 || a.Avail%2 != 0 || a.Used%4 != 0 {
-		return fmt.Errorf("%w: misaligned ring desc %#x avail %#x used %#x", ErrBadVring, a.Desc, a.Avail, a.Used)
+	if err := virtq.CheckAlignment(a.Desc, a.Avail, a.Used); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadVring, err)
 	}
 	if vr.num != 0 && s.mem != nil {
 		if _, err := s.ringGuestAddrsLocked(a, vr.num); err != nil {

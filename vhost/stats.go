@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/cpu"
 )
 
-// Op is the kind of request a handler reports (Reporter).
+// Op is the kind of request a Handler reports in its Outcome.
 type Op uint8
 
 // Request kinds counted apart.
@@ -21,28 +21,29 @@ const (
 	numOps
 )
 
-// Status classes of a completed request (the virtio-blk status byte).
+// Status is the class of a completed request's status, as its device
+// reports it; the server counts requests by class without knowing the
+// device's status values.
+type Status uint8
+
+// Status classes.
 const (
-	StatusOK          = 0
-	StatusIOErr       = 1
-	StatusUnsupported = 2
-	StatusOther       = 3 // no status byte, or a value outside 0..2
-	numStatuses       = 4
+	StatusOK          Status = iota // the device did what was asked
+	StatusIOErr                     // the device failed the request
+	StatusUnsupported               // the device does not implement the request
+	StatusOther                     // no status was reported, or one outside these
+	numStatuses
 )
 
-// Outcome is what a handler says about the request it just handled.
+// Outcome is what a Handler did with one chain: the used element's length
+// and what the worker counts.
 type Outcome struct {
-	Op     Op
-	Bytes  uint64 // data bytes moved between guest memory and the device
-	Status uint8  // StatusOK, StatusIOErr, StatusUnsupported or StatusOther
-}
-
-// Reporter is implemented by Handlers that can describe the request their
-// last Handle call executed. The worker asks right after Handle, on the
-// same goroutine. Handlers that are not Reporters are counted as OpOther
-// with StatusOther.
-type Reporter interface {
-	LastOutcome() Outcome
+	// Written is the bytes written into the chain's device-writable
+	// buffers: the used element's len.
+	Written uint32
+	Op      Op
+	Bytes   uint64 // data bytes moved between guest memory and the device
+	Status  Status
 }
 
 // LatencyBuckets is the number of log2 buckets of a LatencyHistogram.

@@ -8,7 +8,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/virtio"
 	"github.com/nvblk/nvblk/virtq"
 )
 
@@ -37,13 +37,12 @@ type worker struct {
 	poll time.Duration
 	log  *logrus.Entry
 	bad  badChainLog // malformed chains (badchain.go)
-	// stats are the queue's counters; rep is h when it reports outcomes.
+	// stats are the queue's counters.
 	stats *queueCounters
 	batch counterBatch // completions not yet added to stats
 	// lastEnd is when the previous request's handler returned, if the
 	// worker has done nothing slow since (see handle); zero otherwise.
 	lastEnd time.Time
-	rep     Reporter
 	pending uint32 // chains pushed since the last publish
 	// track records taken chains in the inflight region (nil without
 	// one); resub are chains a dead predecessor took, run first.
@@ -62,8 +61,8 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 		DescAddr:     a.desc,
 		AvailAddr:    a.avail,
 		UsedAddr:     a.used,
-		EventIdx:     s.features&vhostuser.FeatureRingEventIdx != 0,
-		IndirectDesc: s.features&vhostuser.FeatureRingIndirectDesc != 0,
+		EventIdx:     s.features&virtio.FRingEventIdx != 0,
+		IndirectDesc: s.features&virtio.FRingIndirectDesc != 0,
 	})
 	if err != nil {
 		return nil, err
@@ -84,7 +83,6 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 	}
 	w.track, w.resub = track, resub
 	w.stats = &s.srv.counters[vr.index]
-	w.rep, _ = w.h.(Reporter)
 	w.stats.setRing(base, 0)
 	go w.run()
 	return w, nil
@@ -213,14 +211,10 @@ func (w *worker) handle(c *virtq.Chain) uint32 {
 	if start.IsZero() {
 		start = time.Now()
 	}
-	n := w.h.Handle(c)
+	o := w.h.Handle(c)
 	w.lastEnd = time.Now()
-	o := Outcome{Op: OpOther, Status: StatusOther}
-	if w.rep != nil {
-		o = w.rep.LastOutcome()
-	}
 	w.batch.record(o, w.lastEnd.Sub(start))
-	return n
+	return o.Written
 }
 
 func (w *worker) publish() {

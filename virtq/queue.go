@@ -115,22 +115,41 @@ type Queue struct {
 	broken         error
 }
 
+// CheckSize reports whether size may be a split virtqueue's size (virtio 1.2
+// §2.7: a power of 2 up to MaxSize). A transport checks it when the driver
+// sets the size, before New sees it.
+func CheckSize(size uint32) error {
+	if size == 0 || size > MaxSize || size&(size-1) != 0 {
+		return fmt.Errorf("%w: size %d not a power of 2 in 1..%d", ErrConfig, size, MaxSize)
+	}
+	return nil
+}
+
+// CheckAlignment reports whether the three ring areas are aligned as virtio
+// 1.2 §2.7 requires: descriptor table 16, available ring 2, used ring 4.
+func CheckAlignment(desc, avail, used uint64) error {
+	switch {
+	case desc%16 != 0:
+		return fmt.Errorf("%w: descriptor table %#x not 16-aligned", ErrConfig, desc)
+	case avail%2 != 0:
+		return fmt.Errorf("%w: avail ring %#x not 2-aligned", ErrConfig, avail)
+	case used%4 != 0:
+		return fmt.Errorf("%w: used ring %#x not 4-aligned", ErrConfig, used)
+	}
+	return nil
+}
+
 // New maps the queue's rings. It validates the size (power of 2,
 // 1..MaxSize), the alignments (desc 16, avail 2, used 4) and that each ring
 // area translates. The used index is taken from the ring, which is 0 on a
 // fresh queue and the driver-visible value on reconnect.
 func New(mem Memory, cfg Config) (*Queue, error) {
 	size := uint32(cfg.Size)
-	if size == 0 || size > MaxSize || size&(size-1) != 0 {
-		return nil, fmt.Errorf("%w: size %d not a power of 2 in 1..%d", ErrConfig, size, MaxSize)
+	if err := CheckSize(size); err != nil {
+		return nil, err
 	}
-	switch {
-	case cfg.DescAddr%16 != 0:
-		return nil, fmt.Errorf("%w: descriptor table %#x not 16-aligned", ErrConfig, cfg.DescAddr)
-	case cfg.AvailAddr%2 != 0:
-		return nil, fmt.Errorf("%w: avail ring %#x not 2-aligned", ErrConfig, cfg.AvailAddr)
-	case cfg.UsedAddr%4 != 0:
-		return nil, fmt.Errorf("%w: used ring %#x not 4-aligned", ErrConfig, cfg.UsedAddr)
+	if err := CheckAlignment(cfg.DescAddr, cfg.AvailAddr, cfg.UsedAddr); err != nil {
+		return nil, err
 	}
 	q := &Queue{mem: mem, size: uint16(size), eventIdx: cfg.EventIdx, indirect: cfg.IndirectDesc}
 	var err error

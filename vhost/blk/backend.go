@@ -17,32 +17,11 @@ func NewBackend(dv *Device, disk Disk) vhost.Backend {
 func (b backend) Features() uint64          { return b.dv.Features() }
 func (b backend) Config() []byte            { return b.dv.Config() }
 func (b backend) NumQueues() int            { return int(b.dv.NumQueues()) }
-func (b backend) NewHandler() vhost.Handler { return statsHandler{b.dv.NewHandler()} }
+func (b backend) NewHandler() vhost.Handler { return b.dv.NewHandler() }
 
 func (b backend) Flush() error {
 	if b.dv.ReadOnly() {
 		return nil // nothing was written; a read-only disk may refuse Flush
 	}
 	return b.disk.Flush()
-}
-
-// statsHandler is a Handler that reports its requests' outcomes to the
-// worker's statistics.
-type statsHandler struct{ *Handler }
-
-func (h statsHandler) LastOutcome() vhost.Outcome {
-	o := h.Last()
-	if !o.Valid {
-		return vhost.Outcome{Op: vhost.OpOther, Status: vhost.StatusOther}
-	}
-	op := vhost.OpOther
-	switch o.Type {
-	case TypeIn:
-		op = vhost.OpRead
-	case TypeOut:
-		op = vhost.OpWrite
-	case TypeFlush:
-		op = vhost.OpFlush
-	}
-	return vhost.Outcome{Op: op, Bytes: o.Bytes, Status: min(o.Status, vhost.StatusOther)}
 }

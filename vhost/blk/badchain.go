@@ -1,6 +1,9 @@
 package blk
 
-import "github.com/nvblk/nvblk/virtq"
+import (
+	"github.com/nvblk/nvblk/virtio"
+	"github.com/nvblk/nvblk/virtq"
+)
 
 // HandleBadChain answers a chain virtq refused as malformed (vhost's
 // BadChainHandler): IOERR in its status byte, the last byte of the last
@@ -15,6 +18,6 @@ func (h *Handler) HandleBadChain(c *virtq.Chain) uint32 {
 	if !ok {
 		return 0
 	}
-	status[0] = statusIOErr
+	status[0] = virtio.BlkSIOErr
 	return 1
 }

@@ -3,6 +3,7 @@ package blk
 import (
 	"testing"
 
+	"github.com/nvblk/nvblk/virtio"
 	"github.com/nvblk/nvblk/virtq"
 )
 
@@ -25,7 +26,7 @@ func TestHandleBadChain(t *testing.T) {
 			if got := h.HandleBadChain(c); got != tt.written {
 				t.Fatalf("written %d, want %d", got, tt.written)
 			}
-			if st, ok := c.Status(); ok != (tt.written == 1) || ok && (st[0] != statusIOErr || c.Segments[1].Buf[0] != 0xee) {
+			if st, ok := c.Status(); ok != (tt.written == 1) || ok && (st[0] != virtio.BlkSIOErr || c.Segments[1].Buf[0] != 0xee) {
 				t.Fatalf("status %v ok %v; want IOERR in the last byte only", st, ok)
 			}
 			if disk.contract != nil {

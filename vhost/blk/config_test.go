@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"testing"
+
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // TestConfigGolden pins the size and every offset of virtio_blk_config
@@ -75,20 +77,20 @@ func TestConfigDefaults512(t *testing.T) {
 		off  int
 		want uint32
 	}{
-		{"capacity", cfgCapacity, testSectors},
-		{"seg_max default", cfgSegMax, defaultSegMax},
-		{"blk_size", cfgBlkSize, 512},
-		{"opt_io_size is a page", cfgOptIOSize, 8},
-		{"max_discard_sectors as given", cfgMaxDiscardSectors, 1001},
-		{"discard_sector_alignment", cfgDiscardSectorAlign, 1},
-		{"max_write_zeroes_sectors default", cfgMaxWriteZeroesSecs, defaultMaxZeroSectors},
+		{"capacity", virtio.BlkCfgCapacity, testSectors},
+		{"seg_max default", virtio.BlkCfgSegMax, defaultSegMax},
+		{"blk_size", virtio.BlkCfgBlkSize, 512},
+		{"opt_io_size is a page", virtio.BlkCfgOptIOSize, 8},
+		{"max_discard_sectors as given", virtio.BlkCfgMaxDiscardSectors, 1001},
+		{"discard_sector_alignment", virtio.BlkCfgDiscardSectorAlign, 1},
+		{"max_write_zeroes_sectors default", virtio.BlkCfgMaxWriteZeroesSecs, defaultMaxZeroSectors},
 	}
 	for _, c := range checks {
 		if got := le32(c.off); got != c.want {
 			t.Errorf("%s: %d, want %d", c.name, got, c.want)
 		}
 	}
-	if got := binary.LittleEndian.Uint16(cfg[cfgNumQueues:]); got != 1 {
+	if got := binary.LittleEndian.Uint16(cfg[virtio.BlkCfgNumQueues:]); got != 1 {
 		t.Errorf("num_queues default %d, want 1", got)
 	}
 }
@@ -96,27 +98,27 @@ func TestConfigDefaults512(t *testing.T) {
 func TestConfigLimitsRoundedToDiskSectors(t *testing.T) {
 	dv := NewDevice(newFakeDisk(4096, testSectors), Options{MaxDiscardSectors: 1001, MaxWriteZeroesSectors: 3})
 	cfg := dv.Config()
-	if got := binary.LittleEndian.Uint32(cfg[cfgMaxDiscardSectors:]); got != 1000 {
+	if got := binary.LittleEndian.Uint32(cfg[virtio.BlkCfgMaxDiscardSectors:]); got != 1000 {
 		t.Errorf("max_discard_sectors %d, want 1001 rounded down to 1000", got)
 	}
-	if got := binary.LittleEndian.Uint32(cfg[cfgMaxWriteZeroesSecs:]); got != 8 {
+	if got := binary.LittleEndian.Uint32(cfg[virtio.BlkCfgMaxWriteZeroesSecs:]); got != 8 {
 		t.Errorf("max_write_zeroes_sectors %d, want at least one disk sector (8)", got)
 	}
 }
 
 func TestFeatures(t *testing.T) {
-	always := FeatureVersion1 | FeatureSegMax | FeatureBlkSize | FeatureFlush | FeatureTopology |
-		FeatureMQ | FeatureDiscard | FeatureWriteZeroes | FeatureIndirectDesc | FeatureEventIdx
+	always := virtio.FVersion1 | virtio.BlkFSegMax | virtio.BlkFBlkSize | virtio.BlkFFlush | virtio.BlkFTopology |
+		virtio.BlkFMQ | virtio.BlkFDiscard | virtio.BlkFWriteZeroes | virtio.FRingIndirectDesc | virtio.FRingEventIdx
 	tests := []struct {
 		name      string
 		diskRO    bool
 		opts      Options
 		want, not uint64
 	}{
-		{"read-write", false, Options{}, always, FeatureRO | FeatureSizeMax | FeatureGeometry | FeatureConfigWCE},
-		{"disk read-only", true, Options{}, always | FeatureRO, 0},
-		{"forced read-only", false, Options{ReadOnly: true}, always | FeatureRO, 0},
-		{"size max", false, Options{SizeMax: 65536}, always | FeatureSizeMax, FeatureRO},
+		{"read-write", false, Options{}, always, virtio.BlkFRO | virtio.BlkFSizeMax | virtio.BlkFGeometry | virtio.BlkFConfigWCE},
+		{"disk read-only", true, Options{}, always | virtio.BlkFRO, 0},
+		{"forced read-only", false, Options{ReadOnly: true}, always | virtio.BlkFRO, 0},
+		{"size max", false, Options{SizeMax: 65536}, always | virtio.BlkFSizeMax, virtio.BlkFRO},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -127,8 +129,8 @@ func TestFeatures(t *testing.T) {
 			if f&tt.want != tt.want || f&tt.not != 0 {
 				t.Fatalf("features %#x, want %#x set and %#x clear", f, tt.want, tt.not)
 			}
-			if dv.ReadOnly() != (f&FeatureRO != 0) {
-				t.Fatal("ReadOnly disagrees with FeatureRO")
+			if dv.ReadOnly() != (f&virtio.BlkFRO != 0) {
+				t.Fatal("ReadOnly disagrees with virtio.BlkFRO")
 			}
 		})
 	}

@@ -1,6 +1,10 @@
 package blk
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/nvblk/nvblk/virtio"
+)
 
 // Disk is the block engine behind the device; btt.Device satisfies it. LBAs
 // are in units of SectorSize() (512 or 4096 bytes).
@@ -14,28 +18,8 @@ type Disk interface {
 	ReadOnly() bool
 }
 
-// Feature bits offered by Features (virtio 1.2 §5.2.3, §6).
 const (
-	FeatureSizeMax      uint64 = 1 << 1
-	FeatureSegMax       uint64 = 1 << 2
-	FeatureGeometry     uint64 = 1 << 4
-	FeatureRO           uint64 = 1 << 5
-	FeatureBlkSize      uint64 = 1 << 6
-	FeatureFlush        uint64 = 1 << 9
-	FeatureTopology     uint64 = 1 << 10
-	FeatureConfigWCE    uint64 = 1 << 11
-	FeatureMQ           uint64 = 1 << 12
-	FeatureDiscard      uint64 = 1 << 13
-	FeatureWriteZeroes  uint64 = 1 << 14
-	FeatureIndirectDesc uint64 = 1 << 28 // VIRTIO_RING_F_INDIRECT_DESC
-	FeatureEventIdx     uint64 = 1 << 29 // VIRTIO_RING_F_EVENT_IDX
-	FeatureVersion1     uint64 = 1 << 32 // VIRTIO_F_VERSION_1
-)
-
-const (
-	sectorSize = 512 // virtio-blk sectors, whatever the disk's
-	idBytes    = 20  // VIRTIO_BLK_ID_BYTES
-	pageSize   = 4096
+	pageSize = 4096
 
 	defaultSegMax = 126 // QEMU's default for a 128-entry queue
 	// defaultMaxZeroSectors (2 GiB) bounds one discard/write-zeroes request
@@ -77,7 +61,7 @@ type Device struct {
 	sectorSize uint32 // disk's
 	perLBA     uint64 // virtio sectors per disk LBA
 	capacity   uint64 // in virtio sectors
-	serial     [idBytes]byte
+	serial     [virtio.BlkIDBytes]byte
 	features   uint64
 	config     []byte
 }
@@ -87,14 +71,14 @@ type Device struct {
 // error, not guest input.
 func NewDevice(d Disk, opts Options) *Device {
 	ss := d.SectorSize()
-	if ss == 0 || ss%sectorSize != 0 {
+	if ss == 0 || ss%virtio.BlkSectorSize != 0 {
 		panic("blk: disk sector size must be a non-zero multiple of 512")
 	}
 	dv := &Device{
 		disk:       d,
 		readOnly:   opts.ReadOnly || d.ReadOnly(),
 		sectorSize: ss,
-		perLBA:     uint64(ss / sectorSize),
+		perLBA:     uint64(ss / virtio.BlkSectorSize),
 	}
 	// Capacities beyond 2^64 bytes cannot be described; clamp rather than wrap.
 	dv.capacity = d.NumSectors() * dv.perLBA
@@ -112,17 +96,17 @@ func NewDevice(d Disk, opts Options) *Device {
 	copy(dv.serial[:], opts.Serial)
 	dv.opts = opts
 
-	dv.features = FeatureVersion1 | FeatureSegMax | FeatureBlkSize |
-		FeatureTopology | FeatureMQ | FeatureDiscard |
-		FeatureWriteZeroes | FeatureIndirectDesc | FeatureEventIdx
+	dv.features = virtio.FVersion1 | virtio.BlkFSegMax | virtio.BlkFBlkSize |
+		virtio.BlkFTopology | virtio.BlkFMQ | virtio.BlkFDiscard |
+		virtio.BlkFWriteZeroes | virtio.FRingIndirectDesc | virtio.FRingEventIdx
 	if !opts.WriteThrough {
-		dv.features |= FeatureFlush
+		dv.features |= virtio.BlkFFlush
 	}
 	if opts.SizeMax != 0 {
-		dv.features |= FeatureSizeMax
+		dv.features |= virtio.BlkFSizeMax
 	}
 	if dv.readOnly {
-		dv.features |= FeatureRO
+		dv.features |= virtio.BlkFRO
 	}
 	dv.config = dv.buildConfig()
 	return dv

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"github.com/nvblk/nvblk/virtio"
 	"github.com/nvblk/nvblk/virtq"
 )
 
@@ -56,12 +57,12 @@ func fuzzSeed(flags byte, segs []virtq.Segment) []byte {
 
 func FuzzHandle(f *testing.F) {
 	for _, r := range []request{
-		{typ: typeIn, sector: 8, in: 4096},
-		{typ: typeOut, sector: 8, out: pattern(4096, 1), cuts: []int{7, 100}},
-		{typ: typeWriteZeroes, out: dwz(8, 8, flagUnmap)},
-		{typ: typeDiscard, out: dwz(0, 16, 0)},
-		{typ: typeGetID, in: 20},
-		{typ: typeFlush},
+		{typ: virtio.BlkTIn, sector: 8, in: 4096},
+		{typ: virtio.BlkTOut, sector: 8, out: pattern(4096, 1), cuts: []int{7, 100}},
+		{typ: virtio.BlkTWriteZeroes, out: dwz(8, 8, virtio.BlkDWZFlagUnmap)},
+		{typ: virtio.BlkTDiscard, out: dwz(0, 16, 0)},
+		{typ: virtio.BlkTGetID, in: 20},
+		{typ: virtio.BlkTFlush},
 	} {
 		c, _ := r.build()
 		f.Add(fuzzSeed(0, c.Segments))
@@ -84,7 +85,7 @@ func FuzzHandle(f *testing.F) {
 				readable = append(readable, bytes.Clone(s.Buf))
 			}
 		}
-		n := h.Handle(c)
+		n := h.Handle(c).Written
 		if uint64(n) > writable {
 			t.Fatalf("written %d exceeds %d writable bytes", n, writable)
 		}
@@ -102,7 +103,7 @@ func FuzzHandle(f *testing.F) {
 		}
 		if n > 0 {
 			st, ok := c.Status()
-			if !ok || st[0] > statusUnsupp {
+			if !ok || st[0] > virtio.BlkSUnsupp {
 				t.Fatalf("written %d but status %v ok=%v", n, st, ok)
 			}
 		}

@@ -3,32 +3,9 @@ package blk
 import (
 	"encoding/binary"
 
+	"github.com/nvblk/nvblk/vhost"
+	"github.com/nvblk/nvblk/virtio"
 	"github.com/nvblk/nvblk/virtq"
-)
-
-// Request types (virtio 1.2 §5.2.6).
-const (
-	typeIn          = 0
-	typeOut         = 1
-	typeFlush       = 4
-	typeGetID       = 8
-	typeDiscard     = 11
-	typeWriteZeroes = 13
-)
-
-// Status byte values.
-const (
-	statusOK     = 0
-	statusIOErr  = 1
-	statusUnsupp = 2
-)
-
-const (
-	headerSize = 16 // le32 type, le32 reserved, le64 sector
-	// zeroSegSize is struct virtio_blk_discard_write_zeroes: le64 sector,
-	// le32 num_sectors, le32 flags.
-	zeroSegSize = 16
-	flagUnmap   = 1
 )
 
 // Handler executes requests for one queue. It is reusable and, after its
@@ -39,31 +16,7 @@ type Handler struct {
 	disk    Disk     // dv's disk, or this queue's own view of it (Options.QueueDisk)
 	release func()   // gives disk back, when it is the queue's own
 	iov     [][]byte // data windows of the request in flight, into guest memory
-	last    Outcome  // the request Handle executed last
 }
-
-// Request types (virtio 1.2 §5.2.6) as an Outcome reports them.
-const (
-	TypeIn          = typeIn
-	TypeOut         = typeOut
-	TypeFlush       = typeFlush
-	TypeGetID       = typeGetID
-	TypeDiscard     = typeDiscard
-	TypeWriteZeroes = typeWriteZeroes
-)
-
-// Outcome describes a request a Handler executed, for statistics.
-type Outcome struct {
-	Type   uint32 // TypeIn, TypeOut, ...
-	Bytes  uint64 // data bytes moved to or from guest memory (IN, OUT only)
-	Status byte   // the status byte written: 0 OK, 1 IOERR, 2 UNSUPP
-	// Valid is false when the chain had no status byte or header and so
-	// was completed with nothing written.
-	Valid bool
-}
-
-// Last returns what the latest Handle call executed.
-func (h *Handler) Last() Outcome { return h.last }
 
 // NewHandler returns a Handler for one queue of dv.
 func (dv *Device) NewHandler() *Handler {
@@ -87,57 +40,74 @@ func (h *Handler) Close() {
 }
 
 // Handle parses the request in c, executes it against the disk, writes the
-// status byte and returns the bytes written into writable segments (data
-// plus status). It returns 0 when the chain has no place for a status byte
-// or no readable 16-byte header: nothing was written then.
+// status byte and says what it did: Written is the bytes written into
+// writable segments (data plus status), 0 when the chain has no place for a
+// status byte or no readable 16-byte header (nothing was written then, and
+// the request counts as OpOther with StatusOther).
 //
-// Layout is free ("any layout"): the header may span descriptors and share
-// one with data; OUT data is every readable byte after the header; IN data
-// is every writable byte before the status byte, which is the last byte of
-// the last writable segment.
-func (h *Handler) Handle(c *virtq.Chain) (written uint32) {
-	h.last = Outcome{}
+// Layout is free ("any layout", virtio 1.2 §2.7.4): the header may span
+// descriptors and share one with data; OUT data is every readable byte after
+// the header; IN data is every writable byte before the status byte, which is
+// the last byte of the last writable segment.
+func (h *Handler) Handle(c *virtq.Chain) vhost.Outcome {
 	status, ok := c.Status()
 	if !ok {
-		return 0
+		return vhost.Outcome{Op: vhost.OpOther, Status: vhost.StatusOther}
 	}
-	var hdr [headerSize]byte
+	var hdr [virtio.BlkReqHeaderSize]byte
 	seg, off, ok := readHeader(c.Segments, hdr[:])
 	if !ok {
-		return 0
+		return vhost.Outcome{Op: vhost.OpOther, Status: vhost.StatusOther}
 	}
 	typ := binary.LittleEndian.Uint32(hdr[0:])
 	sector := binary.LittleEndian.Uint64(hdr[8:])
 
 	var st byte
-	var n uint32     // data bytes written to the guest
-	var moved uint64 // data bytes read or written, for Last
+	var n uint32 // data bytes written to the guest
+	o := vhost.Outcome{Op: vhost.OpOther}
 	switch typ {
-	case typeIn:
+	case virtio.BlkTIn:
+		o.Op = vhost.OpRead
 		iov, total := h.inData(c.Segments)
-		if st = h.dv.readWrite(h.disk, false, sector, iov, total); st == statusOK {
-			n, moved = uint32(total), total
+		if st = h.dv.readWrite(h.disk, false, sector, iov, total); st == virtio.BlkSOK {
+			n, o.Bytes = uint32(total), total
 		}
-	case typeOut:
+	case virtio.BlkTOut:
+		o.Op = vhost.OpWrite
 		iov, total := h.outData(c.Segments, seg, off)
-		if st = h.dv.readWrite(h.disk, true, sector, iov, total); st == statusOK {
-			moved = total
+		if st = h.dv.readWrite(h.disk, true, sector, iov, total); st == virtio.BlkSOK {
+			o.Bytes = total
 		}
-	case typeFlush:
+	case virtio.BlkTFlush:
+		o.Op = vhost.OpFlush
 		st = h.dv.flush(h.disk)
-	case typeGetID:
+	case virtio.BlkTGetID:
 		iov, _ := h.inData(c.Segments)
 		st, n = h.dv.getID(iov)
-	case typeDiscard, typeWriteZeroes:
+	case virtio.BlkTDiscard, virtio.BlkTWriteZeroes:
 		iov, total := h.outData(c.Segments, seg, off)
-		st = h.dv.zero(h.disk, typ == typeDiscard, iov, total)
+		st = h.dv.zero(h.disk, typ == virtio.BlkTDiscard, iov, total)
 	default:
-		st = statusUnsupp
+		st = virtio.BlkSUnsupp
 	}
 	clear(h.iov) // drop references to guest memory between requests
 	status[0] = st
-	h.last = Outcome{Type: typ, Bytes: moved, Status: st, Valid: true}
-	return n + 1
+	o.Written = n + 1
+	o.Status = statusClass(st)
+	return o
+}
+
+// statusClass is the server's statistics class of a status byte.
+func statusClass(st byte) vhost.Status {
+	switch st {
+	case virtio.BlkSOK:
+		return vhost.StatusOK
+	case virtio.BlkSIOErr:
+		return vhost.StatusIOErr
+	case virtio.BlkSUnsupp:
+		return vhost.StatusUnsupported
+	}
+	return vhost.StatusOther
 }
 
 // readHeader copies the first len(dst) bytes of the chain into dst. They
@@ -212,14 +182,14 @@ func (h *Handler) inData(segs []virtq.Segment) ([][]byte, uint64) {
 // readWrite moves total bytes between iov and the disk at virtio sector.
 func (dv *Device) readWrite(disk Disk, write bool, sector uint64, iov [][]byte, total uint64) byte {
 	if write && dv.readOnly {
-		return statusIOErr
+		return virtio.BlkSIOErr
 	}
-	if total%sectorSize != 0 || total%uint64(dv.sectorSize) != 0 ||
-		sector%dv.perLBA != 0 || !dv.inRange(sector, total/sectorSize) {
-		return statusIOErr
+	if total%virtio.BlkSectorSize != 0 || total%uint64(dv.sectorSize) != 0 ||
+		sector%dv.perLBA != 0 || !dv.inRange(sector, total/virtio.BlkSectorSize) {
+		return virtio.BlkSIOErr
 	}
 	if total == 0 {
-		return statusOK
+		return virtio.BlkSOK
 	}
 	lba := sector / dv.perLBA
 	var err error
@@ -229,16 +199,16 @@ func (dv *Device) readWrite(disk Disk, write bool, sector uint64, iov [][]byte, 
 		err = disk.ReadV(lba, iov)
 	}
 	if err != nil {
-		return statusIOErr
+		return virtio.BlkSIOErr
 	}
-	return statusOK
+	return virtio.BlkSOK
 }
 
 func (dv *Device) flush(disk Disk) byte {
 	if disk.Flush() != nil {
-		return statusIOErr
+		return virtio.BlkSIOErr
 	}
-	return statusOK
+	return virtio.BlkSOK
 }
 
 // getID writes the serial, NUL-padded to 20 bytes (no terminator when it
@@ -255,9 +225,9 @@ func (dv *Device) getID(iov [][]byte) (byte, uint32) {
 		n += uint32(k)
 	}
 	if n == 0 {
-		return statusIOErr, 0
+		return virtio.BlkSIOErr, 0
 	}
-	return statusOK, n
+	return virtio.BlkSOK, n
 }
 
 // zero executes DISCARD or WRITE_ZEROES; both become Disk.WriteZeroes,
@@ -265,12 +235,12 @@ func (dv *Device) getID(iov [][]byte) (byte, uint32) {
 // (max_discard_seg = max_write_zeroes_seg = 1).
 func (dv *Device) zero(disk Disk, discard bool, iov [][]byte, total uint64) byte {
 	switch {
-	case total == 0 || total%zeroSegSize != 0:
-		return statusIOErr
-	case total > zeroSegSize:
-		return statusUnsupp
+	case total == 0 || total%virtio.BlkDWZSegSize != 0:
+		return virtio.BlkSIOErr
+	case total > virtio.BlkDWZSegSize:
+		return virtio.BlkSUnsupp
 	}
-	var seg [zeroSegSize]byte
+	var seg [virtio.BlkDWZSegSize]byte
 	gather(seg[:], iov)
 	sector := binary.LittleEndian.Uint64(seg[0:])
 	num := uint64(binary.LittleEndian.Uint32(seg[8:]))
@@ -280,22 +250,22 @@ func (dv *Device) zero(disk Disk, discard bool, iov [][]byte, total uint64) byte
 		limit = uint64(dv.opts.MaxDiscardSectors)
 		// §5.2.6.2: unmap is meaningless for discard and MUST be refused.
 		if flags != 0 {
-			return statusUnsupp
+			return virtio.BlkSUnsupp
 		}
-	} else if flags&^flagUnmap != 0 {
-		return statusUnsupp
+	} else if flags&^virtio.BlkDWZFlagUnmap != 0 {
+		return virtio.BlkSUnsupp
 	}
 	if dv.readOnly || num > limit || !dv.inRange(sector, num) ||
 		sector%dv.perLBA != 0 || num%dv.perLBA != 0 {
-		return statusIOErr
+		return virtio.BlkSIOErr
 	}
 	if num == 0 {
-		return statusOK
+		return virtio.BlkSOK
 	}
 	if disk.WriteZeroes(sector/dv.perLBA, num/dv.perLBA) != nil {
-		return statusIOErr
+		return virtio.BlkSIOErr
 	}
-	return statusOK
+	return virtio.BlkSOK
 }
 
 // gather copies the start of iov into dst.

@@ -3,6 +3,8 @@ package blk
 import (
 	"errors"
 	"testing"
+
+	"github.com/nvblk/nvblk/virtio"
 )
 
 func TestHandlerUsesItsQueuesOwnDiskAndGivesItBackOnClose(t *testing.T) {
@@ -13,14 +15,14 @@ func TestHandlerUsesItsQueuesOwnDiskAndGivesItBackOnClose(t *testing.T) {
 		return own, func() { released++ }, nil
 	}})
 	h := dv.NewHandler()
-	c, _ := request{typ: typeOut, sector: 3, out: pattern(512, 5)}.build()
-	if h.Handle(c) != 1 {
+	c, _ := request{typ: virtio.BlkTOut, sector: 3, out: pattern(512, 5)}.build()
+	if h.Handle(c).Written != 1 {
 		t.Fatal("write failed")
 	}
 	wantDisk(t, own, 3*512, pattern(512, 5))
 	wantDisk(t, shared, 3*512, make([]byte, 512))
-	c, _ = request{typ: typeFlush}.build()
-	if h.Handle(c) != 1 || own.flushes != 1 || shared.flushes != 0 {
+	c, _ = request{typ: virtio.BlkTFlush}.build()
+	if h.Handle(c).Written != 1 || own.flushes != 1 || shared.flushes != 0 {
 		t.Fatalf("flush went to the shared disk (own %d, shared %d)", own.flushes, shared.flushes)
 	}
 	h.Close()
@@ -36,8 +38,8 @@ func TestHandlerFallsBackToTheSharedDiskWhenNoQueueDiskIsLeft(t *testing.T) {
 		return nil, nil, errors.New("no lane left")
 	}})
 	h := dv.NewHandler()
-	c, _ := request{typ: typeOut, sector: 1, out: pattern(512, 9)}.build()
-	if h.Handle(c) != 1 {
+	c, _ := request{typ: virtio.BlkTOut, sector: 1, out: pattern(512, 9)}.build()
+	if h.Handle(c).Written != 1 {
 		t.Fatal("write failed")
 	}
 	wantDisk(t, shared, 512, pattern(512, 9))
@@ -48,10 +50,10 @@ func TestWriteThroughDeviceOffersNoFlushAndNoWriteCache(t *testing.T) {
 	disk := newFakeDisk(512, testSectors)
 	back := NewDevice(disk, Options{})
 	through := NewDevice(disk, Options{WriteThrough: true})
-	if back.Features()&FeatureFlush == 0 || back.Config()[cfgWriteback] != 1 {
-		t.Fatalf("write-back device: features %#x, writeback %d; want FLUSH and 1", back.Features(), back.Config()[cfgWriteback])
+	if back.Features()&virtio.BlkFFlush == 0 || back.Config()[virtio.BlkCfgWriteback] != 1 {
+		t.Fatalf("write-back device: features %#x, writeback %d; want FLUSH and 1", back.Features(), back.Config()[virtio.BlkCfgWriteback])
 	}
-	if through.Features()&FeatureFlush != 0 || through.Config()[cfgWriteback] != 0 {
-		t.Fatalf("write-through device: features %#x, writeback %d; want no FLUSH and 0", through.Features(), through.Config()[cfgWriteback])
+	if through.Features()&virtio.BlkFFlush != 0 || through.Config()[virtio.BlkCfgWriteback] != 0 {
+		t.Fatalf("write-through device: features %#x, writeback %d; want no FLUSH and 0", through.Features(), through.Config()[virtio.BlkCfgWriteback])
 	}
 }
