@@ -38,3 +38,12 @@ type handlerCloser interface {
 type ConfigWriter interface {
 	SetConfig(offset uint32, data []byte, flags uint32) error
 }
+
+// BadChainHandler is implemented by handlers that can answer a chain virtq
+// refused as malformed (a loop, a buffer outside guest memory, a nested
+// indirect table...). The chain holds the segments parsed before the fault.
+// It returns the bytes it wrote, the used element's len. Handlers without it
+// get their malformed chains completed with nothing written.
+type BadChainHandler interface {
+	HandleBadChain(c *virtq.Chain) uint32
+}

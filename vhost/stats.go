@@ -313,19 +313,3 @@ func (s *session) ringStates(qs []QueueStats) bool {
 	}
 	return true
 }
-
-// Detach drops the current front-end, if any, as if it had disconnected:
-// its queues finish the requests they took, then the connection closes and
-// the server accepts the next front-end. It reports whether one was
-// connected.
-func (s *Server) Detach() bool {
-	s.mu.Lock()
-	cur := s.cur
-	s.mu.Unlock()
-	if cur == nil {
-		return false
-	}
-	cur.log.Info("vhost-user front-end detached on request")
-	cur.close()
-	return true
-}

@@ -27,6 +27,38 @@ const publishBatch = 8
 // polled once it is idle.
 const noKickPoll = 50 * time.Microsecond
 
+// A hostile or broken guest can post malformed chains as fast as we pop
+// them; each is worth a warning, but not a log line each.
+const (
+	badChainLogBurst  = 10 // lines per window per queue
+	badChainLogWindow = time.Second
+)
+
+// badChainLog counts a queue's malformed chains and rate-limits their
+// warnings. Owned by the worker goroutine.
+type badChainLog struct {
+	total      uint64 // malformed chains since the worker started
+	windowEnd  time.Time
+	logged     int    // lines in the current window
+	suppressed uint64 // chains not logged since the last line
+}
+
+// note counts one malformed chain and says whether to log it, and how many
+// went unlogged before it.
+func (l *badChainLog) note(now time.Time) (log bool, suppressed uint64) {
+	l.total++
+	if now.After(l.windowEnd) {
+		l.windowEnd, l.logged = now.Add(badChainLogWindow), 0
+	}
+	if l.logged >= badChainLogBurst {
+		l.suppressed++
+		return false, 0
+	}
+	l.logged++
+	suppressed, l.suppressed = l.suppressed, 0
+	return true, suppressed
+}
+
 // worker runs one started, enabled vring on its own goroutine: it is the
 // only user of q and h.
 type worker struct {
@@ -36,7 +68,7 @@ type worker struct {
 	kick *os.File // borrowed from vr, which outlives the worker; nil = poll
 	poll time.Duration
 	log  *logrus.Entry
-	bad  badChainLog // malformed chains (badchain.go)
+	bad  badChainLog // malformed chains
 	// stats are the queue's counters.
 	stats *queueCounters
 	batch counterBatch // completions not yet added to stats
@@ -133,6 +165,31 @@ func (w *worker) run() {
 	w.publish()
 }
 
+// resubmit runs the chains a predecessor took and never completed, in the
+// order it took them, before anything new from the avail ring. They stay
+// marked in flight (with their counters) until published.
+func (w *worker) resubmit(c *virtq.Chain) {
+	if len(w.resub) == 0 {
+		return
+	}
+	for _, head := range w.resub {
+		if err := w.q.ChainAt(head, c); err != nil {
+			// Only a driver that rewrote a descriptor it had given us
+			// gets here: the head goes back with nothing written.
+			w.taken()
+			w.log.WithError(err).Warn("vhost: completing malformed resubmitted chain with nothing written")
+			w.q.Push(head, 0)
+		} else {
+			w.taken()
+			w.q.Push(head, w.handle(c))
+		}
+		w.track.pushed(head)
+	}
+	w.log.WithField("requests", len(w.resub)).Info("vhost: resubmitted in-flight requests")
+	w.resub = nil
+	w.publish()
+}
+
 // drain processes chains until the ring is empty, publishing in batches.
 // It returns false when the ring broke.
 func (w *worker) drain(c *virtq.Chain) bool {
@@ -215,6 +272,23 @@ func (w *worker) handle(c *virtq.Chain) uint32 {
 	w.lastEnd = time.Now()
 	w.batch.record(o, w.lastEnd.Sub(start))
 	return o.Written
+}
+
+// badChain completes a malformed chain: the handler may still put an error
+// status into it, and the queue goes on.
+func (w *worker) badChain(c *virtq.Chain, err error) {
+	var n uint32
+	if bh, ok := w.h.(BadChainHandler); ok {
+		n = bh.HandleBadChain(c)
+	}
+	w.q.Push(c.Head, n)
+	if log, suppressed := w.bad.note(time.Now()); log {
+		e := w.log.WithError(err).WithField("malformed_chains", w.bad.total).WithField("written", n)
+		if suppressed > 0 {
+			e = e.WithField("unlogged", suppressed)
+		}
+		e.Warn("vhost: completed a malformed chain")
+	}
 }
 
 func (w *worker) publish() {

@@ -34,7 +34,6 @@ type Conn struct {
 	Timeout time.Duration // per reply; DefaultTimeout if zero
 
 	mu sync.Mutex // guards protocol and the request/reply pairing on c
-	// +checklocks:mu
 	protocol uint64 // negotiated protocol features
 }
 
@@ -75,7 +74,7 @@ func (c *Conn) Recv() (vhostuser.Header, []byte, error) {
 	return c.recvLocked()
 }
 
-// +checklocks:c.mu
+// The caller holds c.mu.
 func (c *Conn) recvLocked() (vhostuser.Header, []byte, error) {
 	t := c.Timeout
 	if t == 0 {
