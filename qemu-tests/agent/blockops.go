@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -48,7 +47,7 @@ func rangeIoctl(st agentproto.Step, req uintptr) error {
 	}
 	defer f.Close()
 	r := [2]uint64{st.LBA * uint64(st.SectorSize), uint64(st.Count) * uint64(st.SectorSize)}
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), req, uintptr(unsafe.Pointer(&r[0]))); e != 0 {
+	if e := ioctlRange(f.Fd(), req, &r); e != 0 {
 		name := "BLKDISCARD"
 		if req == unix.BLKZEROOUT {
 			name = "BLKZEROOUT"
@@ -180,8 +179,7 @@ func pinThread(cpu int) error {
 
 // sawCPU adds the CPU the calling thread runs on (getcpu) to d.CPUs, once.
 func sawCPU(d *agentproto.WorkerData, seen map[int]bool) {
-	var cpu uint32
-	if _, _, e := unix.RawSyscall(unix.SYS_GETCPU, uintptr(unsafe.Pointer(&cpu)), 0, 0); e == 0 && !seen[int(cpu)] {
+	if cpu, ok := getcpu(); ok && !seen[int(cpu)] {
 		seen[int(cpu)] = true
 		d.CPUs = append(d.CPUs, int(cpu))
 	}
