@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nvblk/nvblk/vhostuser/conformance"
@@ -64,10 +65,10 @@ func runConformance(env *environment, args []string) error {
 			return err
 		}
 	} else {
-		counts := map[conformance.Outcome]int{}
+		counts := map[conformance.Verdict]int{}
 		for _, r := range rep.Results {
-			counts[r.Outcome]++
-			fmt.Fprintf(env.stdout, "%-4s  %-44s %s\n", r.Outcome, r.Name, r.Detail)
+			counts[r.Verdict]++
+			fmt.Fprintf(env.stdout, "%-4s  %-44s %s\n", r.Verdict, r.Name, strings.TrimSpace(r.Detail+" ["+r.Clause+"]"))
 		}
 		fmt.Fprintf(env.stdout, "%s: %d passed, %d failed, %d skipped (capacity %d sectors, blk_size %d)\n", a.socketPath,
 			counts[conformance.Pass], counts[conformance.Fail], counts[conformance.Skip], rep.Capacity, rep.BlockSize)

@@ -6,8 +6,18 @@
 // descriptor layouts a guest may use, indirect tables, EVENT_IDX,
 // multiqueue, stopping a running ring, read-only behaviour and reconnects.
 //
-// Each check has a name and a result: pass, fail, or skip with the reason
-// (a feature the back-end does not offer, or a write that was not allowed).
+// Each case has a name, the clause of the vhost-user spec (QEMU's
+// docs/interop/vhost-user.rst) or of the virtio 1.2 spec it holds the
+// back-end to, and a verdict: pass, fail, or skip with the reason (a feature
+// the back-end does not offer, or a write that was not allowed). Cases lists
+// them all.
+//
+// The cases are grouped by area, a file each: handshake (features and
+// protocol features), config (the virtio-blk config space), requests (every
+// request type, read-only devices), zeroing (discard and write zeroes),
+// layouts (descriptor chains), rings (notifications, multiqueue, stopping
+// and restarting), memory (memory tables) and session (reconnects); scratch
+// saves and restores what a destructive run writes.
 //
 // What it writes: nothing unless Options.Destructive. Then writes go only to
 // a scratch range, the last 256 KiB of the disk, whose contents are read
@@ -19,28 +29,39 @@
 package conformance
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand"
 	"time"
 
+	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
 )
 
-// Outcome is a check's result.
-type Outcome string
+// Verdict is what a case concluded.
+type Verdict string
 
-// Outcomes.
+// Verdicts.
 const (
-	Pass Outcome = "pass"
-	Fail Outcome = "fail"
-	Skip Outcome = "skip"
+	Pass Verdict = "pass"
+	Fail Verdict = "fail"
+	Skip Verdict = "skip"
 )
 
-// Result is one named check's outcome; Detail says why it failed or was
-// skipped, or what was seen.
+// Case is one named check and the spec clause it holds a back-end to:
+// vhost-user "Section name", or virtio 1.2 §N "Section name", either
+// perhaps followed by the message or field it is about.
+type Case struct {
+	Name   string `json:"name"`
+	Clause string `json:"clause"`
+}
+
+// Result is one case's verdict; Detail says why it failed or was skipped,
+// or what was seen.
 type Result struct {
-	Name    string  `json:"name"`
-	Outcome Outcome `json:"result"`
+	Case
+	Verdict Verdict `json:"result"`
 	Detail  string  `json:"detail,omitempty"`
 }
 
@@ -55,22 +76,22 @@ type Report struct {
 	Results     []Result `json:"checks"`
 }
 
-// Failed returns the failed checks.
+// Failed returns the failed cases.
 func (r *Report) Failed() []Result {
 	var out []Result
 	for _, res := range r.Results {
-		if res.Outcome == Fail {
+		if res.Verdict == Fail {
 			out = append(out, res)
 		}
 	}
 	return out
 }
 
-// Outcomes maps each check name to its outcome.
-func (r *Report) Outcomes() map[string]Outcome {
-	m := make(map[string]Outcome, len(r.Results))
+// Verdicts maps each case name to its verdict.
+func (r *Report) Verdicts() map[string]Verdict {
+	m := make(map[string]Verdict, len(r.Results))
 	for _, res := range r.Results {
-		m[res.Name] = res.Outcome
+		m[res.Name] = res.Verdict
 	}
 	return m
 }
@@ -78,7 +99,7 @@ func (r *Report) Outcomes() map[string]Outcome {
 // Options configure Run.
 type Options struct {
 	// Destructive allows writes to the scratch range (see the package
-	// documentation); without it every check that writes is skipped.
+	// documentation); without it every case that writes is skipped.
 	Destructive bool
 	// Timeout bounds each request and each protocol reply; default 5s.
 	Timeout time.Duration
@@ -89,23 +110,63 @@ type Options struct {
 // check.
 var ErrUnreachable = errors.New("conformance: back-end unreachable")
 
-// scratchBytes is the size of the range at the end of the disk that a
-// destructive run writes.
-const scratchBytes = 256 << 10
+// Clauses more than one area cites, to be followed by the message, field
+// or status a case is about.
+const (
+	frontEndMessage = `vhost-user "Front-end message types"`
+	blkOperation    = `virtio 1.2 §5.2.6 "Device Operation"`
+	blkDeviceMust   = `virtio 1.2 §5.2.6.2 "Device Requirements: Device Operation"`
+)
+
+// area is a group of cases one function checks, recording a result for
+// each of them.
+type area struct {
+	cases []Case
+	check func(*suite)
+}
+
+// areas run in this order, between saving and restoring the scratch range.
+var areas = []area{
+	{handshakeCases, checkHandshake},
+	{configCases, checkConfig},
+	{requestCases, checkRequests},
+	{zeroingCases, checkZeroing},
+	{layoutCases, checkLayouts},
+	{notificationCases, checkNotifications},
+	{multiqueueCases, checkMultiqueue},
+	{memoryCases, checkMemory},
+	{stopRingCases, checkStopRing},
+	{readOnlyCases, checkReadOnly},
+	{sessionCases, checkSession},
+}
+
+// Cases lists every case the suite may report, in the order it runs them.
+// A run reports each at most once; the scratch cases only in a destructive
+// run that may write.
+func Cases() []Case {
+	out := []Case{scratchBackup}
+	for _, a := range areas {
+		out = append(out, a.cases...)
+	}
+	return append(out, scratchRestore)
+}
 
 // Run checks the back-end listening on socket. The error is only for a
-// back-end that cannot be reached at all; failed checks are in the Report.
+// back-end that cannot be reached at all; failed cases are in the Report.
 func Run(socket string, o Options) (*Report, error) {
 	if o.Timeout == 0 {
 		o.Timeout = 5 * time.Second
 	}
-	s := &suite{socket: socket, opts: o, rep: &Report{Socket: socket, Destructive: o.Destructive}}
+	s := &suite{socket: socket, opts: o, rep: &Report{Socket: socket, Destructive: o.Destructive}, clauses: map[string]string{}}
+	for _, c := range Cases() {
+		s.clauses[c.Name] = c.Clause
+	}
 	if err := s.probe(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, socket, err)
 	}
 	s.backupScratch()
-	for _, c := range checks {
-		c(s)
+	for _, a := range areas {
+		a.check(s)
 	}
 	s.restoreScratch()
 	return s.rep, nil
@@ -113,9 +174,10 @@ func Run(socket string, o Options) (*Report, error) {
 
 // suite is one run's state. It is used from one goroutine.
 type suite struct {
-	socket string
-	opts   Options
-	rep    *Report
+	socket  string
+	opts    Options
+	rep     *Report
+	clauses map[string]string // case name to clause, for record
 
 	offered  uint64 // GET_FEATURES
 	protocol uint64 // GET_PROTOCOL_FEATURES
@@ -125,33 +187,140 @@ type suite struct {
 	queues   int    // GET_QUEUE_NUM, 1 without MQ
 
 	scratch    uint64 // first sector of the scratch range
-	scratchOK  bool   // destructive checks may write the scratch range
+	scratchOK  bool   // destructive cases may write the scratch range
 	scratchWhy string // why they may not
 	backup     []byte // the scratch range before the first write
 }
 
-func (s *suite) record(name string, v verdict) {
-	s.rep.Results = append(s.rep.Results, Result{Name: name, Outcome: v.outcome, Detail: v.detail})
+// probe reads what the back-end offers, with a connection of its own.
+func (s *suite) probe() error {
+	c, err := frontend.Dial(s.socket)
+	if err != nil {
+		return err
+	}
+	c.Timeout = s.timeout()
+	s.offered, err = c.GetU64(vhostuser.ReqGetFeatures)
+	if err == nil && s.has(vhostuser.FeatureProtocolFeatures) {
+		s.protocol, err = c.GetU64(vhostuser.ReqGetProtocolFeatures)
+	}
+	c.Close()
+	if err != nil {
+		return err
+	}
+	d, err := s.connect(frontend.Options{})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	s.config, s.queues = d.Config, 1
+	if len(s.config) < cfgSize {
+		return fmt.Errorf("GET_CONFIG gave %d bytes (is VHOST_USER_PROTOCOL_F_CONFIG offered?)", len(s.config))
+	}
+	le := binary.LittleEndian
+	s.capacity = le.Uint64(s.config[cfgCapacity:])
+	s.blkSize = frontend.SectorSize
+	if s.has(frontend.BlkFBlkSize) {
+		if bs := le.Uint32(s.config[cfgBlkSize:]); bs >= 512 && bs <= 1<<16 && bs&(bs-1) == 0 {
+			s.blkSize = bs
+		}
+	}
+	if s.protoHas(vhostuser.ProtoMQ) {
+		n, err := d.Conn.GetU64(vhostuser.ReqGetQueueNum)
+		if err != nil {
+			return err
+		}
+		s.queues = int(min(n, 64))
+	}
+	s.rep.Features, s.rep.Protocol, s.rep.Capacity, s.rep.BlockSize = s.offered, s.protocol, s.capacity, s.blkSize
+	s.chooseScratch()
+	return nil
 }
 
-// verdict is a check's outcome and detail.
-type verdict struct {
-	outcome Outcome
+func (s *suite) record(name string, f finding) {
+	s.rep.Results = append(s.rep.Results, Result{Case: Case{Name: name, Clause: s.clauses[name]}, Verdict: f.verdict, Detail: f.detail})
+}
+
+// finding is a case's verdict and detail, before record names it.
+type finding struct {
+	verdict Verdict
 	detail  string
 }
 
-func pass() verdict                             { return verdict{outcome: Pass} }
-func passf(format string, a ...any) verdict     { return verdict{Pass, fmt.Sprintf(format, a...)} }
-func failf(format string, a ...any) verdict     { return verdict{Fail, fmt.Sprintf(format, a...)} }
-func skipf(format string, a ...any) verdict     { return verdict{Skip, fmt.Sprintf(format, a...)} }
-func errVerdict(what string, err error) verdict { return failf("%s: %v", what, err) }
+func pass() finding                             { return finding{verdict: Pass} }
+func passf(format string, a ...any) finding     { return finding{Pass, fmt.Sprintf(format, a...)} }
+func failf(format string, a ...any) finding     { return finding{Fail, fmt.Sprintf(format, a...)} }
+func skipf(format string, a ...any) finding     { return finding{Skip, fmt.Sprintf(format, a...)} }
+func errFinding(what string, err error) finding { return failf("%s: %v", what, err) }
 
 func (s *suite) has(f uint64) bool              { return s.offered&f != 0 }
 func (s *suite) protoHas(p uint64) bool         { return s.protocol&p != 0 }
-func (s *suite) notOffered(name string) verdict { return skipf("not offered: %s", name) }
+func (s *suite) notOffered(name string) finding { return skipf("not offered: %s", name) }
 func (s *suite) sectorsPerBlock() uint64        { return uint64(s.blkSize / frontend.SectorSize) }
 func (s *suite) timeout() time.Duration         { return s.opts.Timeout }
 
-// needScratch reports whether writes to the scratch range are allowed, and
-// the skip verdict if not.
-func (s *suite) needScratch() (verdict, bool) { return skipf("%s", s.scratchWhy), s.scratchOK }
+func featureName(f uint64) string {
+	switch f {
+	case frontend.BlkFWriteZeroes:
+		return "VIRTIO_BLK_F_WRITE_ZEROES"
+	case frontend.BlkFDiscard:
+		return "VIRTIO_BLK_F_DISCARD"
+	case frontend.BlkFRO:
+		return "VIRTIO_BLK_F_RO"
+	case vhostuser.FeatureRingIndirectDesc:
+		return "VIRTIO_RING_F_INDIRECT_DESC"
+	case vhostuser.FeatureRingEventIdx:
+		return "VIRTIO_RING_F_EVENT_IDX"
+	}
+	return fmt.Sprintf("feature %#x", f)
+}
+
+// caseNames lists the names of cases, for group.
+func caseNames(cases []Case) []string {
+	out := make([]string, len(cases))
+	for i, c := range cases {
+		out[i] = c.Name
+	}
+	return out
+}
+
+// casesOf lists the cases of a table check's rows.
+func casesOf[R any](rows []R, c func(R) Case) []Case {
+	out := make([]Case, len(rows))
+	for i, r := range rows {
+		out[i] = c(r)
+	}
+	return out
+}
+
+// withDev runs fn on a fresh connection; a failed connection is the finding.
+func (s *suite) withDev(o frontend.Options, fn func(d *dev) finding) finding {
+	d, err := s.connect(o)
+	if err != nil {
+		return errFinding("connect", err)
+	}
+	f := fn(d)
+	if err := d.Close(); err != nil && f.verdict == Pass {
+		return errFinding("stopping the rings (GET_VRING_BASE) after the check", err)
+	}
+	return f
+}
+
+// group runs fn on a fresh connection; fn records each named result. If
+// the connection fails, every name fails with that error.
+func (s *suite) group(o frontend.Options, names []string, fn func(d *dev)) {
+	d, err := s.connect(o)
+	if err != nil {
+		for _, n := range names {
+			s.record(n, errFinding("connect", err))
+		}
+		return
+	}
+	fn(d)
+	d.Close()
+}
+
+func pattern(seed int64, n int) []byte {
+	b := make([]byte, n)
+	rand.New(rand.NewSource(seed)).Read(b)
+	return b
+}

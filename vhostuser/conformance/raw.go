@@ -253,7 +253,7 @@ func statusName(b byte) string {
 }
 
 // wantStatus checks a response's status byte.
-func wantStatus(r rawResp, err error, want byte) verdict {
+func wantStatus(r rawResp, err error, want byte) finding {
 	if err != nil {
 		return failf("%v", err)
 	}

@@ -362,8 +362,24 @@ func Connect(path string, o Options) (*Device, error) {
 	return d, nil
 }
 
-// Start runs the handshake and ring setup on an open connection.
+// Start runs the handshake and ring setup on an open connection. c stays
+// the caller's whatever happens; on an error, everything Start made (the
+// inflight fd, guest memory, eventfds) is closed before it returns.
 func Start(c *Conn, o Options) (*Device, error) {
+	d := &Device{Conn: c, InflightFD: -1}
+	if err := d.start(o); err != nil {
+		// The Device owns every fd start made: one release closes them all,
+		// whichever step failed.
+		d.release()
+		return nil, err
+	}
+	return d, nil
+}
+
+// start is Start's sequence; what it makes, it hands to d at once, so an
+// error needs no cleanup of its own here.
+func (d *Device) start(o Options) error {
+	c := d.Conn
 	if o.NumQueues == 0 {
 		o.NumQueues = 1
 	}
@@ -376,42 +392,41 @@ func Start(c *Conn, o Options) (*Device, error) {
 	if o.MaxIO == 0 {
 		o.MaxIO = 128 << 10
 	}
-	d := &Device{Conn: c, InflightFD: -1}
 	offered, err := c.GetU64(vhostuser.ReqGetFeatures)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if offered&vhostuser.FeatureProtocolFeatures != 0 {
 		p, err := c.GetU64(vhostuser.ReqGetProtocolFeatures)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		d.Protocol = p & wantedProtocol
 		if o.Inflight {
 			d.Protocol |= p & vhostuser.ProtoInflightSHMFD
 		}
 		if err := c.SetU64(vhostuser.ReqSetProtocolFeatures, d.Protocol); err != nil {
-			return nil, err
+			return err
 		}
 		c.SetProtocolFeatures(d.Protocol)
 	}
 	if d.Protocol&vhostuser.ProtoMQ != 0 {
 		n, err := c.GetU64(vhostuser.ReqGetQueueNum)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if uint64(o.NumQueues) > n {
-			return nil, fmt.Errorf("frontend: %d queues asked, back-end has %d", o.NumQueues, n)
+			return fmt.Errorf("frontend: %d queues asked, back-end has %d", o.NumQueues, n)
 		}
 	} else if o.NumQueues > 1 {
-		return nil, fmt.Errorf("frontend: back-end lacks PROTOCOL_F_MQ for %d queues", o.NumQueues)
+		return fmt.Errorf("frontend: back-end lacks PROTOCOL_F_MQ for %d queues", o.NumQueues)
 	}
 	if _, err := c.Call(vhostuser.ReqSetOwner, nil, nil); err != nil {
-		return nil, err
+		return err
 	}
 	if d.Protocol&vhostuser.ProtoConfig != 0 {
 		if d.Config, err = c.GetConfig(0, blkConfigSize); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	want := vhostuser.FeatureVersion1 | vhostuser.FeatureProtocolFeatures | BlkFSizeMax | BlkFSegMax |
@@ -424,11 +439,10 @@ func Start(c *Conn, o Options) (*Device, error) {
 	}
 	d.Features = offered & want
 	if err := c.SetU64(vhostuser.ReqSetFeatures, d.Features); err != nil {
-		return nil, err
+		return err
 	}
 	if err := d.setupInflight(uint16(o.NumQueues), o.QueueSize); err != nil {
-		d.release()
-		return nil, err
+		return err
 	}
 
 	perQueue := uint64(o.QueueSize) * (uint64(o.MaxIO) + 8192 + uint64(16*(o.MaxIO/max(o.SegSize, 1)+4)))
@@ -439,25 +453,22 @@ func Start(c *Conn, o Options) (*Device, error) {
 	page := uint64(4096) * uint64(o.Regions)
 	size = (size + page - 1) / page * page
 	if d.Mem, err = NewMemory(size, o.Regions); err != nil {
-		return nil, err
+		return err
 	}
 	if err := d.sendMemory(o.MemSlots); err != nil {
-		d.Mem.Close()
-		return nil, err
+		return err
 	}
 	for i := 0; i < o.NumQueues; i++ {
 		q, err := newQueue(d.Mem, i, &o, d.Features&vhostuser.FeatureRingEventIdx != 0, d.Features&vhostuser.FeatureRingIndirectDesc != 0)
 		if err != nil {
-			d.release()
-			return nil, err
+			return err
 		}
 		d.Queues = append(d.Queues, q)
 		if err := d.startRing(q, 0, !o.NoEnable); err != nil {
-			d.release()
-			return nil, err
+			return err
 		}
 	}
-	return d, nil
+	return nil
 }
 
 func (d *Device) sendMemory(slots bool) error {

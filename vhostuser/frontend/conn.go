@@ -33,8 +33,8 @@ type Conn struct {
 	c       *net.UnixConn
 	Timeout time.Duration // per reply; DefaultTimeout if zero
 
-	mu sync.Mutex // guards protocol and the request/reply pairing on c
-	protocol uint64 // negotiated protocol features
+	mu       sync.Mutex // guards protocol and the request/reply pairing on c
+	protocol uint64     // negotiated protocol features
 }
 
 // Dial connects to the back-end's socket.
