@@ -22,6 +22,7 @@ import (
 	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // bttServer is a Server over a real BTT on a pmem file, as `nvblk serve`
@@ -201,40 +202,40 @@ func TestHostileGuest(t *testing.T) {
 	}{
 		{name: "descriptor outside every memory region", run: func(h *hostile) result {
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeIn, 0), 16, dNext, 1}, desc{far, 4096, dWrite | dNext, 2}, desc{sg, 1, dWrite, 0})
+			h.post(desc{h.hdr(virtio.BlkTIn, 0), 16, dNext, 1}, desc{far, 4096, dWrite | dNext, 2}, desc{sg, 1, dWrite, 0})
 			return result{unset: sb}
 		}},
 		{name: "status descriptor outside every memory region", run: func(h *hostile) result {
 			dg, _ := h.buf(4096, 0)
 			copy(h.mem(dg, 4096), data)
-			h.post(desc{h.hdr(frontend.TypeOut, w), 16, dNext, 1}, desc{dg, 4096, dNext, 2}, desc{far, 1, dWrite, 0})
+			h.post(desc{h.hdr(virtio.BlkTOut, w), 16, dNext, 1}, desc{dg, 4096, dNext, 2}, desc{far, 1, dWrite, 0})
 			return result{}
 		}},
 		{name: "descriptor wrapping the address space", run: func(h *hostile) result {
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeIn, 0), 16, dNext, 1}, desc{^uint64(0) - 100, 4096, dWrite | dNext, 2}, desc{sg, 1, dWrite, 0})
+			h.post(desc{h.hdr(virtio.BlkTIn, 0), 16, dNext, 1}, desc{^uint64(0) - 100, 4096, dWrite | dNext, 2}, desc{sg, 1, dWrite, 0})
 			return result{unset: sb}
 		}},
 		{name: "descriptor straddling two regions", adjacent: true, run: func(h *hostile) result {
 			r0 := h.d.Mem.Regions[0]
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeIn, 0), 16, dNext, 1}, desc{r0.GuestAddr + r0.Size - 2048, 4096, dWrite | dNext, 2}, desc{sg, 1, dWrite, 0})
+			h.post(desc{h.hdr(virtio.BlkTIn, 0), 16, dNext, 1}, desc{r0.GuestAddr + r0.Size - 2048, 4096, dWrite | dNext, 2}, desc{sg, 1, dWrite, 0})
 			return result{unset: sb}
 		}},
 		{name: "chain looping back to its head", run: func(h *hostile) result {
 			dg, _ := h.buf(4096, 0)
 			copy(h.mem(dg, 4096), data)
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeOut, w), 16, dNext, 1}, desc{dg, 4096, dNext, 2}, desc{sg, 1, dWrite | dNext, 0})
+			h.post(desc{h.hdr(virtio.BlkTOut, w), 16, dNext, 1}, desc{dg, 4096, dNext, 2}, desc{sg, 1, dWrite | dNext, 0})
 			// The status byte was parsed before the loop showed: IOERR.
-			return result{len: 1, status: sb, want: frontend.StatusIOErr}
+			return result{len: 1, status: sb, want: virtio.BlkSIOErr}
 		}},
 		{name: "descriptor chained to itself", run: func(h *hostile) result {
-			h.post(desc{h.hdr(frontend.TypeIn, 0), 16, dNext, 0})
+			h.post(desc{h.hdr(virtio.BlkTIn, 0), 16, dNext, 0})
 			return result{}
 		}},
 		{name: "chain longer than the queue", run: func(h *hostile) result {
-			ds := []desc{{h.hdr(frontend.TypeIn, 0), 16, dNext, 1}}
+			ds := []desc{{h.hdr(virtio.BlkTIn, 0), 16, dNext, 1}}
 			var last []byte
 			for i := 1; i < int(h.r.Size); i++ {
 				g, b := h.buf(512, statusUnset)
@@ -243,12 +244,12 @@ func TestHostileGuest(t *testing.T) {
 			}
 			ds[len(ds)-1].next = 1 // 16 descriptors, and on and on
 			h.post(ds...)
-			return result{len: 1, status: last[511:], want: frontend.StatusIOErr}
+			return result{len: 1, status: last[511:], want: virtio.BlkSIOErr}
 		}},
 		{name: "indirect table longer than the queue is served", run: func(h *hostile) result {
 			// virtio asks drivers for no chain longer than the queue but
 			// QEMU serves such indirect tables, and so do we.
-			ds := []desc{{h.hdr(frontend.TypeIn, 0), 16, dNext, 1}}
+			ds := []desc{{h.hdr(virtio.BlkTIn, 0), 16, dNext, 1}}
 			var bufs [][]byte
 			for i := 1; i <= 2*int(h.r.Size); i++ {
 				g, b := h.buf(512, 0xee)
@@ -268,37 +269,37 @@ func TestHostileGuest(t *testing.T) {
 					}
 				}
 			}
-			return result{len: uint32(512*len(bufs)) + 1, status: sb, want: frontend.StatusOK, check: check}
+			return result{len: uint32(512*len(bufs)) + 1, status: sb, want: virtio.BlkSOK, check: check}
 		}},
 		{name: "nested indirect table", run: func(h *hostile) result {
 			sg, sb := h.status()
 			inner, in := h.putTable([]desc{{sg, 1, dWrite, 0}})
-			tg, tn := h.putTable([]desc{{h.hdr(frontend.TypeIn, 0), 16, dNext, 1}, {inner, in, dInd, 0}})
+			tg, tn := h.putTable([]desc{{h.hdr(virtio.BlkTIn, 0), 16, dNext, 1}, {inner, in, dInd, 0}})
 			h.post(desc{tg, tn, dInd, 0})
 			return result{unset: sb}
 		}},
 		{name: "nested indirect table after the status", run: func(h *hostile) result {
 			sg, sb := h.status()
 			inner, in := h.putTable([]desc{{sg, 1, dWrite, 0}})
-			tg, tn := h.putTable([]desc{{h.hdr(frontend.TypeFlush, 0), 16, dNext, 1}, {sg, 1, dWrite | dNext, 2}, {inner, in, dInd, 0}})
+			tg, tn := h.putTable([]desc{{h.hdr(virtio.BlkTFlush, 0), 16, dNext, 1}, {sg, 1, dWrite | dNext, 2}, {inner, in, dInd, 0}})
 			h.post(desc{tg, tn, dInd, 0})
-			return result{len: 1, status: sb, want: frontend.StatusIOErr}
+			return result{len: 1, status: sb, want: virtio.BlkSIOErr}
 		}},
 		{name: "indirect descriptor inside a chain", run: func(h *hostile) result {
 			sg, sb := h.status()
 			tg, tn := h.putTable([]desc{{sg, 1, dWrite, 0}})
-			h.post(desc{h.hdr(frontend.TypeIn, 0), 16, dNext, 1}, desc{tg, tn, dInd, 0})
+			h.post(desc{h.hdr(virtio.BlkTIn, 0), 16, dNext, 1}, desc{tg, tn, dInd, 0})
 			return result{unset: sb}
 		}},
 		{name: "indirect table of bad length", run: func(h *hostile) result {
 			sg, sb := h.status()
-			tg, _ := h.putTable([]desc{{h.hdr(frontend.TypeIn, 0), 16, dNext, 1}, {sg, 1, dWrite, 0}})
+			tg, _ := h.putTable([]desc{{h.hdr(virtio.BlkTIn, 0), 16, dNext, 1}, {sg, 1, dWrite, 0}})
 			h.post(desc{tg, 24, dInd, 0})
 			return result{unset: sb}
 		}},
 		{name: "indirect table of zero length", run: func(h *hostile) result {
 			sg, sb := h.status()
-			tg, _ := h.putTable([]desc{{h.hdr(frontend.TypeIn, 0), 16, dNext, 1}, {sg, 1, dWrite, 0}})
+			tg, _ := h.putTable([]desc{{h.hdr(virtio.BlkTIn, 0), 16, dNext, 1}, {sg, 1, dWrite, 0}})
 			h.post(desc{tg, 0, dInd, 0})
 			return result{unset: sb}
 		}},
@@ -309,58 +310,58 @@ func TestHostileGuest(t *testing.T) {
 		{name: "header too short", run: func(h *hostile) result {
 			// No whole header, no request: vhost/blk answers nothing.
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeIn, 0), 8, dNext, 1}, desc{sg, 1, dWrite, 0})
+			h.post(desc{h.hdr(virtio.BlkTIn, 0), 8, dNext, 1}, desc{sg, 1, dWrite, 0})
 			return result{unset: sb}
 		}},
 		{name: "status descriptor read-only", run: func(h *hostile) result {
 			dg, _ := h.buf(4096, 0)
 			copy(h.mem(dg, 4096), data)
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeOut, w), 16, dNext, 1}, desc{dg, 4096, dNext, 2}, desc{sg, 1, 0, 0})
+			h.post(desc{h.hdr(virtio.BlkTOut, w), 16, dNext, 1}, desc{dg, 4096, dNext, 2}, desc{sg, 1, 0, 0})
 			return result{unset: sb}
 		}},
 		{name: "write length not a multiple of 512", run: func(h *hostile) result {
 			dg, _ := h.buf(1000, 0x5a)
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeOut, w), 16, dNext, 1}, desc{dg, 1000, dNext, 2}, desc{sg, 1, dWrite, 0})
-			return result{len: 1, status: sb, want: frontend.StatusIOErr}
+			h.post(desc{h.hdr(virtio.BlkTOut, w), 16, dNext, 1}, desc{dg, 1000, dNext, 2}, desc{sg, 1, dWrite, 0})
+			return result{len: 1, status: sb, want: virtio.BlkSIOErr}
 		}},
 		{name: "read length not a multiple of 512", run: func(h *hostile) result {
 			dg, _ := h.buf(1000, 0)
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeIn, 0), 16, dNext, 1}, desc{dg, 1000, dWrite | dNext, 2}, desc{sg, 1, dWrite, 0})
-			return result{len: 1, status: sb, want: frontend.StatusIOErr}
+			h.post(desc{h.hdr(virtio.BlkTIn, 0), 16, dNext, 1}, desc{dg, 1000, dWrite | dNext, 2}, desc{sg, 1, dWrite, 0})
+			return result{len: 1, status: sb, want: virtio.BlkSIOErr}
 		}},
 		{name: "write at the capacity", run: func(h *hostile) result {
 			dg, _ := h.buf(512, 0x5a)
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeOut, capacity), 16, dNext, 1}, desc{dg, 512, dNext, 2}, desc{sg, 1, dWrite, 0})
-			return result{len: 1, status: sb, want: frontend.StatusIOErr}
+			h.post(desc{h.hdr(virtio.BlkTOut, capacity), 16, dNext, 1}, desc{dg, 512, dNext, 2}, desc{sg, 1, dWrite, 0})
+			return result{len: 1, status: sb, want: virtio.BlkSIOErr}
 		}},
 		{name: "write straddling the capacity", run: func(h *hostile) result {
 			dg, _ := h.buf(1024, 0x5a)
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeOut, capacity-1), 16, dNext, 1}, desc{dg, 1024, dNext, 2}, desc{sg, 1, dWrite, 0})
-			return result{len: 1, status: sb, want: frontend.StatusIOErr}
+			h.post(desc{h.hdr(virtio.BlkTOut, capacity-1), 16, dNext, 1}, desc{dg, 1024, dNext, 2}, desc{sg, 1, dWrite, 0})
+			return result{len: 1, status: sb, want: virtio.BlkSIOErr}
 		}},
 		{name: "sector wrapping around 2^64", run: func(h *hostile) result {
 			dg, _ := h.buf(4096, 0)
 			sg, sb := h.status()
-			h.post(desc{h.hdr(frontend.TypeIn, ^uint64(0)-3), 16, dNext, 1}, desc{dg, 4096, dWrite | dNext, 2}, desc{sg, 1, dWrite, 0})
-			return result{len: 1, status: sb, want: frontend.StatusIOErr}
+			h.post(desc{h.hdr(virtio.BlkTIn, ^uint64(0)-3), 16, dNext, 1}, desc{dg, 4096, dWrite | dNext, 2}, desc{sg, 1, dWrite, 0})
+			return result{len: 1, status: sb, want: virtio.BlkSIOErr}
 		}},
 		{name: "write zeroes past the capacity", run: func(h *hostile) result {
 			sg, sb := h.status()
 			seg, b := h.buf(16, 0)
 			binary.LittleEndian.PutUint64(b[0:], capacity-8)
 			binary.LittleEndian.PutUint32(b[8:], 16)
-			h.post(desc{h.hdr(frontend.TypeWriteZeroes, 0), 16, dNext, 1}, desc{seg, 16, dNext, 2}, desc{sg, 1, dWrite, 0})
-			return result{len: 1, status: sb, want: frontend.StatusIOErr}
+			h.post(desc{h.hdr(virtio.BlkTWriteZeroes, 0), 16, dNext, 1}, desc{seg, 16, dNext, 2}, desc{sg, 1, dWrite, 0})
+			return result{len: 1, status: sb, want: virtio.BlkSIOErr}
 		}},
 		{name: "unknown request type", run: func(h *hostile) result {
 			sg, sb := h.status()
 			h.post(desc{h.hdr(0x7777, 0), 16, dNext, 1}, desc{sg, 1, dWrite, 0})
-			return result{len: 1, status: sb, want: frontend.StatusUnsupp}
+			return result{len: 1, status: sb, want: virtio.BlkSUnsupp}
 		}},
 		{name: "avail index jumping past the queue size", run: func(h *hostile) result {
 			h.r.SetAvailIdx(h.r.Size + 5)
@@ -451,7 +452,7 @@ func (h *hostile) mem(gpa, n uint64) []byte {
 func readBack(t *testing.T, q *frontend.Queue, sector uint64) {
 	t.Helper()
 	got := make([]byte, 4096)
-	if err := q.Do(&frontend.Request{Type: frontend.TypeIn, Sector: sector, Data: got}, ioTimeout); err != nil {
+	if err := q.Do(&frontend.Request{Type: virtio.BlkTIn, Sector: sector, Data: got}, ioTimeout); err != nil {
 		t.Fatalf("queue %d: %v", q.Index, err)
 	}
 	if string(got) != string(pattern(11, 128<<10)[512*sector:512*sector+4096]) {

@@ -21,6 +21,7 @@ import (
 	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // stallingBackendEnv makes the test binary a back-end that completes
@@ -168,7 +169,7 @@ func TestInflightWritesTakenByAKilledBackendAreResubmittedByTheNext(t *testing.T
 	q := d.Queues[0]
 	var reqs []*frontend.Request
 	for i := 0; i < 8; i++ {
-		reqs = append(reqs, &frontend.Request{Type: frontend.TypeOut, Sector: uint64(8 * i), Data: pattern(int64(100+i), 4096)})
+		reqs = append(reqs, &frontend.Request{Type: virtio.BlkTOut, Sector: uint64(8 * i), Data: pattern(int64(100+i), 4096)})
 	}
 	// All eight appear at once: a worker already awake would otherwise
 	// take and publish the first few one by one, before the stall.
@@ -208,7 +209,7 @@ func TestInflightWritesTakenByAKilledBackendAreResubmittedByTheNext(t *testing.T
 		}
 	}
 	for i, r := range reqs {
-		if !r.Done || r.Status != frontend.StatusOK {
+		if !r.Done || r.Status != virtio.BlkSOK {
 			t.Errorf("write %d: done %v status %d", i, r.Done, r.Status)
 		}
 		if got := e.disk.bytes(8*i*512, 4096); !bytes.Equal(got, r.Data) {

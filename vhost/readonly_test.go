@@ -8,6 +8,7 @@ import (
 
 	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // TestReadOnlyCannotBeBypassed: against a read-only backend over a real BTT
@@ -40,7 +41,7 @@ func TestReadOnlyCannotBeBypassed(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			if got := d.Features&frontend.BlkFRO != 0; got != cfg.ro {
+			if got := d.Features&virtio.BlkFRO != 0; got != cfg.ro {
 				t.Errorf("VIRTIO_BLK_F_RO offered %v, want %v", got, cfg.ro)
 			}
 			for _, rc := range []struct {
@@ -48,14 +49,14 @@ func TestReadOnlyCannotBeBypassed(t *testing.T) {
 				r    frontend.Request
 				want byte
 			}{
-				{"in", frontend.Request{Type: frontend.TypeIn, Sector: 8, Data: make([]byte, 4096)}, frontend.StatusOK},
-				{"out", frontend.Request{Type: frontend.TypeOut, Sector: 8, Data: pattern(21, 4096)}, frontend.StatusIOErr},
-				{"out past the end", frontend.Request{Type: frontend.TypeOut, Sector: d.Capacity(), Data: pattern(21, 512)}, frontend.StatusIOErr},
-				{"write zeroes", frontend.Request{Type: frontend.TypeWriteZeroes, Sector: 8, NumSectors: 8}, frontend.StatusIOErr},
-				{"write zeroes with unmap", frontend.Request{Type: frontend.TypeWriteZeroes, Sector: 8, NumSectors: 8, Unmap: true}, frontend.StatusIOErr},
-				{"discard", frontend.Request{Type: frontend.TypeDiscard, Sector: 8, NumSectors: 8}, frontend.StatusIOErr},
-				{"flush", frontend.Request{Type: frontend.TypeFlush}, frontend.StatusOK},
-				{"get id", frontend.Request{Type: frontend.TypeGetID, Data: make([]byte, frontend.IDBytes)}, frontend.StatusOK},
+				{"in", frontend.Request{Type: virtio.BlkTIn, Sector: 8, Data: make([]byte, 4096)}, virtio.BlkSOK},
+				{"out", frontend.Request{Type: virtio.BlkTOut, Sector: 8, Data: pattern(21, 4096)}, virtio.BlkSIOErr},
+				{"out past the end", frontend.Request{Type: virtio.BlkTOut, Sector: d.Capacity(), Data: pattern(21, 512)}, virtio.BlkSIOErr},
+				{"write zeroes", frontend.Request{Type: virtio.BlkTWriteZeroes, Sector: 8, NumSectors: 8}, virtio.BlkSIOErr},
+				{"write zeroes with unmap", frontend.Request{Type: virtio.BlkTWriteZeroes, Sector: 8, NumSectors: 8, Unmap: true}, virtio.BlkSIOErr},
+				{"discard", frontend.Request{Type: virtio.BlkTDiscard, Sector: 8, NumSectors: 8}, virtio.BlkSIOErr},
+				{"flush", frontend.Request{Type: virtio.BlkTFlush}, virtio.BlkSOK},
+				{"get id", frontend.Request{Type: virtio.BlkTGetID, Data: make([]byte, virtio.BlkIDBytes)}, virtio.BlkSOK},
 			} {
 				for _, q := range d.Queues {
 					r := rc.r
@@ -67,7 +68,7 @@ func TestReadOnlyCannotBeBypassed(t *testing.T) {
 				}
 			}
 			got := make([]byte, 4096)
-			if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Sector: 8, Data: got}, ioTimeout); err != nil {
+			if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 8, Data: got}, ioTimeout); err != nil {
 				t.Fatal(err)
 			}
 			if string(got) != string(pattern(11, 128<<10)[8*512:8*512+4096]) {

@@ -16,6 +16,7 @@ import (
 	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 func quietLogger() *logrus.Logger {
@@ -43,7 +44,7 @@ func TestServeContextShutsDownCleanlyWhenTheContextEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := bytes.Repeat([]byte{0xa5}, 4096)
-	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeOut, Sector: 8, Data: data}, 5*time.Second); err != nil {
+	if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 8, Data: data}, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	cancel() // the front-end is still connected: shutdown must not wait for it to leave

@@ -9,6 +9,7 @@ import (
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // gatedDisk is a memDisk whose reads wait for the test: entered says one
@@ -47,7 +48,7 @@ func TestGetVringBaseWhileASpinningWorkerRunsARequestPublishesIt(t *testing.T) {
 	// The ring is empty when the worker starts: it drains nothing and
 	// spins; the request arrives during the spin.
 	time.Sleep(50 * time.Millisecond)
-	if err := q.Submit(&frontend.Request{Type: frontend.TypeIn, Sector: 8, Data: make([]byte, 4096)}); err != nil {
+	if err := q.Submit(&frontend.Request{Type: virtio.BlkTIn, Sector: 8, Data: make([]byte, 4096)}); err != nil {
 		t.Fatal(err)
 	}
 	q.Kick()

@@ -7,6 +7,7 @@ import (
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // TestStatsCountEachQueuesRequests: reads, writes, a flush and a failing
@@ -17,17 +18,17 @@ func TestStatsCountEachQueuesRequests(t *testing.T) {
 	d := connect(t, e, frontend.Options{NumQueues: 2})
 	data := pattern(7, 8192)
 	for i := 0; i < 3; i++ {
-		if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeOut, Sector: 8, Data: data}, ioTimeout); err != nil {
+		if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 8, Data: data}, ioTimeout); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := d.Queues[1].Do(&frontend.Request{Type: frontend.TypeIn, Sector: 8, Data: make([]byte, 4096)}, ioTimeout); err != nil {
+	if err := d.Queues[1].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 8, Data: make([]byte, 4096)}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Queues[1].Do(&frontend.Request{Type: frontend.TypeFlush}, ioTimeout); err != nil {
+	if err := d.Queues[1].Do(&frontend.Request{Type: virtio.BlkTFlush}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
-	past := &frontend.Request{Type: frontend.TypeIn, Sector: d.Capacity(), Data: make([]byte, 512)}
+	past := &frontend.Request{Type: virtio.BlkTIn, Sector: d.Capacity(), Data: make([]byte, 512)}
 	if err := d.Queues[1].Do(past, ioTimeout); err == nil {
 		t.Fatal("a read past the end succeeded")
 	}
@@ -74,7 +75,7 @@ func TestDetachDropsTheFrontEndAndServesTheNext(t *testing.T) {
 	}
 	d := connect(t, e, frontend.Options{})
 	data := pattern(8, 4096)
-	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeOut, Sector: 0, Data: data}, ioTimeout); err != nil {
+	if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 0, Data: data}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if !e.srv.Detach() {
@@ -85,7 +86,7 @@ func TestDetachDropsTheFrontEndAndServesTheNext(t *testing.T) {
 	}
 	d2 := connect(t, e, frontend.Options{})
 	got := make([]byte, len(data))
-	if err := d2.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Sector: 0, Data: got}, ioTimeout); err != nil || string(got) != string(data) {
+	if err := d2.Queues[0].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 0, Data: got}, ioTimeout); err != nil || string(got) != string(data) {
 		t.Fatalf("next front-end: %v, data equal %v", err, string(got) == string(data))
 	}
 	if st := e.srv.Stats(); !st.Connected || st.Connections != 2 {

@@ -100,13 +100,10 @@ const (
 	ReplyFlags = FlagVersion | FlagReply
 )
 
-// Virtio/vhost feature bits the protocol layer itself cares about.
-const (
-	FeatureRingIndirectDesc uint64 = 1 << 28
-	FeatureRingEventIdx     uint64 = 1 << 29
-	FeatureProtocolFeatures uint64 = 1 << 30 // VHOST_USER_F_PROTOCOL_FEATURES
-	FeatureVersion1         uint64 = 1 << 32
-)
+// FeatureProtocolFeatures is VHOST_USER_F_PROTOCOL_FEATURES, the one
+// feature bit vhost-user adds to the device's virtio features: it enables
+// GET/SET_PROTOCOL_FEATURES. The virtio bits themselves are package virtio's.
+const FeatureProtocolFeatures uint64 = 1 << 30
 
 // Protocol feature bits (GET/SET_PROTOCOL_FEATURES).
 const (

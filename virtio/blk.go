@@ -105,4 +105,7 @@ const (
 	BlkCfgZoned               = 72
 	// BlkConfigSize is the whole struct, zoned characteristics included.
 	BlkConfigSize = 96
+	// BlkConfigSizeWriteZeroes is the struct through write_zeroes_may_unmap
+	// and its padding: what QEMU 7.2 asks a vhost-user-blk back-end for.
+	BlkConfigSizeWriteZeroes = BlkCfgMaxSecureEraseSecs
 )

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // logMessages returns the msg of every JSON log line.
@@ -37,7 +38,7 @@ func TestServeLogsEachConnectionEventOnceAndNoRequests(t *testing.T) {
 	}
 	buf := make([]byte, 4096)
 	for i := 0; i < 200; i++ {
-		if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Sector: uint64(8 * i), Data: buf}, ioTimeout); err != nil {
+		if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: uint64(8 * i), Data: buf}, ioTimeout); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -81,7 +82,7 @@ func TestServeLogsTextByDefaultAndProtocolDetailAtDebug(t *testing.T) {
 	}
 	before := strings.Count(logs.String(), "\n")
 	for i := 0; i < 50; i++ {
-		if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeFlush}, ioTimeout); err != nil {
+		if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTFlush}, ioTimeout); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/nvblk/nvblk/internal/control"
 	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // logField finds the first JSON log line with msg and returns its field.
@@ -105,10 +106,10 @@ func TestOperatorWatchesLoadThenDetachesTheGuest(t *testing.T) {
 				return
 			default:
 			}
-			if ioErr = d.Queues[0].Do(&frontend.Request{Type: frontend.TypeOut, Sector: 8 * (i % 64), Data: data}, ioTimeout); ioErr != nil {
+			if ioErr = d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 8 * (i % 64), Data: data}, ioTimeout); ioErr != nil {
 				return
 			}
-			if ioErr = d.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Sector: 8 * (i % 64), Data: buf}, ioTimeout); ioErr != nil {
+			if ioErr = d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 8 * (i % 64), Data: buf}, ioTimeout); ioErr != nil {
 				return
 			}
 		}
@@ -151,7 +152,7 @@ func TestOperatorWatchesLoadThenDetachesTheGuest(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "detached") {
 		t.Fatalf("detach: exit %d: %s%s", code, out, stderr)
 	}
-	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Sector: 0, Data: make([]byte, 4096)}, time.Second); err == nil {
+	if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 0, Data: make([]byte, 4096)}, time.Second); err == nil {
 		t.Error("the detached front-end is still served")
 	}
 	d.Close()
@@ -161,7 +162,7 @@ func TestOperatorWatchesLoadThenDetachesTheGuest(t *testing.T) {
 	}
 	got := make([]byte, 4096)
 	// Sector 0 is the first the load wrote.
-	if err := d2.Queues[1].Do(&frontend.Request{Type: frontend.TypeIn, Sector: 0, Data: got}, ioTimeout); err != nil || !bytes.Equal(got, data) {
+	if err := d2.Queues[1].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 0, Data: got}, ioTimeout); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("next front-end: %v, data equal %v", err, bytes.Equal(got, data))
 	}
 	if st := statusOf(t, ctl); !st.Connected || st.Connections != 2 || st.Queues[1].Reads != 1 {

@@ -37,6 +37,7 @@ import (
 
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // Verdict is what a case concluded.
@@ -213,14 +214,14 @@ func (s *suite) probe() error {
 	}
 	defer d.Close()
 	s.config, s.queues = d.Config, 1
-	if len(s.config) < cfgSize {
+	if len(s.config) < virtio.BlkConfigSizeWriteZeroes {
 		return fmt.Errorf("GET_CONFIG gave %d bytes (is VHOST_USER_PROTOCOL_F_CONFIG offered?)", len(s.config))
 	}
 	le := binary.LittleEndian
-	s.capacity = le.Uint64(s.config[cfgCapacity:])
-	s.blkSize = frontend.SectorSize
-	if s.has(frontend.BlkFBlkSize) {
-		if bs := le.Uint32(s.config[cfgBlkSize:]); bs >= 512 && bs <= 1<<16 && bs&(bs-1) == 0 {
+	s.capacity = le.Uint64(s.config[virtio.BlkCfgCapacity:])
+	s.blkSize = virtio.BlkSectorSize
+	if s.has(virtio.BlkFBlkSize) {
+		if bs := le.Uint32(s.config[virtio.BlkCfgBlkSize:]); bs >= 512 && bs <= 1<<16 && bs&(bs-1) == 0 {
 			s.blkSize = bs
 		}
 	}
@@ -255,20 +256,20 @@ func errFinding(what string, err error) finding { return failf("%s: %v", what, e
 func (s *suite) has(f uint64) bool              { return s.offered&f != 0 }
 func (s *suite) protoHas(p uint64) bool         { return s.protocol&p != 0 }
 func (s *suite) notOffered(name string) finding { return skipf("not offered: %s", name) }
-func (s *suite) sectorsPerBlock() uint64        { return uint64(s.blkSize / frontend.SectorSize) }
+func (s *suite) sectorsPerBlock() uint64        { return uint64(s.blkSize / virtio.BlkSectorSize) }
 func (s *suite) timeout() time.Duration         { return s.opts.Timeout }
 
 func featureName(f uint64) string {
 	switch f {
-	case frontend.BlkFWriteZeroes:
+	case virtio.BlkFWriteZeroes:
 		return "VIRTIO_BLK_F_WRITE_ZEROES"
-	case frontend.BlkFDiscard:
+	case virtio.BlkFDiscard:
 		return "VIRTIO_BLK_F_DISCARD"
-	case frontend.BlkFRO:
+	case virtio.BlkFRO:
 		return "VIRTIO_BLK_F_RO"
-	case vhostuser.FeatureRingIndirectDesc:
+	case virtio.FRingIndirectDesc:
 		return "VIRTIO_RING_F_INDIRECT_DESC"
-	case vhostuser.FeatureRingEventIdx:
+	case virtio.FRingEventIdx:
 		return "VIRTIO_RING_F_EVENT_IDX"
 	}
 	return fmt.Sprintf("feature %#x", f)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // handshakeCases are the messages QEMU sends before any ring exists, on a
@@ -33,7 +34,7 @@ func checkHandshake(s *suite) {
 	switch {
 	case err != nil:
 		s.record(names[0], errFinding("GET_FEATURES", err))
-	case f&vhostuser.FeatureVersion1 == 0:
+	case f&virtio.FVersion1 == 0:
 		s.record(names[0], failf("VIRTIO_F_VERSION_1 not offered (%#x)", f))
 	case f&vhostuser.FeatureProtocolFeatures == 0:
 		s.record(names[0], failf("VHOST_USER_F_PROTOCOL_FEATURES not offered (%#x): no GET_CONFIG", f))
@@ -71,7 +72,7 @@ func checkHandshake(s *suite) {
 	} else {
 		s.record(names[3], passf("%d queues", n))
 	}
-	if err := c.SetU64(vhostuser.ReqSetFeatures, f&(vhostuser.FeatureVersion1|vhostuser.FeatureProtocolFeatures|frontend.BlkFFlush|frontend.BlkFBlkSize)); err != nil {
+	if err := c.SetU64(vhostuser.ReqSetFeatures, f&(virtio.FVersion1|vhostuser.FeatureProtocolFeatures|virtio.BlkFFlush|virtio.BlkFBlkSize)); err != nil {
 		s.record(names[4], errFinding("SET_FEATURES", err))
 	} else if _, err := c.GetU64(vhostuser.ReqGetFeatures); err != nil {
 		s.record(names[4], errFinding("GET_FEATURES after SET_FEATURES", err))

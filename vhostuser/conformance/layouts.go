@@ -3,8 +3,8 @@ package conformance
 import (
 	"bytes"
 
-	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // layout is a way of cutting a request into descriptors that a guest may
@@ -36,9 +36,9 @@ var layouts = []layout{
 	{Case: Case{"layout/byte-granular-segments", messageFraming},
 		readIn: every(1000, 1000, layoutBytes+1), writeOut: every(16, 1000, 16+layoutBytes)},
 	{Case: Case{"layout/indirect", indirectDescriptors},
-		need: vhostuser.FeatureRingIndirectDesc, indirect: true},
+		need: virtio.FRingIndirectDesc, indirect: true},
 	{Case: Case{"layout/indirect-header-split-byte-segments", indirectDescriptors + `, §2.7.4 "Message Framing"`},
-		need: vhostuser.FeatureRingIndirectDesc, indirect: true,
+		need: virtio.FRingIndirectDesc, indirect: true,
 		readOut: []int{8}, readIn: every(700, 700, layoutBytes+1), writeOut: append([]int{8}, every(16, 700, 16+layoutBytes)...)},
 }
 
@@ -56,7 +56,7 @@ func every(start, step, end int) []int {
 func checkLayouts(s *suite) {
 	const n = layoutBytes
 	s.group(frontend.Options{Indirect: true}, caseNames(layoutCases), func(d *dev) {
-		indirect := d.Features&vhostuser.FeatureRingIndirectDesc != 0
+		indirect := d.Features&virtio.FRingIndirectDesc != 0
 		for i, l := range layouts {
 			if l.need != 0 && !indirect {
 				s.record(l.Name, s.notOffered(featureName(l.need)))
@@ -66,9 +66,9 @@ func checkLayouts(s *suite) {
 				sector := uint64(0)
 				if s.scratchOK {
 					sector = s.scratch
-					w, err := d.do(rawReq{out: append(header(frontend.TypeOut, sector), pattern(int64(200+i), n)...),
+					w, err := d.do(rawReq{out: append(header(virtio.BlkTOut, sector), pattern(int64(200+i), n)...),
 						inLen: 1, outCuts: l.writeOut, indirect: l.indirect})
-					if f := wantStatus(w, err, frontend.StatusOK); f.verdict != Pass {
+					if f := wantStatus(w, err, virtio.BlkSOK); f.verdict != Pass {
 						return failf("write: %s", f.detail)
 					}
 				}
@@ -79,9 +79,9 @@ func checkLayouts(s *suite) {
 				if s.scratchOK && !bytes.Equal(want, pattern(int64(200+i), n)) {
 					return failf("the write in this layout did not land")
 				}
-				r, err := d.do(rawReq{out: header(frontend.TypeIn, sector), inLen: n + 1,
+				r, err := d.do(rawReq{out: header(virtio.BlkTIn, sector), inLen: n + 1,
 					outCuts: l.readOut, inCuts: l.readIn, indirect: l.indirect})
-				switch f := wantStatus(r, err, frontend.StatusOK); {
+				switch f := wantStatus(r, err, virtio.BlkSOK); {
 				case f.verdict != Pass:
 					return failf("read: %s", f.detail)
 				case !bytes.Equal(r.in[:n], want):

@@ -3,6 +3,7 @@ package conformance
 import (
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // memoryCases give the back-end guest memory in several regions, with one
@@ -17,7 +18,7 @@ func checkMemory(s *suite) {
 		if _, err := d.read(0, 4096); err != nil {
 			return errFinding("read", err)
 		}
-		if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Data: make([]byte, 4096)}, s.timeout()); err != nil {
+		if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTIn, Data: make([]byte, 4096)}, s.timeout()); err != nil {
 			return errFinding("read", err)
 		}
 		return pass()

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // maxData is the largest data transfer of one raw request.
@@ -99,11 +100,11 @@ func header(typ uint32, sector uint64) []byte {
 }
 
 func readReq(sector uint64, n int) rawReq {
-	return rawReq{out: header(frontend.TypeIn, sector), inLen: n + 1}
+	return rawReq{out: header(virtio.BlkTIn, sector), inLen: n + 1}
 }
 
 func writeReq(sector uint64, data []byte) rawReq {
-	return rawReq{out: append(header(frontend.TypeOut, sector), data...), inLen: 1}
+	return rawReq{out: append(header(virtio.BlkTOut, sector), data...), inLen: 1}
 }
 
 // zeroSeg is one discard / write-zeroes segment.
@@ -220,7 +221,7 @@ func (d *dev) read(sector uint64, n int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.status != frontend.StatusOK {
+	if r.status != virtio.BlkSOK {
 		return nil, fmt.Errorf("read of %d bytes at sector %d: status %s", n, sector, statusName(r.status))
 	}
 	return r.in[:n], nil
@@ -232,7 +233,7 @@ func (d *dev) write(sector uint64, data []byte) error {
 	if err != nil {
 		return err
 	}
-	if r.status != frontend.StatusOK {
+	if r.status != virtio.BlkSOK {
 		return fmt.Errorf("write of %d bytes at sector %d: status %s", len(data), sector, statusName(r.status))
 	}
 	return nil
@@ -240,11 +241,11 @@ func (d *dev) write(sector uint64, data []byte) error {
 
 func statusName(b byte) string {
 	switch b {
-	case frontend.StatusOK:
+	case virtio.BlkSOK:
 		return "OK"
-	case frontend.StatusIOErr:
+	case virtio.BlkSIOErr:
 		return "IOERR"
-	case frontend.StatusUnsupp:
+	case virtio.BlkSUnsupp:
 		return "UNSUPP"
 	case 0xff:
 		return "unwritten"

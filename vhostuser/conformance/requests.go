@@ -4,6 +4,7 @@ import (
 	"bytes"
 
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // requestCases are every request type a guest sends, and the error
@@ -26,7 +27,7 @@ func checkRequests(s *suite) {
 		switch {
 		case err != nil:
 			s.record("io/read", errFinding("read", err))
-		case r.status != frontend.StatusOK:
+		case r.status != virtio.BlkSOK:
 			s.record("io/read", failf("status %s", statusName(r.status)))
 		case r.used != uint32(n+1):
 			s.record("io/read", failf("used len %d, want %d (data + status)", r.used, n+1))
@@ -42,7 +43,7 @@ func checkRequests(s *suite) {
 			switch {
 			case err != nil:
 				s.record("io/write-read", errFinding("write", err))
-			case w.status != frontend.StatusOK:
+			case w.status != virtio.BlkSOK:
 				s.record("io/write-read", failf("write status %s", statusName(w.status)))
 			case w.used != 1:
 				s.record("io/write-read", failf("write used len %d, want 1 (the status byte)", w.used))
@@ -59,18 +60,18 @@ func checkRequests(s *suite) {
 			}
 		}
 
-		if !s.has(frontend.BlkFFlush) {
+		if !s.has(virtio.BlkFFlush) {
 			s.record("io/flush", s.notOffered("VIRTIO_BLK_F_FLUSH"))
 		} else {
-			r, err := d.do(rawReq{out: header(frontend.TypeFlush, 0), inLen: 1})
-			s.record("io/flush", wantStatus(r, err, frontend.StatusOK))
+			r, err := d.do(rawReq{out: header(virtio.BlkTFlush, 0), inLen: 1})
+			s.record("io/flush", wantStatus(r, err, virtio.BlkSOK))
 		}
 
-		r, err = d.do(rawReq{out: header(frontend.TypeGetID, 0), inLen: frontend.IDBytes + 1})
-		if f := wantStatus(r, err, frontend.StatusOK); f.verdict != Pass {
+		r, err = d.do(rawReq{out: header(virtio.BlkTGetID, 0), inLen: virtio.BlkIDBytes + 1})
+		if f := wantStatus(r, err, virtio.BlkSOK); f.verdict != Pass {
 			s.record("io/get-id", f)
 		} else {
-			id := r.in[:frontend.IDBytes]
+			id := r.in[:virtio.BlkIDBytes]
 			if i := bytes.IndexByte(id, 0); i >= 0 {
 				id = id[:i]
 			}
@@ -79,18 +80,18 @@ func checkRequests(s *suite) {
 
 		// Type 0x7e is no request type; even, so no legacy device takes it for a write.
 		r, err = d.do(rawReq{out: header(0x7e, 0), inLen: 512 + 1})
-		s.record("io/unsupported-type", wantStatus(r, err, frontend.StatusUnsupp))
+		s.record("io/unsupported-type", wantStatus(r, err, virtio.BlkSUnsupp))
 
 		blk := int(s.blkSize)
 		r, err = d.do(readReq(s.capacity, blk))
-		s.record("io/read-past-end", wantStatus(r, err, frontend.StatusIOErr))
+		s.record("io/read-past-end", wantStatus(r, err, virtio.BlkSIOErr))
 		r, err = d.do(readReq(s.capacity-s.sectorsPerBlock(), 2*blk))
-		s.record("io/read-straddling-end", wantStatus(r, err, frontend.StatusIOErr))
+		s.record("io/read-straddling-end", wantStatus(r, err, virtio.BlkSIOErr))
 		if f, ok := s.needScratch(); !ok {
 			s.record("io/write-past-end", f)
 		} else {
 			r, err = d.do(writeReq(s.capacity, make([]byte, blk)))
-			s.record("io/write-past-end", wantStatus(r, err, frontend.StatusIOErr))
+			s.record("io/write-past-end", wantStatus(r, err, virtio.BlkSIOErr))
 		}
 	})
 }
@@ -104,7 +105,7 @@ var readOnlyCases = []Case{
 
 func checkReadOnly(s *suite) {
 	names := caseNames(readOnlyCases)
-	if !s.has(frontend.BlkFRO) {
+	if !s.has(virtio.BlkFRO) {
 		for _, n := range names {
 			s.record(n, s.notOffered("VIRTIO_BLK_F_RO"))
 		}
@@ -121,15 +122,15 @@ func checkReadOnly(s *suite) {
 		}
 		// The bytes written are the ones already there: harmless if obeyed.
 		r, err := d.do(writeReq(0, cur))
-		s.record(names[0], wantStatus(r, err, frontend.StatusIOErr))
+		s.record(names[0], wantStatus(r, err, virtio.BlkSIOErr))
 		switch {
-		case !s.has(frontend.BlkFWriteZeroes):
+		case !s.has(virtio.BlkFWriteZeroes):
 			s.record(names[1], s.notOffered("VIRTIO_BLK_F_WRITE_ZEROES"))
 		case !bytes.Equal(cur, make([]byte, blk)):
 			s.record(names[1], skipf("sector 0 holds data: zeroing it is not risked"))
 		default:
-			r, err := d.do(zeroReq(frontend.TypeWriteZeroes, zeroSeg{0, uint32(s.sectorsPerBlock()), 0}))
-			s.record(names[1], wantStatus(r, err, frontend.StatusIOErr))
+			r, err := d.do(zeroReq(virtio.BlkTWriteZeroes, zeroSeg{0, uint32(s.sectorsPerBlock()), 0}))
+			s.record(names[1], wantStatus(r, err, virtio.BlkSIOErr))
 		}
 	})
 }

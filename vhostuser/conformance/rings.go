@@ -8,6 +8,7 @@ import (
 
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // notificationCases hold the back-end to interrupting the driver for its
@@ -25,8 +26,8 @@ func checkNotifications(s *suite) {
 		name := "ring/call-signalled"
 		if eventIdx {
 			name = "ring/event-idx"
-			if !s.has(vhostuser.FeatureRingEventIdx) {
-				s.record(name, s.notOffered(featureName(vhostuser.FeatureRingEventIdx)))
+			if !s.has(virtio.FRingEventIdx) {
+				s.record(name, s.notOffered(featureName(virtio.FRingEventIdx)))
 				continue
 			}
 		}
@@ -35,7 +36,7 @@ func checkNotifications(s *suite) {
 			total := 0
 			for batch := 0; batch < 12; batch++ {
 				for i := 0; i < 16; i++ {
-					if err := q.Submit(&frontend.Request{Type: frontend.TypeIn, Sector: uint64(i) * 8, Data: make([]byte, 4096)}); err != nil {
+					if err := q.Submit(&frontend.Request{Type: virtio.BlkTIn, Sector: uint64(i) * 8, Data: make([]byte, 4096)}); err != nil {
 						return errFinding("submit", err)
 					}
 				}
@@ -46,7 +47,7 @@ func checkNotifications(s *suite) {
 						return errFinding(fmt.Sprintf("batch %d", batch), err)
 					}
 					for _, r := range done {
-						if r.Status != frontend.StatusOK {
+						if r.Status != virtio.BlkSOK {
 							return failf("batch %d: status %s", batch, statusName(r.Status))
 						}
 					}
@@ -55,7 +56,7 @@ func checkNotifications(s *suite) {
 			}
 			// Now strictly: one request, and only the call eventfd is watched.
 			d.Queues[0].Ring.WaitCall(0)
-			if err := q.Submit(&frontend.Request{Type: frontend.TypeIn, Data: make([]byte, 4096)}); err != nil {
+			if err := q.Submit(&frontend.Request{Type: virtio.BlkTIn, Data: make([]byte, 4096)}); err != nil {
 				return errFinding("submit", err)
 			}
 			q.Kick()
@@ -100,14 +101,14 @@ func checkMultiqueue(s *suite) {
 				for i := 0; i < 32; i++ {
 					sector := uint64(qi*32+i) * 8
 					if s.scratchOK {
-						sector = s.scratch + uint64(qi*32+i)*8%(scratchBytes/frontend.SectorSize)
+						sector = s.scratch + uint64(qi*32+i)*8%(scratchBytes/virtio.BlkSectorSize)
 						data := pattern(int64(qi*1000+i), 4096)
-						if err := q.Do(&frontend.Request{Type: frontend.TypeOut, Sector: sector, Data: data}, s.timeout()); err != nil {
+						if err := q.Do(&frontend.Request{Type: virtio.BlkTOut, Sector: sector, Data: data}, s.timeout()); err != nil {
 							errs[qi] = err
 							return
 						}
 						got := make([]byte, 4096)
-						if err := q.Do(&frontend.Request{Type: frontend.TypeIn, Sector: sector, Data: got}, s.timeout()); err != nil {
+						if err := q.Do(&frontend.Request{Type: virtio.BlkTIn, Sector: sector, Data: got}, s.timeout()); err != nil {
 							errs[qi] = err
 							return
 						}
@@ -117,7 +118,7 @@ func checkMultiqueue(s *suite) {
 						}
 						continue
 					}
-					if err := q.Do(&frontend.Request{Type: frontend.TypeIn, Sector: sector, Data: make([]byte, 4096)}, s.timeout()); err != nil {
+					if err := q.Do(&frontend.Request{Type: virtio.BlkTIn, Sector: sector, Data: make([]byte, 4096)}, s.timeout()); err != nil {
 						errs[qi] = err
 						return
 					}
@@ -150,7 +151,7 @@ func checkStopRing(s *suite) {
 		q := d.Queues[0]
 		const first, later = 48, 8
 		for i := 0; i < first; i++ {
-			if err := q.Submit(&frontend.Request{Type: frontend.TypeIn, Sector: uint64(i) * 8, Data: make([]byte, 4096)}); err != nil {
+			if err := q.Submit(&frontend.Request{Type: virtio.BlkTIn, Sector: uint64(i) * 8, Data: make([]byte, 4096)}); err != nil {
 				s.record(names[0], errFinding("submit", err))
 				return
 			}
@@ -179,7 +180,7 @@ func checkStopRing(s *suite) {
 			s.record(names[0], passf("base %d of %d submitted, all consumed completed at the reply", base, first))
 		}
 		for i := 0; i < later; i++ {
-			if err := q.Submit(&frontend.Request{Type: frontend.TypeIn, Sector: uint64(i) * 8, Data: make([]byte, 4096)}); err != nil {
+			if err := q.Submit(&frontend.Request{Type: virtio.BlkTIn, Sector: uint64(i) * 8, Data: make([]byte, 4096)}); err != nil {
 				s.record(names[1], errFinding("submit", err))
 				return
 			}
@@ -204,7 +205,7 @@ func checkStopRing(s *suite) {
 				break
 			}
 			for _, r := range done {
-				if r.Status != frontend.StatusOK {
+				if r.Status != virtio.BlkSOK {
 					s.record(names[2], failf("status %s after restart", statusName(r.Status)))
 					return
 				}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // scratchBytes is the size of the range at the end of the disk that a
@@ -20,11 +21,11 @@ var (
 
 // chooseScratch decides whether destructive cases may write, and where.
 func (s *suite) chooseScratch() {
-	const scratchSectors = scratchBytes / frontend.SectorSize
+	const scratchSectors = scratchBytes / virtio.BlkSectorSize
 	switch {
 	case !s.opts.Destructive:
 		s.scratchWhy = "writes data: needs --destructive"
-	case s.has(frontend.BlkFRO):
+	case s.has(virtio.BlkFRO):
 		s.scratchWhy = "read-only device"
 	case s.capacity < 4*scratchSectors:
 		s.scratchWhy = fmt.Sprintf("disk of %d sectors is too small for a scratch range", s.capacity)
@@ -45,7 +46,7 @@ func (s *suite) backupScratch() {
 	f := s.withDev(frontend.Options{}, func(d *dev) finding {
 		var b []byte
 		for off := 0; off < scratchBytes; off += maxData {
-			part, err := d.read(s.scratch+uint64(off/frontend.SectorSize), min(maxData, scratchBytes-off))
+			part, err := d.read(s.scratch+uint64(off/virtio.BlkSectorSize), min(maxData, scratchBytes-off))
 			if err != nil {
 				return errFinding("reading the scratch range", err)
 			}
@@ -66,12 +67,12 @@ func (s *suite) restoreScratch() {
 	}
 	s.record(scratchRestore.Name, s.withDev(frontend.Options{}, func(d *dev) finding {
 		for off := 0; off < len(s.backup); off += maxData {
-			if err := d.write(s.scratch+uint64(off/frontend.SectorSize), s.backup[off:min(off+maxData, len(s.backup))]); err != nil {
+			if err := d.write(s.scratch+uint64(off/virtio.BlkSectorSize), s.backup[off:min(off+maxData, len(s.backup))]); err != nil {
 				return errFinding("restoring the scratch range", err)
 			}
 		}
-		if s.has(frontend.BlkFFlush) {
-			if r, err := d.do(rawReq{out: header(frontend.TypeFlush, 0), inLen: 1}); err != nil || r.status != frontend.StatusOK {
+		if s.has(virtio.BlkFFlush) {
+			if r, err := d.do(rawReq{out: header(virtio.BlkTFlush, 0), inLen: 1}); err != nil || r.status != virtio.BlkSOK {
 				return failf("flush after restoring: %v status %s", err, statusName(r.status))
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // sessionCases connect again after a session ends, cleanly or with the
@@ -53,7 +54,7 @@ func checkSession(s *suite) {
 	}
 	q := d.Queues[0]
 	for i := 0; i < 8; i++ {
-		q.Submit(&frontend.Request{Type: frontend.TypeIn, Sector: uint64(i) * 8, Data: make([]byte, 4096)})
+		q.Submit(&frontend.Request{Type: virtio.BlkTIn, Sector: uint64(i) * 8, Data: make([]byte, 4096)})
 	}
 	q.Kick()
 	d.Conn.Close()

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // zeroCase is one DISCARD or WRITE_ZEROES request and what it must do to a
@@ -42,25 +43,25 @@ const (
 
 var zeroCases = []zeroCase{
 	{Case: Case{"io/write-zeroes", blkDeviceMust + ": reads of the range return zeroes"},
-		typ: frontend.TypeWriteZeroes, feat: frontend.BlkFWriteZeroes, segs: midHalf(0), want: frontend.StatusOK, zeros: true},
+		typ: virtio.BlkTWriteZeroes, feat: virtio.BlkFWriteZeroes, segs: midHalf(0), want: virtio.BlkSOK, zeros: true},
 	{Case: Case{"io/write-zeroes-unmap", blkDeviceMust + ": zeroes whether unmap was set or clear"},
-		typ: frontend.TypeWriteZeroes, feat: frontend.BlkFWriteZeroes, segs: midHalf(1), want: frontend.StatusOK, zeros: true},
+		typ: virtio.BlkTWriteZeroes, feat: virtio.BlkFWriteZeroes, segs: midHalf(1), want: virtio.BlkSOK, zeros: true},
 	{Case: Case{"io/write-zeroes-reserved-flags", blkDeviceMust + ": VIRTIO_BLK_S_UNSUPP for an unknown flag"},
-		typ: frontend.TypeWriteZeroes, feat: frontend.BlkFWriteZeroes, segs: midHalf(2), want: frontend.StatusUnsupp, same: true},
+		typ: virtio.BlkTWriteZeroes, feat: virtio.BlkFWriteZeroes, segs: midHalf(2), want: virtio.BlkSUnsupp, same: true},
 	{Case: Case{"io/write-zeroes-two-segments", writeZeroesOp + ", max_write_zeroes_seg segments"},
-		typ: frontend.TypeWriteZeroes, feat: frontend.BlkFWriteZeroes, segs: twoBlocks, want: frontend.StatusOK, segLimit: cfgMaxWZSeg},
+		typ: virtio.BlkTWriteZeroes, feat: virtio.BlkFWriteZeroes, segs: twoBlocks, want: virtio.BlkSOK, segLimit: virtio.BlkCfgMaxWriteZeroesSeg},
 	{Case: Case{"io/write-zeroes-num-sectors-max", writeZeroesOp + ", VIRTIO_BLK_S_IOERR"},
-		typ: frontend.TypeWriteZeroes, feat: frontend.BlkFWriteZeroes, segs: allSectors, want: frontend.StatusIOErr},
+		typ: virtio.BlkTWriteZeroes, feat: virtio.BlkFWriteZeroes, segs: allSectors, want: virtio.BlkSIOErr},
 	{Case: Case{"io/discard", discardOp},
-		typ: frontend.TypeDiscard, feat: frontend.BlkFDiscard, segs: midHalf(0), want: frontend.StatusOK},
+		typ: virtio.BlkTDiscard, feat: virtio.BlkFDiscard, segs: midHalf(0), want: virtio.BlkSOK},
 	{Case: Case{"io/discard-unmap-flag", blkDeviceMust + ": VIRTIO_BLK_S_UNSUPP for discard with unmap"},
-		typ: frontend.TypeDiscard, feat: frontend.BlkFDiscard, segs: midHalf(1), want: frontend.StatusUnsupp, same: true},
+		typ: virtio.BlkTDiscard, feat: virtio.BlkFDiscard, segs: midHalf(1), want: virtio.BlkSUnsupp, same: true},
 	{Case: Case{"io/discard-reserved-flags", blkDeviceMust + ": VIRTIO_BLK_S_UNSUPP for an unknown flag"},
-		typ: frontend.TypeDiscard, feat: frontend.BlkFDiscard, segs: midHalf(2), want: frontend.StatusUnsupp, same: true},
+		typ: virtio.BlkTDiscard, feat: virtio.BlkFDiscard, segs: midHalf(2), want: virtio.BlkSUnsupp, same: true},
 	{Case: Case{"io/discard-two-segments", discardOp + ", max_discard_seg segments"},
-		typ: frontend.TypeDiscard, feat: frontend.BlkFDiscard, segs: twoBlocks, want: frontend.StatusOK, segLimit: cfgMaxDiscardSeg},
+		typ: virtio.BlkTDiscard, feat: virtio.BlkFDiscard, segs: twoBlocks, want: virtio.BlkSOK, segLimit: virtio.BlkCfgMaxDiscardSeg},
 	{Case: Case{"io/discard-num-sectors-max", discardOp + ", VIRTIO_BLK_S_IOERR"},
-		typ: frontend.TypeDiscard, feat: frontend.BlkFDiscard, segs: allSectors, want: frontend.StatusIOErr},
+		typ: virtio.BlkTDiscard, feat: virtio.BlkFDiscard, segs: allSectors, want: virtio.BlkSIOErr},
 }
 
 var zeroingCases = casesOf(zeroCases, func(z zeroCase) Case { return z.Case })
@@ -84,7 +85,7 @@ func checkZeroing(s *suite) {
 			}
 			want := c.want
 			if c.segLimit != 0 && le.Uint32(s.config[c.segLimit:]) < 2 {
-				want = frontend.StatusUnsupp
+				want = virtio.BlkSUnsupp
 			}
 			data := pattern(int64(100+i), 32<<10)
 			if err := d.write(s.scratch, data); err != nil {

@@ -7,39 +7,8 @@ import (
 	"time"
 
 	"github.com/nvblk/nvblk/vhostuser"
+	"github.com/nvblk/nvblk/virtio"
 	"golang.org/x/sys/unix"
-)
-
-// virtio-blk request types and status values (virtio 1.2 §5.2.6).
-const (
-	TypeIn          = 0
-	TypeOut         = 1
-	TypeFlush       = 4
-	TypeGetID       = 8
-	TypeDiscard     = 11
-	TypeWriteZeroes = 13
-
-	StatusOK     = 0
-	StatusIOErr  = 1
-	StatusUnsupp = 2
-
-	// SectorSize is virtio-blk's unit for Sector and NumSectors.
-	SectorSize = 512
-	// IDBytes is the size of a GET_ID answer.
-	IDBytes = 20
-)
-
-// virtio-blk feature bits the front-end understands.
-const (
-	BlkFSizeMax     uint64 = 1 << 1
-	BlkFSegMax      uint64 = 1 << 2
-	BlkFRO          uint64 = 1 << 5
-	BlkFBlkSize     uint64 = 1 << 6
-	BlkFFlush       uint64 = 1 << 9
-	BlkFTopology    uint64 = 1 << 10
-	BlkFMQ          uint64 = 1 << 12
-	BlkFDiscard     uint64 = 1 << 13
-	BlkFWriteZeroes uint64 = 1 << 14
 )
 
 // ErrQueueFull is returned by Submit when no descriptor or slot is free.
@@ -143,9 +112,9 @@ func (q *Queue) Submit(r *Request) error {
 	binary.LittleEndian.PutUint32(s.buf[slotHdr+4:], 0)
 	binary.LittleEndian.PutUint64(s.buf[slotHdr+8:], r.Sector)
 	s.buf[slotStatus] = statusUnset
-	els := []elem{{s.gpa + slotHdr, 16, false}}
+	els := []elem{{s.gpa + slotHdr, virtio.BlkReqHeaderSize, false}}
 	switch r.Type {
-	case TypeDiscard, TypeWriteZeroes:
+	case virtio.BlkTDiscard, virtio.BlkTWriteZeroes:
 		binary.LittleEndian.PutUint64(s.buf[slotDWZ:], r.Sector)
 		binary.LittleEndian.PutUint32(s.buf[slotDWZ+8:], r.NumSectors)
 		var flags uint32
@@ -153,10 +122,10 @@ func (q *Queue) Submit(r *Request) error {
 			flags = 1
 		}
 		binary.LittleEndian.PutUint32(s.buf[slotDWZ+12:], flags)
-		els = append(els, elem{s.gpa + slotDWZ, 16, false})
-	case TypeFlush:
+		els = append(els, elem{s.gpa + slotDWZ, virtio.BlkDWZSegSize, false})
+	case virtio.BlkTFlush:
 	default:
-		write := r.Type != TypeOut
+		write := r.Type != virtio.BlkTOut
 		if !write {
 			copy(s.buf[s.data:], r.Data)
 		}
@@ -255,7 +224,7 @@ func (q *Queue) Reap() ([]*Request, error) {
 		delete(q.inflight, uint16(id))
 		s := &q.slots[r.slot]
 		r.Status, r.Written, r.Done = s.buf[slotStatus], n, true
-		if r.Type == TypeIn || r.Type == TypeGetID {
+		if r.Type == virtio.BlkTIn || r.Type == virtio.BlkTGetID {
 			copy(r.Data, s.buf[s.data:])
 		}
 		q.free = append(q.free, r.slot)
@@ -300,7 +269,7 @@ func (q *Queue) Do(r *Request, timeout time.Duration) error {
 			return err
 		}
 	}
-	if r.Status != StatusOK {
+	if r.Status != virtio.BlkSOK {
 		return fmt.Errorf("frontend: request type %d sector %d: status %d", r.Type, r.Sector, r.Status)
 	}
 	return nil
@@ -343,10 +312,6 @@ type Device struct {
 
 // wantedProtocol is every protocol feature this front-end can use.
 const wantedProtocol = vhostuser.ProtoMQ | vhostuser.ProtoReplyAck | vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots
-
-// blkConfigSize is sizeof(struct virtio_blk_config) up to
-// write_zeroes_may_unmap and padding, what QEMU 7.2 asks for.
-const blkConfigSize = 60
 
 // Connect dials path and performs the whole QEMU-like start sequence.
 func Connect(path string, o Options) (*Device, error) {
@@ -425,17 +390,17 @@ func (d *Device) start(o Options) error {
 		return err
 	}
 	if d.Protocol&vhostuser.ProtoConfig != 0 {
-		if d.Config, err = c.GetConfig(0, blkConfigSize); err != nil {
+		if d.Config, err = c.GetConfig(0, virtio.BlkConfigSizeWriteZeroes); err != nil {
 			return err
 		}
 	}
-	want := vhostuser.FeatureVersion1 | vhostuser.FeatureProtocolFeatures | BlkFSizeMax | BlkFSegMax |
-		BlkFRO | BlkFBlkSize | BlkFFlush | BlkFTopology | BlkFMQ | BlkFDiscard | BlkFWriteZeroes
+	want := virtio.FVersion1 | vhostuser.FeatureProtocolFeatures | virtio.BlkFSizeMax | virtio.BlkFSegMax |
+		virtio.BlkFRO | virtio.BlkFBlkSize | virtio.BlkFFlush | virtio.BlkFTopology | virtio.BlkFMQ | virtio.BlkFDiscard | virtio.BlkFWriteZeroes
 	if o.Indirect {
-		want |= vhostuser.FeatureRingIndirectDesc
+		want |= virtio.FRingIndirectDesc
 	}
 	if o.EventIdx {
-		want |= vhostuser.FeatureRingEventIdx
+		want |= virtio.FRingEventIdx
 	}
 	d.Features = offered & want
 	if err := c.SetU64(vhostuser.ReqSetFeatures, d.Features); err != nil {
@@ -459,7 +424,7 @@ func (d *Device) start(o Options) error {
 		return err
 	}
 	for i := 0; i < o.NumQueues; i++ {
-		q, err := newQueue(d.Mem, i, &o, d.Features&vhostuser.FeatureRingEventIdx != 0, d.Features&vhostuser.FeatureRingIndirectDesc != 0)
+		q, err := newQueue(d.Mem, i, &o, d.Features&virtio.FRingEventIdx != 0, d.Features&virtio.FRingIndirectDesc != 0)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nvblk/nvblk/internal/vhosttest"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 func TestQSDWriteReadFlush(t *testing.T) {
@@ -26,19 +27,19 @@ func TestQSDWriteReadFlush(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			if got := d.Capacity(); got != size/SectorSize {
-				t.Fatalf("capacity %d sectors, want %d", got, size/SectorSize)
+			if got := d.Capacity(); got != size/virtio.BlkSectorSize {
+				t.Fatalf("capacity %d sectors, want %d", got, size/virtio.BlkSectorSize)
 			}
 			q := d.Queues[0]
 			data := bytes.Repeat([]byte("nvblk-qsd"), 8192)[:64<<10]
-			if err := q.Do(&Request{Type: TypeOut, Sector: 8, Data: data}, 5*time.Second); err != nil {
+			if err := q.Do(&Request{Type: virtio.BlkTOut, Sector: 8, Data: data}, 5*time.Second); err != nil {
 				t.Fatal(err)
 			}
-			if err := q.Do(&Request{Type: TypeFlush}, 5*time.Second); err != nil {
+			if err := q.Do(&Request{Type: virtio.BlkTFlush}, 5*time.Second); err != nil {
 				t.Fatal(err)
 			}
 			got := make([]byte, len(data))
-			rd := &Request{Type: TypeIn, Sector: 8, Data: got}
+			rd := &Request{Type: virtio.BlkTIn, Sector: 8, Data: got}
 			if err := q.Do(rd, 5*time.Second); err != nil {
 				t.Fatal(err)
 			}
@@ -52,7 +53,7 @@ func TestQSDWriteReadFlush(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.Equal(file[8*SectorSize:8*SectorSize+len(data)], data) {
+			if !bytes.Equal(file[8*virtio.BlkSectorSize:8*virtio.BlkSectorSize+len(data)], data) {
 				t.Fatal("image file does not hold the written data")
 			}
 		})

@@ -11,6 +11,7 @@ import (
 	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // stubBackend is just enough of a vhost-user-blk back-end to take a
@@ -49,7 +50,7 @@ func stubBackend(t *testing.T, refuse vhostuser.Request) (sock string, gaveInfli
 			var replyFDs []int
 			switch {
 			case hdr.Request == vhostuser.ReqGetFeatures:
-				reply = vhostuser.EncodeU64(vhostuser.FeatureVersion1 | vhostuser.FeatureProtocolFeatures)
+				reply = vhostuser.EncodeU64(virtio.FVersion1 | vhostuser.FeatureProtocolFeatures)
 			case hdr.Request == vhostuser.ReqGetProtocolFeatures:
 				reply = vhostuser.EncodeU64(vhostuser.ProtoReplyAck | vhostuser.ProtoInflightSHMFD)
 			case hdr.Request == vhostuser.ReqGetInflightFD:

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 	"golang.org/x/sys/unix"
 )
 
@@ -128,12 +129,12 @@ func (l *lane) submit(i int, now int64) bool {
 		l.ring.WriteDesc(head+1, r.dataGPA, uint32(l.bs), fl, head+2)
 		r.write = write
 	}
-	typ := uint32(frontend.TypeIn)
+	typ := uint32(virtio.BlkTIn)
 	if write {
-		typ = frontend.TypeOut
+		typ = virtio.BlkTOut
 	}
 	binary.LittleEndian.PutUint32(r.hdr[0:], typ)
-	binary.LittleEndian.PutUint64(r.hdr[8:], block*l.bs/frontend.SectorSize)
+	binary.LittleEndian.PutUint64(r.hdr[8:], block*l.bs/virtio.BlkSectorSize)
 	r.status[0] = 0xff
 	r.submitted, r.inflight = now, true
 	l.inflight++
@@ -191,7 +192,7 @@ func (l *lane) reap() (int, error) {
 			return 0, fmt.Errorf("loadgen: device completed head %d, which is not in flight", id)
 		}
 		r := &l.reqs[i]
-		if r.status[0] != frontend.StatusOK {
+		if r.status[0] != virtio.BlkSOK {
 			dir := "read"
 			if r.write {
 				dir = "write"

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 // Result is one run's measured phase.
@@ -88,7 +89,7 @@ type Generator struct {
 // FrontendOptions) with the same IODepth, Queues and BlockSize, and must
 // not be used by anything else while the Generator lives.
 func New(d *frontend.Device, c Config) (*Generator, error) {
-	if err := c.validate(d.Capacity() * frontend.SectorSize); err != nil {
+	if err := c.validate(d.Capacity() * virtio.BlkSectorSize); err != nil {
 		return nil, err
 	}
 	if len(d.Queues) < c.Queues {
@@ -113,7 +114,7 @@ func (g *Generator) clock() int64 { return int64(time.Since(g.base)) }
 func (g *Generator) Run(backendPID int) (*Result, error) {
 	c := g.Config
 	fixed := g.lanes[0]
-	if err := c.validate(g.dev.Capacity() * frontend.SectorSize); err != nil {
+	if err := c.validate(g.dev.Capacity() * virtio.BlkSectorSize); err != nil {
 		return nil, err
 	}
 	if c.IODepth != len(fixed.reqs) || c.Queues != len(g.lanes) || uint64(c.BlockSize) != fixed.bs {
