@@ -8,10 +8,10 @@ import (
 	"sync/atomic"
 )
 
-// Arena is one arena of an open BTT: its geometry, windows into the medium,
+// arena is one arena of an open BTT: its geometry, windows into the medium,
 // and the in-memory state the kernel keeps beside it (free list, read
 // tracking table, map locks).
-type Arena struct {
+type arena struct {
 	index int
 	arenaGeometry
 	info          Info
@@ -58,7 +58,7 @@ type freeEntry struct {
 }
 
 // markReader records, once, that lane id reads from the arena.
-func (a *Arena) markReader(id int) {
+func (a *arena) markReader(id int) {
 	w, bit := &a.readerLanes[id/64], uint64(1)<<(id%64)
 	if w.Load()&bit == 0 {
 		w.Or(bit)
@@ -67,7 +67,7 @@ func (a *Arena) markReader(id int) {
 
 // waitForReaders returns once no lane's rtt slot publishes want: a reader
 // that published the block before it became free may still be copying it.
-func (a *Arena) waitForReaders(want uint32) {
+func (a *arena) waitForReaders(want uint32) {
 	for wi := range a.readerLanes {
 		for m := a.readerLanes[wi].Load(); m != 0; m &= m - 1 {
 			slot := &a.rtt[wi*64+bits.TrailingZeros64(m)]
@@ -79,13 +79,13 @@ func (a *Arena) waitForReaders(want uint32) {
 }
 
 // mapEntry returns the raw map entry of a premap LBA.
-func (a *Arena) mapEntry(premap uint32) uint32 {
+func (a *arena) mapEntry(premap uint32) uint32 {
 	return loadWord32(a.mapArea, int(premap)*MapEntrySize)
 }
 
 // lookup resolves a premap LBA to its postmap block and flags, the way
 // btt_map_read does: an entry with neither flag is the initial identity.
-func (a *Arena) lookup(premap uint32) (block uint32, trim, mediaErr bool) {
+func (a *arena) lookup(premap uint32) (block uint32, trim, mediaErr bool) {
 	return decodeMapEntry(premap, a.mapEntry(premap))
 }
 
@@ -102,12 +102,12 @@ func decodeMapEntry(premap, raw uint32) (block uint32, trim, mediaErr bool) {
 	}
 }
 
-func (a *Arena) mapLock(premap uint32) *sync.Mutex {
+func (a *arena) mapLock(premap uint32) *sync.Mutex {
 	return &a.mapLocks[(premap/mapLockSpan)%uint32(len(a.mapLocks))].Mutex
 }
 
 // flogGroup decodes the lane's four flog slots.
-func (a *Arena) flogGroup(lane int) [4]FlogEntry {
+func (a *arena) flogGroup(lane int) [4]FlogEntry {
 	var g [4]FlogEntry
 	base := lane * FlogGroupSize
 	for i := range g {
@@ -143,7 +143,7 @@ func flogCurrent(g [4]FlogEntry, idx [2]int) (newest FlogEntry, sub int, err err
 // says nothing; the first group with two entries fixes the pair, and every
 // other group must agree. A BTT never written in any lane is taken as the
 // current (0,1) layout.
-func detectLogIndex(a *Arena) ([2]int, error) {
+func detectLogIndex(a *arena) ([2]int, error) {
 	idx := [2]int{-1, -1}
 	for lane := 0; lane < int(a.nfree); lane++ {
 		g := a.flogGroup(lane)
@@ -187,7 +187,7 @@ type pendingMove struct {
 
 // initFreeList builds the in-memory free list from the flog and returns the
 // moves recovery must complete (btt_freelist_init).
-func (a *Arena) initFreeList() ([]pendingMove, error) {
+func (a *arena) initFreeList() ([]pendingMove, error) {
 	a.free = make([]freeEntry, a.nfree)
 	var pending []pendingMove
 	for lane := range a.free {

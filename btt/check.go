@@ -27,7 +27,7 @@ type ArenaInfo struct {
 	LogIndex        [2]int `json:"log_index"`
 }
 
-func (a *Arena) describe() ArenaInfo {
+func (a *arena) describe() ArenaInfo {
 	return ArenaInfo{
 		Index: a.index, Offset: a.infoOff, Size: a.size, ExternalStart: a.externalStart,
 		ExternalNLBA: a.externalNLBA, InternalNLBA: a.internalNLBA,
@@ -88,7 +88,7 @@ type CheckReport struct {
 func Check(m Medium, opts CheckOptions) (*CheckReport, error) {
 	layout, err := discover(m)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("btt: %w", err)
 	}
 	r := &CheckReport{Version: layout.version.String()}
 	first := layout.arenas[0]
@@ -158,7 +158,7 @@ func checkInfoPair(m Medium, i int, da discoveredArena, repair bool, r *CheckRep
 	}
 	var in2 Info
 	msg := ""
-	if err := in2.UnmarshalBinary(other); err != nil {
+	if err := in2.decode(other); err != nil {
 		msg = fmt.Sprintf("backup info2 at %#x damaged: %v", da.info2Off, err)
 	} else if !bytes.Equal(good, other) {
 		msg = fmt.Sprintf("backup info2 at %#x differs from the info block", da.info2Off)
@@ -181,7 +181,7 @@ func rewriteInfo(m Medium, off int64, src []byte) error {
 	return m.Persist(off, InfoSize)
 }
 
-func checkArenaBlocks(m Medium, a *Arena, opts CheckOptions, r *CheckReport, done *uint64, total uint64) {
+func checkArenaBlocks(m Medium, a *arena, opts CheckOptions, r *CheckReport, done *uint64, total uint64) {
 	used := make([]uint64, (a.internalNLBA+63)/64)
 	owner := func(b uint32) bool { // marks b used; false if it already was
 		w, bit := b/64, uint64(1)<<(b%64)
@@ -262,44 +262,4 @@ func checkArenaBlocks(m Medium, a *Arena, opts CheckOptions, r *CheckReport, don
 	if len(unused) > 0 {
 		r.add(Problem{Arena: a.index, Kind: ProblemBlocks, Message: fmt.Sprintf("blocks used by no LBA and no free list entry (lost): %v…", unused)})
 	}
-}
-
-// FormatUUID renders a uuid in the usual 8-4-4-4-12 form.
-func FormatUUID(u [16]byte) string {
-	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
-}
-
-// ParseUUID parses the 8-4-4-4-12 form (dashes optional).
-func ParseUUID(s string) ([16]byte, error) {
-	var u [16]byte
-	hex := make([]byte, 0, 32)
-	for i := 0; i < len(s); i++ {
-		if s[i] != '-' {
-			hex = append(hex, s[i])
-		}
-	}
-	if len(hex) != 32 {
-		return u, fmt.Errorf("%w: uuid %q", ErrInvalidArgument, s)
-	}
-	for i := range u {
-		hi, ok1 := unhex(hex[2*i])
-		lo, ok2 := unhex(hex[2*i+1])
-		if !ok1 || !ok2 {
-			return u, fmt.Errorf("%w: uuid %q", ErrInvalidArgument, s)
-		}
-		u[i] = hi<<4 | lo
-	}
-	return u, nil
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }

@@ -36,7 +36,7 @@ type Options struct {
 type Device struct {
 	m        Medium
 	version  Version
-	arenas   []*Arena
+	arenas   []*arena
 	lbaSize  uint32 // external LBA size (data + metadata bytes)
 	sector   uint32 // data bytes per LBA: 512 or 4096
 	nlba     uint64
@@ -63,7 +63,7 @@ type lane struct{ id int }
 func Open(m Medium, opts Options) (*Device, error) {
 	layout, err := discover(m)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("btt: %w", err)
 	}
 	d := &Device{
 		m:        m,
@@ -117,8 +117,8 @@ func Open(m Medium, opts Options) (*Device, error) {
 	return d, nil
 }
 
-func newArena(m Medium, index int, da discoveredArena, externalStart uint64) (*Arena, error) {
-	a := &Arena{index: index, arenaGeometry: da.arenaGeometry, info: da.Info, externalStart: externalStart}
+func newArena(m Medium, index int, da discoveredArena, externalStart uint64) (*arena, error) {
+	a := &arena{index: index, arenaGeometry: da.arenaGeometry, info: da.Info, externalStart: externalStart}
 	var err error
 	if a.mapArea, err = m.Slice(a.mapOff, int64(a.externalNLBA)*MapEntrySize); err != nil {
 		return nil, fmt.Errorf("map: %w", err)
@@ -142,7 +142,7 @@ func newArena(m Medium, index int, da discoveredArena, externalStart uint64) (*A
 }
 
 // writeMap stores and persists one map entry.
-func (a *Arena) writeMap(m Medium, premap, raw uint32) error {
+func (a *arena) writeMap(m Medium, premap, raw uint32) error {
 	storeWord32(a.mapArea, int(premap)*MapEntrySize, raw)
 	return m.Persist(a.mapOff+int64(premap)*MapEntrySize, MapEntrySize)
 }
@@ -188,9 +188,12 @@ func (d *Device) OpenedFromBackup() []int { return append([]int(nil), d.fromInfo
 // Flush makes every completed write durable.
 func (d *Device) Flush() error {
 	if d.closed.Load() {
-		return ErrClosed
+		return fmt.Errorf("btt: flush: %w", ErrClosed)
 	}
-	return d.m.Flush()
+	if err := d.m.Flush(); err != nil {
+		return fmt.Errorf("btt: flush: %w", err)
+	}
+	return nil
 }
 
 // Close waits for in-flight I/O, flushes, and refuses I/O from then on. It
@@ -205,19 +208,24 @@ func (d *Device) Close() error {
 	if d.readOnly {
 		return nil
 	}
-	return d.m.Flush()
+	if err := d.m.Flush(); err != nil {
+		return fmt.Errorf("btt: close: flush: %w", err)
+	}
+	return nil
 }
 
+// acquire, checkRange and sectorsIn check a caller's request; their errors
+// go back to the caller as they are, so they carry the package prefix.
 func (d *Device) acquire() (*lane, error) {
 	if d.closed.Load() {
-		return nil, ErrClosed
+		return nil, fmt.Errorf("btt: %w", ErrClosed)
 	}
 	l := <-d.lanes
 	// Close may have drained the pool after our check; it only waits for
 	// lanes, so give this one back and refuse.
 	if d.closed.Load() {
 		d.lanes <- l
-		return nil, ErrClosed
+		return nil, fmt.Errorf("btt: %w", ErrClosed)
 	}
 	return l, nil
 }
@@ -225,7 +233,7 @@ func (d *Device) acquire() (*lane, error) {
 func (d *Device) release(l *lane) { d.lanes <- l }
 
 // locate maps an external LBA to its arena and premap LBA.
-func (d *Device) locate(lba uint64) (*Arena, uint32) {
+func (d *Device) locate(lba uint64) (*arena, uint32) {
 	for _, a := range d.arenas {
 		if lba < a.externalStart+uint64(a.externalNLBA) {
 			return a, uint32(lba - a.externalStart)
@@ -236,7 +244,7 @@ func (d *Device) locate(lba uint64) (*Arena, uint32) {
 
 func (d *Device) checkRange(lba, n uint64) error {
 	if n > d.nlba || lba > d.nlba-n {
-		return fmt.Errorf("%w: LBA %d + %d sectors, capacity %d", ErrOutOfRange, lba, n, d.nlba)
+		return fmt.Errorf("btt: %w: LBA %d + %d sectors, capacity %d", ErrOutOfRange, lba, n, d.nlba)
 	}
 	return nil
 }
@@ -247,7 +255,7 @@ func (d *Device) sectorsIn(iov [][]byte) (uint64, error) {
 		total += uint64(len(b))
 	}
 	if total%uint64(d.sector) != 0 {
-		return 0, fmt.Errorf("%w: %d bytes, sector size %d", ErrMisaligned, total, d.sector)
+		return 0, fmt.Errorf("btt: %w: %d bytes, sector size %d", ErrMisaligned, total, d.sector)
 	}
 	return total / uint64(d.sector), nil
 }
@@ -284,7 +292,7 @@ func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) error {
 	cur := iovCursor{iov: iov}
 	// The lane's rtt slot is held across the sectors of one read, not
 	// cleared per sector: each sector then costs one atomic publish.
-	var held *Arena
+	var held *arena
 	for i := uint64(0); i < n; i++ {
 		a, premap := d.locate(lba + i)
 		if a != held {
@@ -328,7 +336,7 @@ func (d *Device) prefetchSector(lba uint64) {
 }
 
 // endRead clears the lane's rtt slot.
-func (a *Arena) endRead(l *lane) {
+func (a *arena) endRead(l *lane) {
 	a.rtt[l.id].Store(0)
 }
 
@@ -336,7 +344,7 @@ func (a *Arena) endRead(l *lane) {
 // of a (markReader). The lane's rtt slot is left publishing the block read: the
 // next sector's publish replaces it and endRead clears it, so a writer
 // waiting for that block waits at most until then.
-func (d *Device) readSector(l *lane, a *Arena, premap uint32, dst *iovCursor) error {
+func (d *Device) readSector(l *lane, a *arena, premap uint32, dst *iovCursor) error {
 	block, trim, mediaErr := a.lookup(premap)
 	slot := &a.rtt[l.id]
 	for {
@@ -369,7 +377,7 @@ func (d *Device) readSector(l *lane, a *Arena, premap uint32, dst *iovCursor) er
 // or its new content.
 func (d *Device) WriteV(lba uint64, iov [][]byte) error {
 	if d.readOnly {
-		return ErrReadOnly
+		return fmt.Errorf("btt: %w", ErrReadOnly)
 	}
 	n, l, err := d.begin(lba, iov)
 	if err != nil {
@@ -391,7 +399,7 @@ func (d *Device) writeOn(l *lane, lba, n uint64, iov [][]byte) error {
 	return nil
 }
 
-func (d *Device) writeSector(l *lane, a *Arena, premap uint32, src *iovCursor) error {
+func (d *Device) writeSector(l *lane, a *arena, premap uint32, src *iovCursor) error {
 	fe := &a.free[l.id]
 	newBlock := fe.block
 	if newBlock >= a.internalNLBA {
@@ -430,7 +438,7 @@ func (d *Device) writeSector(l *lane, a *Arena, premap uint32, src *iovCursor) e
 // writeFlog stores the entry in the lane's sub-slot as two 8-byte halves,
 // each persisted before the next: the sequence number lands last, so a torn
 // entry still carries the old sequence and is not trusted.
-func (a *Arena) writeFlog(m Medium, lane, sub int, e FlogEntry) error {
+func (a *arena) writeFlog(m Medium, lane, sub int, e FlogEntry) error {
 	off := lane*FlogGroupSize + a.logIndex[sub]*FlogEntrySize
 	lo, hi := e.halves()
 	storeWord64(a.flogArea, off, lo)
@@ -447,13 +455,13 @@ func (a *Arena) writeFlog(m Medium, lane, sub int, e FlogEntry) error {
 // write-zeroes and discard.
 func (d *Device) WriteZeroes(lba, n uint64) error {
 	if d.readOnly {
-		return ErrReadOnly
+		return fmt.Errorf("btt: %w", ErrReadOnly)
 	}
 	if err := d.checkRange(lba, n); err != nil {
 		return err
 	}
 	if d.closed.Load() {
-		return ErrClosed
+		return fmt.Errorf("btt: %w", ErrClosed)
 	}
 	for i := uint64(0); i < n; i++ {
 		a, premap := d.locate(lba + i)
@@ -464,7 +472,7 @@ func (d *Device) WriteZeroes(lba, n uint64) error {
 	return nil
 }
 
-func (a *Arena) trim(m Medium, premap uint32) error {
+func (a *arena) trim(m Medium, premap uint32) error {
 	mu := a.mapLock(premap)
 	mu.Lock()
 	defer mu.Unlock()

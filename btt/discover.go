@@ -28,7 +28,7 @@ func readInfo(m Medium, off int64) (Info, error) {
 	if err != nil {
 		return in, err
 	}
-	return in, in.UnmarshalBinary(b)
+	return in, in.decode(b)
 }
 
 // discover walks the arena chain. For each arena it trusts the primary info
@@ -114,6 +114,10 @@ func discoverArena(m Medium, off, remaining, size int64) (discoveredArena, error
 	}
 	if errors.Is(primaryErr, errNoSignature) {
 		return discoveredArena{}, fmt.Errorf("%w: no info block at %#x", ErrNotFound, off)
+	}
+	if errors.Is(primaryErr, ErrCorrupt) {
+		// A bad geometry already says "metadata corrupt"; say it once.
+		return discoveredArena{}, fmt.Errorf("info block at %#x: %w; backup at %#x unusable", off, primaryErr, backupOff)
 	}
 	return discoveredArena{}, fmt.Errorf("%w: info block at %#x: %v; backup at %#x unusable", ErrCorrupt, off, primaryErr, backupOff)
 }

@@ -22,6 +22,7 @@
 //
 // Durability is the medium's: the engine calls Medium.Persist after the data
 // block, after each flog half and after the map entry, in that order, and
-// Medium.Flush on Device.Flush. See ../shared design notes and package pmem
-// for what each durability mode promises.
+// Medium.Flush on Device.Flush. See docs/DURABILITY.md in the repository and
+// package pmem for what each durability mode promises, and why the order
+// matters to recovery.
 package btt

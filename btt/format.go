@@ -35,7 +35,7 @@ func Format(m Medium, opts FormatOptions) error {
 		opts.Version = Version11
 	}
 	if opts.Version != Version11 && opts.Version != Version20 {
-		return fmt.Errorf("%w: version %s (want 1.1 or 2.0)", ErrInvalidArgument, opts.Version)
+		return fmt.Errorf("btt: format: %w: version %s (want 1.1 or 2.0)", ErrInvalidArgument, opts.Version)
 	}
 	if opts.UUID == ([16]byte{}) {
 		if _, err := rand.Read(opts.UUID[:]); err != nil {
@@ -75,7 +75,10 @@ func Format(m Medium, opts FormatOptions) error {
 			return fmt.Errorf("btt: format: arena %d: %w", i, err)
 		}
 	}
-	return m.Flush()
+	if err := m.Flush(); err != nil {
+		return fmt.Errorf("btt: format: flush: %w", err)
+	}
+	return nil
 }
 
 // eraseInfo erases an info block signature first: a crash that tears the

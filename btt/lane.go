@@ -43,7 +43,7 @@ func (ln *Lane) ReadV(lba uint64, iov [][]byte) error {
 // WriteV is Device.WriteV on this lane.
 func (ln *Lane) WriteV(lba uint64, iov [][]byte) error {
 	if ln.d.readOnly {
-		return ErrReadOnly
+		return fmt.Errorf("btt: %w", ErrReadOnly)
 	}
 	n, err := ln.check(lba, iov)
 	if err != nil {
@@ -54,7 +54,7 @@ func (ln *Lane) WriteV(lba uint64, iov [][]byte) error {
 
 func (ln *Lane) check(lba uint64, iov [][]byte) (uint64, error) {
 	if ln.l == nil {
-		return 0, fmt.Errorf("%w: lane released", ErrClosed)
+		return 0, fmt.Errorf("btt: %w: lane released", ErrClosed)
 	}
 	n, err := ln.d.sectorsIn(iov)
 	if err != nil {

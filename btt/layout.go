@@ -164,8 +164,17 @@ var (
 )
 
 // UnmarshalBinary decodes and validates (signature and checksum) an info
-// block. It does not judge the geometry: see Info.validate.
+// block. It does not judge the geometry: Open does, when it walks the arenas.
 func (in *Info) UnmarshalBinary(b []byte) error {
+	if err := in.decode(b); err != nil {
+		return fmt.Errorf("btt: %w", err)
+	}
+	return nil
+}
+
+// decode is UnmarshalBinary without the package prefix, for the callers
+// inside the package that wrap its error in their own context.
+func (in *Info) decode(b []byte) error {
 	if len(b) < InfoSize {
 		return fmt.Errorf("info block is %d bytes, want %d", len(b), InfoSize)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"testing"
 )
 
@@ -89,7 +90,7 @@ func TestInfoBlockWithBadChecksumIsRejected(t *testing.T) {
 
 func TestInfoBlockWithoutSignatureIsNotABTT(t *testing.T) {
 	var out Info
-	if err := out.UnmarshalBinary(make([]byte, InfoSize)); err != errNoSignature {
+	if err := out.UnmarshalBinary(make([]byte, InfoSize)); !errors.Is(err, errNoSignature) {
 		t.Fatalf("zero block: %v, want errNoSignature", err)
 	}
 }

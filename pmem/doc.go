@@ -13,7 +13,7 @@
 // mapping returned by Slice and then calls Persist on that window before the next step of its
 // write protocol (data block, then flog entry, then map entry) may become durable. How much
 // Persist promises depends on the durability mode in force (see Durability, and
-// the project's durability design for why the BTT needs its steps ordered):
+// docs/DURABILITY.md in the repository for why the BTT needs its steps ordered):
 //
 //	mode   Persist(off, n)                Flush()            kill -9 / backend crash   host power loss
 //	-----  -----------------------------  -----------------  ------------------------  ---------------------------------------

@@ -17,7 +17,8 @@ import (
 const MinSize int64 = 16 << 20
 
 // Sentinel errors, for errors.Is; every returned error wraps one of these or an errno with
-// the path and the operation that failed.
+// the path and the operation that failed. They carry no "pmem: " prefix: the wrapping adds
+// it, once, so an error names the package exactly once however it is wrapped here.
 var (
 	ErrTooSmall           = errors.New("medium smaller than the 16 MiB minimum")
 	ErrBusy               = errors.New("medium busy")
@@ -338,12 +339,16 @@ func (m *Medium) Close() error {
 	m.closed.Store(true)
 	var errs []error
 	if err := unmapMedium(m.data); err != nil {
-		errs = append(errs, fmt.Errorf("pmem: %s: munmap: %w", m.path, err))
+		errs = append(errs, fmt.Errorf("munmap: %w", err))
 	}
 	if err := releaseClaim(m.claim); err != nil {
-		errs = append(errs, fmt.Errorf("pmem: %s: release claim: %w", m.path, err))
+		errs = append(errs, fmt.Errorf("release claim: %w", err))
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		// One prefix for both failures, not one per line of the joined error.
+		return fmt.Errorf("pmem: %s: %w", m.path, errors.Join(errs...))
+	}
+	return nil
 }
 
 func punchHole(fd int, off, n int64) error {
