@@ -11,12 +11,13 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nvblk/nvblk/internal/blkserve"
 	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 const ioTimeout = 5 * time.Second
@@ -55,14 +56,14 @@ func TestEndToEndRequestTypes(t *testing.T) {
 			q := d.Queues[0]
 
 			data := pattern(1, 64<<10)
-			if err := q.Do(&frontend.Request{Type: frontend.TypeOut, Sector: 16, Data: data}, ioTimeout); err != nil {
+			if err := q.Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 16, Data: data}, ioTimeout); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(e.disk.bytes(16*512, len(data)), data) {
 				t.Fatal("disk does not hold the data written through the socket")
 			}
 			got := make([]byte, len(data))
-			rd := &frontend.Request{Type: frontend.TypeIn, Sector: 16, Data: got}
+			rd := &frontend.Request{Type: virtio.BlkTIn, Sector: 16, Data: got}
 			if err := q.Do(rd, ioTimeout); err != nil {
 				t.Fatal(err)
 			}
@@ -70,21 +71,21 @@ func TestEndToEndRequestTypes(t *testing.T) {
 				t.Fatalf("read back differs (used len %d)", rd.Written)
 			}
 			before := e.disk.flushes.Load()
-			if err := q.Do(&frontend.Request{Type: frontend.TypeFlush}, ioTimeout); err != nil {
+			if err := q.Do(&frontend.Request{Type: virtio.BlkTFlush}, ioTimeout); err != nil {
 				t.Fatal(err)
 			}
 			if e.disk.flushes.Load() == before {
 				t.Fatal("FLUSH did not reach the disk")
 			}
-			id := make([]byte, frontend.IDBytes)
-			if err := q.Do(&frontend.Request{Type: frontend.TypeGetID, Data: id}, ioTimeout); err != nil {
+			id := make([]byte, virtio.BlkIDBytes)
+			if err := q.Do(&frontend.Request{Type: virtio.BlkTGetID, Data: id}, ioTimeout); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.HasPrefix(id, []byte("nvblk-test-serial")) {
 				t.Fatalf("GET_ID = %q", id)
 			}
-			for _, typ := range []uint32{frontend.TypeWriteZeroes, frontend.TypeDiscard} {
-				if err := q.Do(&frontend.Request{Type: frontend.TypeOut, Sector: 16, Data: data}, ioTimeout); err != nil {
+			for _, typ := range []uint32{virtio.BlkTWriteZeroes, virtio.BlkTDiscard} {
+				if err := q.Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 16, Data: data}, ioTimeout); err != nil {
 					t.Fatal(err)
 				}
 				if err := q.Do(&frontend.Request{Type: typ, Sector: 24, NumSectors: 16}, ioTimeout); err != nil {
@@ -97,8 +98,8 @@ func TestEndToEndRequestTypes(t *testing.T) {
 				}
 			}
 			// Past the end of the disk: an error status, not a hang.
-			r := &frontend.Request{Type: frontend.TypeIn, Sector: d.Capacity(), Data: make([]byte, 4096)}
-			if err := q.Do(r, ioTimeout); err == nil || r.Status != frontend.StatusIOErr {
+			r := &frontend.Request{Type: virtio.BlkTIn, Sector: d.Capacity(), Data: make([]byte, 4096)}
+			if err := q.Do(r, ioTimeout); err == nil || r.Status != virtio.BlkSIOErr {
 				t.Fatalf("read past end: %v status %d", err, r.Status)
 			}
 		})
@@ -118,7 +119,7 @@ func TestEndToEndMultiqueue(t *testing.T) {
 			base := uint64(qi) * 2048
 			var reqs []*frontend.Request
 			for i := 0; i < 64; i++ {
-				r := &frontend.Request{Type: frontend.TypeOut, Sector: base + uint64(i)*8, Data: pattern(int64(qi*1000+i), 4096)}
+				r := &frontend.Request{Type: virtio.BlkTOut, Sector: base + uint64(i)*8, Data: pattern(int64(qi*1000+i), 4096)}
 				for {
 					err := q.Submit(r)
 					if err == nil {
@@ -140,12 +141,12 @@ func TestEndToEndMultiqueue(t *testing.T) {
 				}
 			}
 			for i, r := range reqs {
-				if r.Status != frontend.StatusOK {
+				if r.Status != virtio.BlkSOK {
 					errs <- fmt.Errorf("queue %d request %d: status %d", qi, i, r.Status)
 					return
 				}
 				got := make([]byte, 4096)
-				if err := q.Do(&frontend.Request{Type: frontend.TypeIn, Sector: r.Sector, Data: got}, ioTimeout); err != nil {
+				if err := q.Do(&frontend.Request{Type: virtio.BlkTIn, Sector: r.Sector, Data: got}, ioTimeout); err != nil {
 					errs <- err
 					return
 				}
@@ -166,15 +167,15 @@ func TestEndToEndMultiqueue(t *testing.T) {
 func TestEndToEndReadOnly(t *testing.T) {
 	e := startEnv(t, envOpts{readOnly: true})
 	d := connect(t, e, frontend.Options{})
-	if d.Features&frontend.BlkFRO == 0 {
+	if d.Features&virtio.BlkFRO == 0 {
 		t.Fatal("read-only device does not offer VIRTIO_BLK_F_RO")
 	}
 	q := d.Queues[0]
-	w := &frontend.Request{Type: frontend.TypeOut, Sector: 0, Data: pattern(2, 4096)}
-	if err := q.Do(w, ioTimeout); err == nil || w.Status == frontend.StatusOK {
+	w := &frontend.Request{Type: virtio.BlkTOut, Sector: 0, Data: pattern(2, 4096)}
+	if err := q.Do(w, ioTimeout); err == nil || w.Status == virtio.BlkSOK {
 		t.Fatalf("write on read-only device: %v status %d", err, w.Status)
 	}
-	if err := q.Do(&frontend.Request{Type: frontend.TypeIn, Sector: 0, Data: make([]byte, 4096)}, ioTimeout); err != nil {
+	if err := q.Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 0, Data: make([]byte, 4096)}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(e.disk.bytes(0, 4096), make([]byte, 4096)) {
@@ -187,7 +188,7 @@ func TestEndToEndReconnect(t *testing.T) {
 	e := startEnv(t, envOpts{})
 	data := pattern(3, 8192)
 	d := connect(t, e, frontend.Options{})
-	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeOut, Sector: 100, Data: data}, ioTimeout); err != nil {
+	if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 100, Data: data}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
 	bases, err := d.Stop()
@@ -197,7 +198,7 @@ func TestEndToEndReconnect(t *testing.T) {
 	d.Close()
 	d2 := connect(t, e, frontend.Options{NumQueues: 2})
 	got := make([]byte, len(data))
-	if err := d2.Queues[1].Do(&frontend.Request{Type: frontend.TypeIn, Sector: 100, Data: got}, ioTimeout); err != nil {
+	if err := d2.Queues[1].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 100, Data: got}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, data) {
@@ -214,7 +215,7 @@ func TestEndToEndBrokenRing(t *testing.T) {
 	r0.SetAvailIdx(r0.Size + 5)
 	r0.ForceKick()
 	waitNeedsReset(t, d)
-	if err := d.Queues[1].Do(&frontend.Request{Type: frontend.TypeOut, Sector: 0, Data: pattern(4, 512)}, ioTimeout); err != nil {
+	if err := d.Queues[1].Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 0, Data: pattern(4, 512)}, ioTimeout); err != nil {
 		t.Fatalf("healthy queue: %v", err)
 	}
 }
@@ -224,7 +225,7 @@ func TestEndToEndMemoryChange(t *testing.T) {
 	e := startEnv(t, envOpts{})
 	d := connect(t, e, frontend.Options{})
 	q := d.Queues[0]
-	if err := q.Do(&frontend.Request{Type: frontend.TypeOut, Sector: 0, Data: pattern(5, 4096)}, ioTimeout); err != nil {
+	if err := q.Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 0, Data: pattern(5, 4096)}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
 	extra := newMem(t, 1<<20, 1)
@@ -233,7 +234,7 @@ func TestEndToEndMemoryChange(t *testing.T) {
 	if _, err := d.Conn.Call(vhostuser.ReqAddMemReg, vhostuser.EncodeSingleRegion(r), []int{extra.FD()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Do(&frontend.Request{Type: frontend.TypeOut, Sector: 8, Data: pattern(6, 4096)}, ioTimeout); err != nil {
+	if err := q.Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 8, Data: pattern(6, 4096)}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.Conn.Call(vhostuser.ReqRemMemReg, vhostuser.EncodeSingleRegion(r), nil); err != nil {
@@ -245,7 +246,7 @@ func TestEndToEndMemoryChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make([]byte, 4096)
-	if err := q.Do(&frontend.Request{Type: frontend.TypeIn, Sector: 8, Data: got}, ioTimeout); err != nil {
+	if err := q.Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 8, Data: got}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, pattern(6, 4096)) {
@@ -259,7 +260,7 @@ func TestShutdownDrains(t *testing.T) {
 	d := connect(t, e, frontend.Options{QueueSize: 64, Indirect: true})
 	q := d.Queues[0]
 	for i := 0; i < 32; i++ {
-		if err := q.Submit(&frontend.Request{Type: frontend.TypeOut, Sector: uint64(i) * 8, Data: pattern(int64(i), 4096)}); err != nil {
+		if err := q.Submit(&frontend.Request{Type: virtio.BlkTOut, Sector: uint64(i) * 8, Data: pattern(int64(i), 4096)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -275,7 +276,7 @@ func TestShutdownDrains(t *testing.T) {
 	// Whatever the worker had taken was completed and published.
 	done, _ := q.Reap()
 	for _, r := range done {
-		if r.Status != frontend.StatusOK {
+		if r.Status != virtio.BlkSOK {
 			t.Fatalf("request at %d: status %d", r.Sector, r.Status)
 		}
 	}
@@ -288,8 +289,7 @@ func TestEndToEndBTT(t *testing.T) {
 	lg.SetLevel(logrus.WarnLevel)
 	s := vhosttest.ServeBTT(t, vhosttest.Options{
 		BTTOptions: vhosttest.BTTOptions{Size: 64 << 20, LBASize: 4096},
-		Blk:        blk.Options{NumQueues: 2, Serial: "btt"},
-		Server:     vhost.Options{Logger: lg},
+		Config:     blkserve.Config{NumQueues: 2, Serial: "btt", Server: vhost.Options{Logger: lg}},
 	})
 
 	d, err := frontend.Connect(s.Sock, frontend.Options{NumQueues: 2, Indirect: true, EventIdx: true, SegSize: 3000})
@@ -303,11 +303,11 @@ func TestEndToEndBTT(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			sector := uint64(qi) * 4096
-			if err := q.Do(&frontend.Request{Type: frontend.TypeOut, Sector: sector, Data: data}, ioTimeout); err != nil {
+			if err := q.Do(&frontend.Request{Type: virtio.BlkTOut, Sector: sector, Data: data}, ioTimeout); err != nil {
 				t.Error(err)
 				return
 			}
-			if err := q.Do(&frontend.Request{Type: frontend.TypeFlush}, ioTimeout); err != nil {
+			if err := q.Do(&frontend.Request{Type: virtio.BlkTFlush}, ioTimeout); err != nil {
 				t.Error(err)
 			}
 		}()

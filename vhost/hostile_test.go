@@ -15,6 +15,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/blkserve"
 	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/pmem"
@@ -65,16 +66,20 @@ func startBTTServer(t *testing.T, o bttServerOpts) *bttServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
-	var disk blk.Disk = dev
-	if o.lyingDisk {
-		disk = lyingDisk{dev}
-	}
 	lg := logrus.New()
 	lg.SetOutput(io.Discard)
 	lg.SetLevel(logrus.WarnLevel)
 	hook := logtest.NewLocal(lg)
-	_, sock := vhosttest.Serve(t, disk, blk.Options{NumQueues: 2, ReadOnly: o.readOnly && !o.lyingDisk, Serial: "hostile"},
-		vhost.Options{Logger: lg})
+	var sock string
+	if o.lyingDisk {
+		// A disk that claims to be writable over a read-only BTT is not
+		// what production builds: only the generic Serve can make it.
+		_, sock = vhosttest.Serve(t, lyingDisk{dev}, blk.Options{NumQueues: 2, Serial: "hostile"}, vhost.Options{Logger: lg})
+	} else {
+		// The production wiring: each queue on its own lane.
+		_, sock = vhosttest.ServeDevice(t, dev, m.Durability(), blkserve.Config{NumQueues: 2, ReadOnly: o.readOnly,
+			Serial: "hostile", Server: vhost.Options{Logger: lg}})
+	}
 	return &bttServer{sock: sock, img: img, dev: dev, logs: hook}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nvblk/nvblk/internal/blkserve"
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
@@ -62,7 +63,7 @@ func TestBenchAgainstServer(t *testing.T) {
 	lg.SetOutput(io.Discard)
 	s := vhosttest.ServeBTT(t, vhosttest.Options{
 		BTTOptions: vhosttest.BTTOptions{Size: 32 << 20, LBASize: 4096, Durability: pmem.DurabilityFlush},
-		Server:     vhost.Options{Logger: lg},
+		Config:     blkserve.Config{Server: vhost.Options{Logger: lg}},
 	})
 
 	code, out, stderr := nvblk(t, nil, "bench", "--socket-path", s.Sock, "--rw", "randwrite", "--iodepth", "4", "--time", "300ms", "--json")

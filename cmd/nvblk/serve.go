@@ -18,10 +18,10 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/blkserve"
 	"github.com/nvblk/nvblk/internal/systemd"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhostuser"
 )
 
@@ -115,17 +115,11 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 func runServe(env *environment, args []string) error {
 	if wantsCapabilities(args) {
-		enc := json.NewEncoder(env.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(blockCapabilities)
+		return printCapabilities(env.stdout)
 	}
-	fs, a := serveFlags()
-	pos, err := parseInterspersed(fs, args)
+	a, controlSet, err := parseServeArgs(args)
 	if err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("unexpected arguments %q (the image is given with --blk-file)", pos)
 	}
 	// Catch SIGINT/SIGTERM from here on: one that lands while the image is
 	// opened or the sockets set up then ends serve cleanly (image flushed
@@ -133,55 +127,12 @@ func runServe(env *environment, args []string) error {
 	// instead of killing it by the default action.
 	ctx, stop := serveContext()
 	defer stop()
-	mode, err := strconv.ParseUint(a.socketMode, 8, 32)
-	if err != nil || mode > 0o777 {
-		return usagef("--socket-mode %q: want octal permissions such as 0600 or 0660", a.socketMode)
-	}
-	socketMode := os.FileMode(mode)
-	if a.socketPath == "" && a.fd < 0 {
-		// Socket activation: systemd passed the listening socket.
-		fds, err := systemd.ListenFDs()
-		switch {
-		case err != nil:
-			return fmt.Errorf("systemd socket activation: %w", err)
-		case len(fds) > 1:
-			return fmt.Errorf("systemd socket activation: %d sockets passed; want one", len(fds))
-		case len(fds) == 1:
-			a.fd = fds[0]
-		}
-	}
-	switch {
-	case a.socketPath != "" && a.fd >= 0:
-		return usagef("--socket-path and --fd are mutually exclusive")
-	case a.socketPath == "" && a.fd < 0:
-		return usagef("missing --socket-path or --fd (or a socket passed by systemd in LISTEN_FDS)")
-	case a.fd >= 0 && a.fd <= 2:
-		return usagef("--fd %d: fds 0, 1 and 2 are stdin, stdout and stderr", a.fd)
-	case a.blkFile == "":
-		return usagef("missing --blk-file")
-	case a.numQueues < 1 || a.numQueues > maxServeQueues:
-		return usagef("--num-queues %d: want 1..%d", a.numQueues, maxServeQueues)
-	case a.pollUS > 1_000_000:
-		return usagef("--poll-us %d: want at most 1000000 (one second)", a.pollUS)
-	case len(a.serial) > 20:
-		return usagef("--serial %q: at most 20 bytes", a.serial)
-	}
-	controlSet := false
-	fs.Visit(func(f *flag.Flag) { controlSet = controlSet || f.Name == "control-socket" })
-	controlPath, controlByDefault, err := a.controlSocket(controlSet)
-	if err != nil {
-		return err
-	}
-	dur, err := parseDurability(a.durability)
-	if err != nil {
-		return err
-	}
-	lg, err := newLogger(env.stderr, a.logLevel, a.logFormat)
+	set, err := a.check(env.stderr, controlSet)
 	if err != nil {
 		return err
 	}
 
-	m, d, err := openImage(a.blkFile, a.readOnly, dur)
+	m, d, err := openImage(a.blkFile, a.readOnly, set.durability)
 	if err != nil {
 		return err
 	}
@@ -191,67 +142,173 @@ func runServe(env *environment, args []string) error {
 	if serial == "" {
 		serial = defaultSerial(d.UUID())
 	}
-	// In the dax and sync modes every step is persisted before a write
-	// completes: the device has no volatile cache to flush.
-	writeThrough := m.Durability() != pmem.DurabilityFlush
-	dv := blk.NewDevice(d, blk.Options{NumQueues: uint16(a.numQueues), ReadOnly: a.readOnly, Serial: serial,
-		WriteThrough: writeThrough,
-		QueueDisk: func() (blk.Disk, func(), error) { // each queue owns a BTT lane while it runs
-			ln, err := d.AcquireLane()
-			if err != nil {
-				return nil, nil, err
-			}
-			return ln, ln.Release, nil
-		}})
+	s, err := blkserve.New(d, m.Durability(), blkserve.Config{NumQueues: uint16(a.numQueues), ReadOnly: a.readOnly, Serial: serial,
+		Server: vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: set.log}})
+	if err != nil {
+		return err
+	}
 
-	ops, err := listenOps(controlPath, controlByDefault, a.metrics)
+	ops, err := listenOps(set.controlPath, set.controlByDefault, a.metrics)
 	if err != nil {
 		return err
 	}
 	defer ops.close()
-	var l *net.UnixListener
-	if a.fd >= 0 {
-		l, err = vhost.FileListener(a.fd)
-	} else {
-		l, err = vhostuser.ListenMode(a.socketPath, socketMode)
-	}
+	l, socket, err := a.listen(set.socketMode)
 	if err != nil {
 		return err
 	}
-	socket := l.Addr().String() // the --fd socket's own path
-	if a.socketPath != "" {
-		socket = a.socketPath
-	}
-	if abs, err := filepath.Abs(socket); err == nil && socket != "" {
-		socket = abs // QEMU may run from another directory
-	}
-	capacity := int64(d.NumSectors()) * int64(d.SectorSize())
-	lg.WithFields(logrus.Fields{
-		"socket": socket, "image": a.blkFile, "btt": d.Version().String(), "uuid": btt.FormatUUID(d.UUID()),
-		"sector_size": d.SectorSize(), "sectors": d.NumSectors(), "capacity": humanBytes(capacity),
-		"durability": m.Durability().String(), "write_cache": !writeThrough, "read_only": dv.ReadOnly(), "num_queues": a.numQueues,
-		"poll_us": a.pollUS, "serial": serial,
-	}).Info("serving vhost-user-blk")
-	qemu := qemuOptions(socket, a.numQueues)
-	lg.WithField("qemu", strings.Join(qemu, " ")).Info("attach with these QEMU options")
-
-	srv := vhost.NewServer(blk.NewBackend(dv, d), vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: lg})
-	ops.serve(srv, lg)
+	qemu := logStartup(set.log, a, socket, m, d, s, serial)
+	ops.serve(s.Server, set.log)
 	// Printed last and in one write: once "# attach" is out, every endpoint
 	// listens and the whole text is there.
 	var text strings.Builder
 	printQEMUOptions(&text, a.blkFile, qemu)
 	printControlHint(&text, a.socketPath, ops.controlPath)
 	io.WriteString(env.stdout, text.String())
-	err = srv.ServeContext(ctx, l, shutdownGrace)
+
+	err = s.Server.ServeContext(ctx, l, shutdownGrace)
 	if ctx.Err() != nil {
-		lg.Info("signal received: stopped serving")
+		set.log.Info("signal received: stopped serving")
 	}
+	return closeImage(set.log, a.blkFile, m, d, err)
+}
+
+func printCapabilities(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(blockCapabilities)
+}
+
+// parseServeArgs parses serve's flags; controlSet tells whether
+// --control-socket was given, as its default depends on that.
+func parseServeArgs(args []string) (a *serveArgs, controlSet bool, err error) {
+	fs, a := serveFlags()
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(pos) > 0 {
+		return nil, false, usagef("unexpected arguments %q (the image is given with --blk-file)", pos)
+	}
+	fs.Visit(func(f *flag.Flag) { controlSet = controlSet || f.Name == "control-socket" })
+	return a, controlSet, nil
+}
+
+// serveSettings are the flags that needed more than parsing, checked.
+type serveSettings struct {
+	socketMode       os.FileMode
+	controlPath      string
+	controlByDefault bool
+	durability       pmem.Durability
+	log              *logrus.Logger // writing to serve's stderr
+}
+
+// check validates the flags before anything is opened, so a bad command
+// line touches no image and no socket. With neither --socket-path nor
+// --fd it takes the socket systemd passed, setting a.fd.
+func (a *serveArgs) check(stderr io.Writer, controlSet bool) (serveSettings, error) {
+	var set serveSettings
+	mode, err := strconv.ParseUint(a.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return set, usagef("--socket-mode %q: want octal permissions such as 0600 or 0660", a.socketMode)
+	}
+	set.socketMode = os.FileMode(mode)
+	if a.socketPath == "" && a.fd < 0 {
+		if err := a.inheritSystemdSocket(); err != nil {
+			return set, err
+		}
+	}
+	switch {
+	case a.socketPath != "" && a.fd >= 0:
+		return set, usagef("--socket-path and --fd are mutually exclusive")
+	case a.socketPath == "" && a.fd < 0:
+		return set, usagef("missing --socket-path or --fd (or a socket passed by systemd in LISTEN_FDS)")
+	case a.fd >= 0 && a.fd <= 2:
+		return set, usagef("--fd %d: fds 0, 1 and 2 are stdin, stdout and stderr", a.fd)
+	case a.blkFile == "":
+		return set, usagef("missing --blk-file")
+	case a.numQueues < 1 || a.numQueues > maxServeQueues:
+		return set, usagef("--num-queues %d: want 1..%d", a.numQueues, maxServeQueues)
+	case a.pollUS > 1_000_000:
+		return set, usagef("--poll-us %d: want at most 1000000 (one second)", a.pollUS)
+	case len(a.serial) > 20:
+		return set, usagef("--serial %q: at most 20 bytes", a.serial)
+	}
+	if set.controlPath, set.controlByDefault, err = a.controlSocket(controlSet); err != nil {
+		return set, err
+	}
+	if set.durability, err = parseDurability(a.durability); err != nil {
+		return set, err
+	}
+	if set.log, err = newLogger(stderr, a.logLevel, a.logFormat); err != nil {
+		return set, err
+	}
+	return set, nil
+}
+
+// inheritSystemdSocket takes the one listening socket of socket
+// activation, if systemd passed any.
+func (a *serveArgs) inheritSystemdSocket() error {
+	fds, err := systemd.ListenFDs()
+	switch {
+	case err != nil:
+		return fmt.Errorf("systemd socket activation: %w", err)
+	case len(fds) > 1:
+		return fmt.Errorf("systemd socket activation: %d sockets passed; want one", len(fds))
+	case len(fds) == 1:
+		a.fd = fds[0]
+	}
+	return nil
+}
+
+// listen opens the vhost-user socket (or adopts the inherited one) and
+// returns it with its absolute path, which QEMU may need from another
+// directory.
+func (a *serveArgs) listen(mode os.FileMode) (*net.UnixListener, string, error) {
+	var l *net.UnixListener
+	var err error
+	if a.fd >= 0 {
+		l, err = vhost.FileListener(a.fd)
+	} else {
+		l, err = vhostuser.ListenMode(a.socketPath, mode)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	socket := l.Addr().String() // the --fd socket's own path
+	if a.socketPath != "" {
+		socket = a.socketPath
+	}
+	if abs, err := filepath.Abs(socket); err == nil && socket != "" {
+		socket = abs
+	}
+	return l, socket, nil
+}
+
+// logStartup logs what is served and how to attach it, and returns the
+// QEMU options it logged.
+func logStartup(lg logrus.FieldLogger, a *serveArgs, socket string, m *pmem.Medium, d *btt.Device, s *blkserve.Served, serial string) []string {
+	capacity := int64(d.NumSectors()) * int64(d.SectorSize())
+	lg.WithFields(logrus.Fields{
+		"socket": socket, "image": a.blkFile, "btt": d.Version().String(), "uuid": btt.FormatUUID(d.UUID()),
+		"sector_size": d.SectorSize(), "sectors": d.NumSectors(), "capacity": humanBytes(capacity),
+		"durability": m.Durability().String(), "write_cache": !s.WriteThrough, "read_only": s.Device.ReadOnly(), "num_queues": a.numQueues,
+		"poll_us": a.pollUS, "serial": serial,
+	}).Info("serving vhost-user-blk")
+	qemu := qemuOptions(socket, a.numQueues)
+	lg.WithField("qemu", strings.Join(qemu, " ")).Info("attach with these QEMU options")
+	return qemu
+}
+
+// closeImage closes the BTT (flushing it) and its medium after serving
+// ended with serveErr, and returns the first error of the three.
+func closeImage(lg logrus.FieldLogger, path string, m *pmem.Medium, d *btt.Device, serveErr error) error {
+	err := serveErr
 	if cerr := d.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("closing the BTT: %w", cerr)
 	}
 	if cerr := m.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("closing %s: %w", a.blkFile, cerr)
+		err = fmt.Errorf("closing %s: %w", path, cerr)
 	}
 	if err == nil {
 		lg.Info("image flushed and closed")

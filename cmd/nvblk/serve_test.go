@@ -17,8 +17,8 @@ import (
 
 	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/pmem"
-	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 const ioTimeout = 5 * time.Second
@@ -107,11 +107,11 @@ func TestServeWritesThroughTheSocketAndFlushesOnStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := bytes.Repeat([]byte("served by nvblk "), 4096/16*2)
-	if err := d.Queues[1].Do(&frontend.Request{Type: frontend.TypeOut, Sector: 8 * 5, Data: data}, ioTimeout); err != nil {
+	if err := d.Queues[1].Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 8 * 5, Data: data}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
 	got := make([]byte, len(data))
-	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Sector: 8 * 5, Data: got}, ioTimeout); err != nil || !bytes.Equal(got, data) {
+	if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 8 * 5, Data: got}, ioTimeout); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("read back: %v, equal %v", err, bytes.Equal(got, data))
 	}
 	if err := d.Close(); err != nil {
@@ -339,7 +339,7 @@ func writeThrough(t *testing.T, sock string, sector uint64, data []byte) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeOut, Sector: sector, Data: data}, ioTimeout); err != nil {
+	if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTOut, Sector: sector, Data: data}, ioTimeout); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -445,7 +445,7 @@ func TestServeReportsAWriteCacheOnlyWhenWritesAreNotDurableAtOnce(t *testing.T) 
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := d.Features&blk.FeatureFlush != 0; got != c.wantFlush {
+			if got := d.Features&virtio.BlkFFlush != 0; got != c.wantFlush {
 				t.Errorf("--durability %s: FLUSH offered %v, want %v", c.durability, got, c.wantFlush)
 			}
 			d.Close()

@@ -1,8 +1,9 @@
-// Package vhosttest runs nvblk's vhost-user-blk server inside a test, as
-// `nvblk serve` wires it, on a socket in the test's temporary directory,
-// and stops it when the test ends. Tests of several packages (vhost, the
-// conformance suite, the load generator, the command) drive a server this
-// way; net/http/httptest is the model.
+// Package vhosttest runs nvblk's vhost-user-blk server inside a test, on a
+// socket in the test's temporary directory, and stops it when the test
+// ends. A BTT is served as `nvblk serve` serves it, through
+// internal/blkserve, so the tests of several packages (vhost, the
+// conformance suite, the load generator, the command) run the production
+// wiring; net/http/httptest is the model.
 package vhosttest
 
 import (
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/blkserve"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
@@ -48,18 +50,57 @@ func NewBTT(tb testing.TB, path string, o BTTOptions) (*pmem.Medium, *btt.Device
 	}
 	// Registered after the medium's: cleanups run last-in first-out, and
 	// the device flushes through the mapping as it closes.
-	tb.Cleanup(func() { d.Close() })
+	tb.Cleanup(func() { closeBTT(tb, d) })
 	return m, d
 }
 
+// closeBTT closes d, failing the test instead of hanging it when Close
+// waits on a lane nobody gives back (a queue that leaks its lane). The
+// medium may then be closed under the stuck Close: its Flush then fails
+// rather than touching the unmapped pages.
+func closeBTT(tb testing.TB, d *btt.Device) {
+	closed := make(chan struct{})
+	go func() { d.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(shutdownTimeout):
+		tb.Errorf("closing the BTT: a lane is still held after %v", shutdownTimeout)
+	}
+}
+
 // Serve serves disk as a virtio-blk device with the given options and
-// returns the server and its socket. When the test ends it shuts the
+// returns the server and its socket. It is not the production wiring:
+// it is for disks that are not a BTT (fakes that misbehave or count);
+// a test serving a btt.Device uses ServeDevice or ServeBTT, which build
+// the server as `nvblk serve` does. When the test ends it shuts the
 // server down and fails the test if that takes too long or Serve returns
 // anything but vhost.ErrServerClosed. A test may shut it down itself
 // first.
 func Serve(tb testing.TB, disk blk.Disk, dev blk.Options, o vhost.Options) (*vhost.Server, string) {
 	tb.Helper()
 	srv := vhost.NewServer(blk.NewBackend(blk.NewDevice(disk, dev), disk), o)
+	return srv, serve(tb, srv)
+}
+
+// ServeDevice serves the open BTT d, whose medium is in durability mode
+// dur, as `nvblk serve` does (blkserve.New: a BTT lane per running queue,
+// write-through unless dur is DurabilityFlush), and returns the server
+// and its socket. It shuts the server down when the test ends, as Serve
+// does. Register d's Close before calling it: cleanups run last-in
+// first-out, and Close waits for the lanes the running queues hold.
+func ServeDevice(tb testing.TB, d *btt.Device, dur pmem.Durability, c blkserve.Config) (*vhost.Server, string) {
+	tb.Helper()
+	s, err := blkserve.New(d, dur, c)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s.Server, serve(tb, s.Server)
+}
+
+// serve runs srv on a fresh socket in the test's directory until the test
+// ends.
+func serve(tb testing.TB, srv *vhost.Server) string {
+	tb.Helper()
 	sock := filepath.Join(tb.TempDir(), "vhost.sock")
 	l, err := vhostuser.Listen(sock)
 	if err != nil {
@@ -77,15 +118,13 @@ func Serve(tb testing.TB, disk blk.Disk, dev blk.Options, o vhost.Options) (*vho
 			tb.Errorf("Serve: %v", err)
 		}
 	})
-	return srv, sock
+	return sock
 }
 
-// Options describe a served BTT: the image, the virtio-blk device over it
-// and the server.
+// Options describe a served BTT: the image, and how it is served.
 type Options struct {
 	BTTOptions
-	Blk    blk.Options
-	Server vhost.Options
+	Config blkserve.Config
 }
 
 // Served is a BTT on a fresh pmem file, served on a socket.
@@ -96,12 +135,13 @@ type Served struct {
 	Server *vhost.Server
 }
 
-// ServeBTT formats a fresh BTT image and serves it. When the test ends the
-// server is shut down, then the BTT and its medium are closed.
+// ServeBTT formats a fresh BTT image and serves it with ServeDevice. When
+// the test ends the server is shut down, then the BTT and its medium are
+// closed.
 func ServeBTT(tb testing.TB, o Options) *Served {
 	tb.Helper()
 	img := filepath.Join(tb.TempDir(), "disk.img")
-	_, d := NewBTT(tb, img, o.BTTOptions)
-	srv, sock := Serve(tb, d, o.Blk, o.Server)
+	m, d := NewBTT(tb, img, o.BTTOptions)
+	srv, sock := ServeDevice(tb, d, m.Durability(), o.Config)
 	return &Served{Sock: sock, Image: img, Dev: d, Server: srv}
 }

@@ -12,11 +12,12 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nvblk/nvblk/internal/blkserve"
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhostuser/conformance"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
+	"github.com/nvblk/nvblk/virtio"
 )
 
 type serverOpts struct {
@@ -33,8 +34,8 @@ func startNvblk(t *testing.T, o serverOpts) (sock, img string) {
 	lg.SetLevel(logrus.WarnLevel)
 	s := vhosttest.ServeBTT(t, vhosttest.Options{
 		BTTOptions: vhosttest.BTTOptions{Size: 64 << 20, LBASize: o.lbaSize},
-		Blk:        blk.Options{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-conformance"},
-		Server:     vhost.Options{Logger: lg},
+		Config: blkserve.Config{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-conformance",
+			Server: vhost.Options{Logger: lg}},
 	})
 	return s.Sock, s.Image
 }
@@ -43,7 +44,7 @@ func report(t *testing.T, rep *conformance.Report) string {
 	t.Helper()
 	var b strings.Builder
 	for _, r := range rep.Results {
-		fmt.Fprintf(&b, "%-45s %-4s %s\n", r.Name, r.Outcome, r.Detail)
+		fmt.Fprintf(&b, "%-45s %-4s %s [%s]\n", r.Name, r.Verdict, r.Detail, r.Clause)
 	}
 	return b.String()
 }
@@ -63,8 +64,8 @@ func run(t *testing.T, sock string, o conformance.Options) *conformance.Report {
 func wantAllPass(t *testing.T, rep *conformance.Report, skipsAllowed map[string]bool) {
 	t.Helper()
 	for _, r := range rep.Results {
-		if r.Outcome == conformance.Fail || (r.Outcome == conformance.Skip && !skipsAllowed[r.Name]) {
-			t.Errorf("%s: %s: %s", r.Name, r.Outcome, r.Detail)
+		if r.Verdict == conformance.Fail || (r.Verdict == conformance.Skip && !skipsAllowed[r.Name]) {
+			t.Errorf("%s: %s: %s", r.Name, r.Verdict, r.Detail)
 		}
 	}
 }
@@ -96,7 +97,7 @@ func TestWithoutDestructiveNothingIsWritten(t *testing.T) {
 		t.Errorf("failed:\n%s", report(t, rep))
 	}
 	for _, r := range rep.Results {
-		if r.Outcome == conformance.Skip && !writableSkips[r.Name] && !strings.Contains(r.Detail, "--destructive") {
+		if r.Verdict == conformance.Skip && !writableSkips[r.Name] && !strings.Contains(r.Detail, "--destructive") {
 			t.Errorf("%s skipped for another reason than needing --destructive: %s", r.Name, r.Detail)
 		}
 	}
@@ -118,13 +119,13 @@ func TestADestructiveRunRestoresTheScratchRange(t *testing.T) {
 	}
 	tail := d.Capacity() - 512
 	data := bytes.Repeat([]byte("precious data "), (256<<10)/14+1)[:256<<10]
-	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeOut, Sector: tail, Data: data}, 5*time.Second); err != nil {
+	if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTOut, Sector: tail, Data: data}, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	d.Close()
 
 	rep := run(t, sock, conformance.Options{Destructive: true})
-	if len(rep.Failed()) > 0 || rep.Outcomes()["scratch/restore"] != conformance.Pass {
+	if len(rep.Failed()) > 0 || rep.Verdicts()["scratch/restore"] != conformance.Pass {
 		t.Fatalf("run:\n%s", report(t, rep))
 	}
 
@@ -134,7 +135,7 @@ func TestADestructiveRunRestoresTheScratchRange(t *testing.T) {
 	}
 	defer d.Close()
 	got := make([]byte, len(data))
-	if err := d.Queues[0].Do(&frontend.Request{Type: frontend.TypeIn, Sector: tail, Data: got}, 5*time.Second); err != nil {
+	if err := d.Queues[0].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: tail, Data: got}, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, data) {
@@ -145,7 +146,7 @@ func TestADestructiveRunRestoresTheScratchRange(t *testing.T) {
 func TestAReadOnlyDeviceRefusesWrites(t *testing.T) {
 	sock, _ := startNvblk(t, serverOpts{readOnly: true})
 	rep := run(t, sock, conformance.Options{Destructive: true})
-	got := rep.Outcomes()
+	got := rep.Verdicts()
 	for _, name := range []string{"readonly/write-refused", "readonly/write-zeroes-refused"} {
 		if got[name] != conformance.Pass {
 			t.Errorf("%s: %s\n%s", name, got[name], report(t, rep))
@@ -202,7 +203,7 @@ func TestQSDConformanceIsAsRecorded(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			sock, _ := vhosttest.StartQSD(t, vhosttest.QSDOptions{Size: 64 << 20, ReadOnly: !c.writable, Queues: c.queues})
 			rep := run(t, sock, conformance.Options{Destructive: true})
-			want := map[string]conformance.Outcome{}
+			want := map[string]conformance.Verdict{}
 			for _, n := range c.fails {
 				want[n] = conformance.Fail
 			}
@@ -210,8 +211,8 @@ func TestQSDConformanceIsAsRecorded(t *testing.T) {
 				want[n] = conformance.Skip
 			}
 			for _, r := range rep.Results {
-				if racyInQSD[r.Name] && r.Outcome != conformance.Skip {
-					if r.Outcome == conformance.Fail {
+				if racyInQSD[r.Name] && r.Verdict != conformance.Skip {
+					if r.Verdict == conformance.Fail {
 						t.Logf("%s failed this time (a known race in QSD): %s", r.Name, r.Detail)
 					}
 					delete(want, r.Name)
@@ -221,8 +222,8 @@ func TestQSDConformanceIsAsRecorded(t *testing.T) {
 				if !ok {
 					w = conformance.Pass
 				}
-				if r.Outcome != w {
-					t.Errorf("%s: %s, recorded %s: %s", r.Name, r.Outcome, w, r.Detail)
+				if r.Verdict != w {
+					t.Errorf("%s: %s, recorded %s: %s", r.Name, r.Verdict, w, r.Detail)
 				}
 				delete(want, r.Name)
 			}

@@ -8,10 +8,10 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/blkserve"
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
-	"github.com/nvblk/nvblk/vhost/blk"
 	"github.com/nvblk/nvblk/vhostuser/frontend/loadgen"
 )
 
@@ -23,8 +23,7 @@ func serveBTT(tb testing.TB, size int64, queues int, poll time.Duration) (string
 	lg.SetOutput(io.Discard)
 	s := vhosttest.ServeBTT(tb, vhosttest.Options{
 		BTTOptions: vhosttest.BTTOptions{Size: size, LBASize: 4096, Durability: pmem.DurabilityFlush},
-		Blk:        blk.Options{NumQueues: uint16(queues)},
-		Server:     vhost.Options{PollDuration: poll, Logger: lg},
+		Config:     blkserve.Config{NumQueues: uint16(queues), Server: vhost.Options{PollDuration: poll, Logger: lg}},
 	})
 	return s.Sock, s.Dev
 }

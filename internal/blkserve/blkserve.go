@@ -1,0 +1,88 @@
+// Package blkserve turns an open BTT into the vhost-user-blk server that
+// serves it. It sits between cmd/nvblk and the layers it wires together:
+//
+//	cmd/nvblk serve, internal/vhosttest
+//	  -> blkserve.New
+//	  -> vhost.NewServer(blk.NewBackend(blk.NewDevice(...)))
+//	  -> btt.Device (one btt.Lane per running queue) -> pmem
+//
+// It exists so that there is one wiring: `nvblk serve` and the tests that
+// serve a BTT (end to end, conformance, load generator) build the server
+// with the same function, so the tests run the path production runs (a
+// BTT lane held per queue, write-through on a medium that persists every
+// step) instead of a copy that can drift from it.
+package blkserve
+
+import (
+	"fmt"
+
+	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/pmem"
+	"github.com/nvblk/nvblk/vhost"
+	"github.com/nvblk/nvblk/vhost/blk"
+)
+
+// Config is what the operator chooses about a served BTT (`nvblk serve`'s
+// flags); the rest follows from the BTT and its medium.
+type Config struct {
+	NumQueues uint16 // request queues; 0 means 1
+	ReadOnly  bool   // offer a read-only disk even if the BTT is writable
+	Serial    string // GET_ID answer; at most 20 bytes, longer is cut
+	// Server holds the protocol settings: poll duration, logger, message
+	// timeout.
+	Server vhost.Options
+}
+
+// Served is a BTT made into a vhost-user-blk device, ready to Serve.
+type Served struct {
+	Server *vhost.Server
+	Device *blk.Device // what the guest is offered
+	// WriteThrough is true when every completed write is already durable:
+	// the device then reports no volatile cache and offers no FLUSH.
+	WriteThrough bool
+}
+
+// New builds the virtio-blk device over d and the server for it. dur is
+// the durability mode in force on d's medium (pmem.Medium.Durability):
+// DurabilityAuto is refused because only the resolved mode says whether
+// a write is durable when it completes. d must stay open until the server
+// has shut down; each running queue holds one of its lanes.
+func New(d *btt.Device, dur pmem.Durability, c Config) (*Served, error) {
+	writeThrough, err := isWriteThrough(dur)
+	if err != nil {
+		return nil, err
+	}
+	dv := blk.NewDevice(d, blk.Options{
+		NumQueues:    c.NumQueues,
+		ReadOnly:     c.ReadOnly,
+		Serial:       c.Serial,
+		WriteThrough: writeThrough,
+		QueueDisk:    laneDisk(d),
+	})
+	srv := vhost.NewServer(blk.NewBackend(dv, d), c.Server)
+	return &Served{Server: srv, Device: dv, WriteThrough: writeThrough}, nil
+}
+
+// isWriteThrough: in the dax and sync modes every step is persisted before
+// a write completes, so the device has no volatile cache to flush.
+func isWriteThrough(dur pmem.Durability) (bool, error) {
+	switch dur {
+	case pmem.DurabilityFlush:
+		return false, nil
+	case pmem.DurabilitySync, pmem.DurabilityDAX:
+		return true, nil
+	}
+	return false, fmt.Errorf("blkserve: durability %v: want the medium's resolved mode (flush, sync or dax)", dur)
+}
+
+// laneDisk gives each queue its own BTT lane for as long as it runs, so
+// the queues' I/O takes no shared lock on the lane pool.
+func laneDisk(d *btt.Device) func() (blk.Disk, func(), error) {
+	return func() (blk.Disk, func(), error) {
+		ln, err := d.AcquireLane()
+		if err != nil {
+			return nil, nil, fmt.Errorf("blkserve: queue lane: %w", err)
+		}
+		return ln, ln.Release, nil
+	}
+}
