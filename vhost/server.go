@@ -45,10 +45,10 @@ type Server struct {
 	// quit is closed by Shutdown.
 	quit chan struct{}
 
-	mu sync.Mutex // guards the fields below
+	mu        sync.Mutex // guards the fields below
 	listeners map[net.Listener]struct{}
-	cur *session
-	closed bool
+	cur       *session
+	closed    bool
 }
 
 // NewServer returns a server for be.

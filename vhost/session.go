@@ -64,15 +64,15 @@ type session struct {
 	conn *net.UnixConn
 	log  *logrus.Entry
 
-	mu sync.Mutex // guards everything below; held while one request is handled
-	features uint64 // SET_FEATURES
-	protocol uint64 // SET_PROTOCOL_FEATURES
-	mem *memTable
-	vrings []*vring
-	status uint8 // SET_STATUS
+	mu       sync.Mutex // guards everything below; held while one request is handled
+	features uint64     // SET_FEATURES
+	protocol uint64     // SET_PROTOCOL_FEATURES
+	mem      *memTable
+	vrings   []*vring
+	status   uint8           // SET_STATUS
 	inflight *inflightRegion // GET/SET_INFLIGHT_FD; nil: no tracking (inflight.go)
-	closed bool
-	ready bool // a queue has started: the handshake is done (logged once)
+	closed   bool
+	ready    bool // a queue has started: the handshake is done (logged once)
 }
 
 func newSession(srv *Server, conn *net.UnixConn) *session {
