@@ -31,6 +31,7 @@ type benchArgs struct {
 	spinUS     uint
 	pid        int
 	json       bool
+	keepGoing  bool // --continue-on-error
 }
 
 func benchFlags() (*flag.FlagSet, *benchArgs) {
@@ -48,6 +49,7 @@ func benchFlags() (*flag.FlagSet, *benchArgs) {
 	fs.UintVar(&a.spinUS, "spin-us", 0, "busy-poll completions for this many microseconds before sleeping on the call eventfd")
 	fs.IntVar(&a.pid, "pid", 0, "the back-end's process id: report its CPU time during the run")
 	fs.BoolVar(&a.json, "json", false, "print the result as JSON")
+	fs.BoolVar(&a.keepGoing, "continue-on-error", false, "count requests the back-end fails and go on (default: the first one ends the run)")
 	return fs, a
 }
 
@@ -78,7 +80,7 @@ func benchConfig(a *benchArgs) (loadgen.Config, error) {
 	return loadgen.Config{
 		Mode: mode, BlockSize: int(a.bs.n), IODepth: a.iodepth, Queues: a.queues,
 		Duration: a.time, Ramp: a.ramp, SizeLimit: uint64(a.sizeLimit.n), Fill: a.fill,
-		Spin: time.Duration(a.spinUS) * time.Microsecond,
+		Spin: time.Duration(a.spinUS) * time.Microsecond, ContinueOnError: a.keepGoing,
 	}, nil
 }
 
@@ -142,6 +144,9 @@ func printBench(w io.Writer, a *benchArgs, r *loadgen.Result) {
 	c, h := r.Config, &r.Latency
 	fmt.Fprintf(w, "%s bs=%d iodepth=%d queues=%d: %d requests in %.2fs\n",
 		c.Mode, c.BlockSize, c.IODepth, c.Queues, r.Ops, r.Elapsed.Seconds())
+	if c.ContinueOnError {
+		fmt.Fprintf(w, "  failed     %d requests\n", r.Errors)
+	}
 	fmt.Fprintf(w, "  IOPS       %.0f\n  bandwidth  %.1f MB/s\n", r.IOPS(), r.MBps())
 	fmt.Fprintf(w, "  latency    p50 %v  p99 %v  p99.9 %v  mean %v  max %v\n",
 		h.Quantile(0.5), h.Quantile(0.99), h.Quantile(0.999), h.Mean(), h.Max())
@@ -159,6 +164,7 @@ type benchJSON struct {
 	Queues        int     `json:"queues"`
 	Seconds       float64 `json:"seconds"`
 	Requests      uint64  `json:"requests"`
+	Failed        uint64  `json:"failed"`
 	IOPS          float64 `json:"iops"`
 	MBps          float64 `json:"mb_per_s"`
 	LatP50us      float64 `json:"lat_p50_us"`
@@ -176,7 +182,7 @@ func printBenchJSON(w io.Writer, a *benchArgs, r *loadgen.Result) error {
 	c, h := r.Config, &r.Latency
 	j := benchJSON{
 		RW: c.Mode.String(), BS: c.BlockSize, IODepth: c.IODepth, Queues: c.Queues,
-		Seconds: r.Elapsed.Seconds(), Requests: r.Ops, IOPS: r.IOPS(), MBps: r.MBps(),
+		Seconds: r.Elapsed.Seconds(), Requests: r.Ops, Failed: r.Errors, IOPS: r.IOPS(), MBps: r.MBps(),
 		LatP50us: us(h.Quantile(0.5)), LatP99us: us(h.Quantile(0.99)), LatP999us: us(h.Quantile(0.999)),
 		LatMeanus: us(h.Mean()), LatMaxus: us(h.Max()), GenCPUPct: cpuShare(r.GenCPU, r.Elapsed),
 	}

@@ -62,6 +62,11 @@ type Config struct {
 	// Fill writes every block of the region once, sequentially, before
 	// the run, so neither back-end reads holes or allocates on write.
 	Fill bool
+	// ContinueOnError counts requests the device fails (any status but
+	// OK) in Result.Errors and goes on, as fio's continue_on_error does:
+	// for runs that expect some requests to fail (a full host filesystem, a
+	// medium error). Without it the first failed request ends the run.
+	ContinueOnError bool
 	// Spin busy-polls the used ring for this long before sleeping on the
 	// call eventfd. Zero sleeps at once, as a guest driver does.
 	Spin time.Duration

@@ -53,10 +53,14 @@ type lane struct {
 	lastDone            int64 // clock of the last measured completion
 
 	ops, bytes atomic.Uint64 // measured completions, read by the progress ticker
+	// keepGoing is Config.ContinueOnError; errs counts the failed
+	// requests of the phase.
+	keepGoing bool
+	errs      atomic.Uint64
 }
 
 func newLane(q *frontend.Queue, mem *frontend.Memory, index int, c *Config, clock func() int64) (*lane, error) {
-	l := &lane{ring: q.Ring, clock: clock, mode: c.Mode, bs: uint64(c.BlockSize), spin: c.Spin}
+	l := &lane{ring: q.Ring, clock: clock, mode: c.Mode, bs: uint64(c.BlockSize), spin: c.Spin, keepGoing: c.ContinueOnError}
 	l.stripe = c.SizeLimit / l.bs / uint64(c.Queues)
 	l.total = l.stripe * uint64(c.Queues) // what Fill covers
 	l.first = uint64(index) * l.stripe
@@ -192,6 +196,13 @@ func (l *lane) reap() (int, error) {
 			return 0, fmt.Errorf("loadgen: device completed head %d, which is not in flight", id)
 		}
 		r := &l.reqs[i]
+		if r.status[0] != virtio.BlkSOK && l.keepGoing {
+			l.errs.Add(1)
+			r.inflight = false
+			l.inflight--
+			l.submit(i, now)
+			continue
+		}
 		if r.status[0] != virtio.BlkSOK {
 			dir := "read"
 			if r.write {

@@ -12,9 +12,12 @@ import (
 
 // Result is one run's measured phase.
 type Result struct {
-	Config  Config
-	Ops     uint64
-	Bytes   uint64
+	Config Config
+	Ops    uint64
+	Bytes  uint64
+	// Errors is the requests the device failed, counted only with
+	// Config.ContinueOnError (and not in Ops).
+	Errors  uint64
 	Elapsed time.Duration
 	Latency Histogram
 	// GenCPU is the CPU time of this process (the load generator, and
@@ -122,7 +125,8 @@ func (g *Generator) Run(backendPID int) (*Result, error) {
 	}
 	lanes := g.lanes
 	for _, l := range lanes {
-		l.spin = c.Spin
+		l.spin, l.keepGoing = c.Spin, c.ContinueOnError
+		l.errs.Store(0)
 	}
 	if c.Fill {
 		for _, l := range lanes {
@@ -177,13 +181,14 @@ func (g *Generator) Run(backendPID int) (*Result, error) {
 	for _, l := range lanes {
 		res.Ops += l.ops.Load()
 		res.Bytes += l.bytes.Load()
+		res.Errors += l.errs.Load()
 		res.Latency.Merge(&l.hist)
 		last = max(last, l.lastDone)
 	}
 	if last > from {
 		res.Elapsed = time.Duration(last - from)
 	}
-	if res.Ops == 0 {
+	if res.Ops == 0 && res.Errors == 0 {
 		return res, fmt.Errorf("loadgen: no request completed in the measured phase")
 	}
 	return res, nil
