@@ -14,8 +14,10 @@ type Backend interface {
 	// NumQueues is the number of virtqueues (GET_QUEUE_NUM).
 	NumQueues() int
 	// NewHandler returns a handler for one queue; each started queue gets
-	// its own and calls it from one goroutine only.
-	NewHandler() Handler
+	// its own and calls it from one goroutine only. features are the bits
+	// the driver accepted (SET_FEATURES): some limits bind only a driver
+	// that negotiated them.
+	NewHandler(features uint64) Handler
 	// Flush makes completed writes durable (Server.Shutdown).
 	Flush() error
 }

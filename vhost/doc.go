@@ -26,16 +26,40 @@
 // session.go dispatches front-end messages; inflight.go keeps the inflight
 // region; stats.go counts.
 //
-// Broken and hostile input (hostile_test.go, broken_test.go): a message
-// that violates the wire format (cut short, sizes that do not match, fds
-// where none belong) drops the connection, and the next front-end is
-// served; a well-formed request with bad contents (overlapping regions, a
-// ring outside memory) is refused with a non-zero REPLY_ACK. SET_OWNER is
-// not required before other requests: a connection is one front-end, and
-// libvhost-user does not insist either. In the data path a malformed chain
-// is completed (IOERR in its status byte when one was parsed, else nothing
+// Broken and hostile input (hostile_test.go, broken_test.go, fault_test.go,
+// ringsetup_test.go): a message that violates the wire format (cut short,
+// sizes that do not match, fds where none belong) drops the connection, and
+// the next front-end is served; a well-formed request with bad contents
+// (overlapping regions, a ring outside memory, a kick, call or error fd
+// that is not an eventfd) is refused with a non-zero REPLY_ACK, its fd
+// closed. SET_OWNER is not required before other requests: a connection is
+// one front-end, and libvhost-user does not insist either; nor is memory
+// before the rings: a ring kicked and enabled before any memory starts when
+// the memory that holds it arrives. In the data path a malformed chain is
+// completed (IOERR in its status byte when one was parsed, else nothing
 // written) with a rate-limited warning, and the queue goes on; a corrupt
 // ring stops only its queue and sets DEVICE_NEEDS_RESET.
+//
+// Shared memory the front-end takes away never kills the process
+// (fault.go). A front-end can truncate the files behind guest memory and
+// behind an inflight region it made itself (SET_INFLIGHT_FD), and touching
+// the pages that went raises SIGBUS. A queue worker that faults there (in
+// the rings, in a request's buffers, in the inflight records) stops that
+// queue as for a corrupt ring: DEVICE_NEEDS_RESET, the error eventfd
+// signalled, one log line; GET_VRING_BASE still answers and the handler is
+// closed. A fault while handling a message (starting a ring reads its used
+// index and recovers its inflight records) drops the connection. The other
+// queues, and the next front-end, are served. The inflight memfd this
+// server makes (GET_INFLIGHT_FD) is sealed against shrinking, so it cannot
+// be taken away. A fault anywhere else is not the front-end's doing and is
+// not caught. Running out of file descriptors does not stop Serve: failed
+// accepts are retried with a growing pause and logged rate-limited.
+//
+// The operator is never held up by the guest: Server.Stats reads a view of
+// the rings the session publishes after each message, and Detach closes
+// the connection without waiting, so neither waits for a message whose
+// handling waits for a stuck guest request (stopping a queue waits for the
+// request it runs). The session tears down once that request completes.
 //
 // Locks: Server.mu guards the listeners and the current session; a
 // session's mu guards its memory table and vrings and is held while one
@@ -46,6 +70,7 @@
 // ring and handler, and stops (returning its ring index) before the session
 // changes what it uses.
 //
-// Only inflight_unsafe.go imports unsafe: the inflight region's fields are
-// shared with the front-end and touched through sync/atomic.
+// Only inflight_unsafe.go and fault_unsafe.go import unsafe: the inflight
+// region's fields are shared with the front-end and touched through
+// sync/atomic, and a fault's address is compared with the mappings'.
 package vhost

@@ -9,14 +9,23 @@ import (
 
 // newMemfd creates a size-byte memfd for the inflight region (GET_INFLIGHT_FD).
 // The caller owns the fd.
+//
+// It is sealed against shrinking before anyone else sees it: the front-end
+// gets the fd, and a front-end that truncated it would make our stores into
+// the mapping fault (SIGBUS). F_SEAL_SEAL keeps it from adding seals of its
+// own; growing stays allowed, it harms no mapping.
 func newMemfd(size uint64) (int, error) {
-	fd, err := unix.MemfdCreate("nvblk-inflight", unix.MFD_CLOEXEC)
+	fd, err := unix.MemfdCreate("nvblk-inflight", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return -1, fmt.Errorf("memfd_create: %w", err)
 	}
 	if err := unix.Ftruncate(fd, int64(size)); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("ftruncate: %w", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("sealing: %w", err)
 	}
 	return fd, nil
 }

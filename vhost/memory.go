@@ -83,9 +83,12 @@ func newMemTable(regions []*guestRegion) (*memTable, error) {
 	return &memTable{regions: rs}, nil
 }
 
-// Translate returns the n bytes of guest memory at guest-physical address
-// gpa as a window into the shared mapping (capacity limited to n). The range
-// must lie inside a single region.
+// Translate implements virtq.Memory: it returns the guest memory at
+// guest-physical address gpa as a window into the shared mapping, n bytes
+// or up to the end of gpa's region if that comes first (capacity limited
+// to the window). Each region is mapped on its own, so a range that runs
+// into the next region, even an adjacent one (hot-plugged DIMMs), is not
+// contiguous here: virtq asks for the rest separately.
 func (t *memTable) Translate(gpa, n uint64) ([]byte, error) {
 	if t == nil {
 		return nil, fmt.Errorf("%w: no memory table", ErrBadAddress)
@@ -98,9 +101,8 @@ func (t *memTable) Translate(gpa, n uint64) ([]byte, error) {
 		r := t.regions[i]
 		if gpa >= r.GuestAddr {
 			off := gpa - r.GuestAddr
-			if n <= r.Size-off {
-				return r.data[off : off+n : off+n], nil
-			}
+			k := min(n, r.Size-off)
+			return r.data[off : off+k : off+k], nil
 		}
 	}
 	return nil, fmt.Errorf("%w: %#x+%#x", ErrBadAddress, gpa, n)

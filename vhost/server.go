@@ -88,8 +88,13 @@ func FileListener(fd int) (*net.UnixListener, error) {
 }
 
 // Serve accepts front-ends on l and serves them one after another until
-// Shutdown (ErrServerClosed) or an accept error. A connection that fails or
-// is dropped for a malformed message does not stop it. Shutdown closes l,
+// Shutdown (ErrServerClosed) or until l is closed by someone else (an error
+// wrapping net.ErrClosed). A connection that fails or is dropped for a
+// malformed message does not stop it, nor does any other accept error:
+// running out of file descriptors (EMFILE, ENFILE), a connection aborted
+// before it was accepted and the like are retried after a pause that
+// doubles from 5 ms to 1 s while they last, as net/http does, and logged
+// at most once per acceptLogEvery. Shutdown closes l,
 // also when it came first: then Serve closes l and returns at once (so a
 // signal that ends ServeContext before its Serve goroutine ran leaves no
 // listener open and no socket file behind).
@@ -107,6 +112,7 @@ func (s *Server) Serve(l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
+	var retry acceptRetry
 	for {
 		select {
 		case <-s.slot:
@@ -121,12 +127,17 @@ func (s *Server) Serve(l net.Listener) error {
 				return ErrServerClosed
 			default:
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("vhost: accept: %w", err)
 			}
-			return fmt.Errorf("vhost: accept: %w", err)
+			select {
+			case <-time.After(retry.failed(s.log, err)):
+			case <-s.quit:
+				return ErrServerClosed
+			}
+			continue
 		}
+		retry.succeeded(s.log)
 		uc, ok := c.(*net.UnixConn)
 		if !ok {
 			c.Close()
@@ -136,6 +147,45 @@ func (s *Server) Serve(l net.Listener) error {
 		s.serveConn(uc)
 		s.slot <- struct{}{}
 	}
+}
+
+// Pauses between failed accepts, and how often their errors are logged.
+const (
+	acceptRetryMin = 5 * time.Millisecond
+	acceptRetryMax = time.Second
+	acceptLogEvery = 10 * time.Second
+)
+
+// acceptRetry paces and logs a run of failed accepts. The zero value is
+// ready; it belongs to one accept loop.
+type acceptRetry struct {
+	pause    time.Duration // the last pause; zero after a success
+	failures uint64        // in the current run
+	lastLog  time.Time
+	unlogged uint64 // failures since the last line
+}
+
+// failed counts a failed accept, logs it unless a line went out less than
+// acceptLogEvery ago, and returns how long to pause before the next.
+func (r *acceptRetry) failed(log logrus.FieldLogger, err error) time.Duration {
+	r.pause = min(max(2*r.pause, acceptRetryMin), acceptRetryMax)
+	r.failures++
+	if now := time.Now(); now.Sub(r.lastLog) >= acceptLogEvery {
+		log.WithError(err).WithField("failures", r.failures).WithField("unlogged", r.unlogged).
+			WithField("retry_in", r.pause).Warn("vhost: accept failed; retrying")
+		r.lastLog, r.unlogged = now, 0
+	} else {
+		r.unlogged++
+	}
+	return r.pause
+}
+
+// succeeded ends a run of failures, saying so if there was one.
+func (r *acceptRetry) succeeded(log logrus.FieldLogger) {
+	if r.failures != 0 {
+		log.WithField("failures", r.failures).Info("vhost: accepting again")
+	}
+	*r = acceptRetry{}
 }
 
 func (s *Server) serveConn(c *net.UnixConn) {
@@ -225,9 +275,10 @@ func (s *Server) ServeContext(ctx context.Context, l net.Listener, grace time.Du
 }
 
 // Detach drops the current front-end, if any, as if it had disconnected:
-// its queues finish the requests they took, then the connection closes and
-// the server accepts the next front-end. It reports whether one was
-// connected.
+// the connection closes at once, its queues finish the requests they took,
+// then the server accepts the next front-end. It reports whether one was
+// connected. It returns without waiting for any of that: a guest request
+// that never completes cannot hold up the operator.
 func (s *Server) Detach() bool {
 	s.mu.Lock()
 	cur := s.cur
@@ -235,7 +286,5 @@ func (s *Server) Detach() bool {
 	if cur == nil {
 		return false
 	}
-	cur.log.Info("vhost-user front-end detached on request")
-	cur.close()
-	return true
+	return cur.detach()
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	"golang.org/x/sys/unix"
 
 	"github.com/nvblk/nvblk/internal/fdcheck"
@@ -103,6 +104,7 @@ type env struct {
 	sock string
 	srv  *vhost.Server
 	disk *memDisk
+	logs *logtest.Hook // the server's warnings and errors
 }
 
 type envOpts struct {
@@ -128,9 +130,10 @@ func startEnv(t *testing.T, o envOpts) *env {
 	if testing.Verbose() {
 		lg.SetLevel(logrus.DebugLevel)
 	}
+	hook := logtest.NewLocal(lg)
 	srv, sock := vhosttest.Serve(t, disk, blk.Options{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-test-serial"},
 		vhost.Options{PollDuration: o.poll, Logger: lg, MessageTimeout: o.messageTimeout})
-	return &env{sock: sock, srv: srv, disk: disk}
+	return &env{sock: sock, srv: srv, disk: disk, logs: hook}
 }
 
 func (e *env) dial(t *testing.T) *frontend.Conn {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 
@@ -63,6 +64,13 @@ type session struct {
 	srv  *Server
 	conn *net.UnixConn
 	log  *logrus.Entry
+	// view is what Server.Stats shows of the rings, published after each
+	// request so that Stats never takes mu, which a request can hold for
+	// as long as a stuck guest request takes (stopping a queue waits for
+	// it). closing is set once the connection is going (Detach, close):
+	// Stats then reports no front-end.
+	view    atomic.Pointer[[]ringView]
+	closing atomic.Bool
 
 	mu       sync.Mutex // guards everything below; held while one request is handled
 	features uint64     // SET_FEATURES
@@ -81,7 +89,42 @@ func newSession(srv *Server, conn *net.UnixConn) *session {
 	for i := range s.vrings {
 		s.vrings[i] = &vring{index: i}
 	}
+	s.publishViewLocked() // nobody else has s yet
 	return s
+}
+
+// ringView is one ring in a session's published view (Stats).
+type ringView struct {
+	enabled, running bool
+	base             uint16 // the ring's base while no worker runs it
+}
+
+// publishViewLocked publishes the rings' state for Stats.
+//
+// The caller holds s.mu.
+func (s *session) publishViewLocked() {
+	v := make([]ringView, len(s.vrings))
+	for i, vr := range s.vrings {
+		v[i] = ringView{
+			enabled: vr.enabled || (vr.started && s.features&vhostuser.FeatureProtocolFeatures == 0),
+			running: vr.w != nil,
+			base:    vr.base,
+		}
+	}
+	s.view.Store(&v)
+}
+
+// detach closes the connection without waiting for s.mu: the request
+// being handled, and the queues' requests in flight, finish first, then
+// serve sees the closed connection and tears the session down. It reports
+// whether the connection was still up.
+func (s *session) detach() bool {
+	if s.closing.Swap(true) {
+		return false
+	}
+	s.log.Info("vhost-user front-end detached on request")
+	s.conn.Close()
+	return true
 }
 
 // serve reads and handles requests until the connection ends or a request
@@ -119,9 +162,21 @@ func (s *session) serve() {
 
 // dispatch handles one decoded request and sends its reply. It owns fds.
 // A returned error ends the connection.
-func (s *session) dispatch(m vhostuser.Message, fds []int) error {
+func (s *session) dispatch(m vhostuser.Message, fds []int) (err error) {
+	// Handling a request can touch guest memory and the inflight region
+	// (starting a ring reads its used index, starting a queue recovers
+	// its inflight records): a fault there, in a file the front-end
+	// shrank, ends this connection instead of the process (fault.go).
+	// The goroutine is the server's accept loop: the setting is restored.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.publishViewLocked()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v: %w", m.Hdr.Request, sharedFault(r, s.mem, s.inflight))
+		}
+	}()
 	if s.closed {
 		vhostuser.CloseFDs(fds)
 		return net.ErrClosed
@@ -389,6 +444,10 @@ func (s *session) setVringFDLocked(req vhostuser.Request, v uint64, fds []int) e
 	}
 	var f *os.File
 	if len(fds) == 1 {
+		if err := checkEventfd(fds[0]); err != nil {
+			unix.Close(fds[0])
+			return err
+		}
 		if err := unix.SetNonblock(fds[0], true); err != nil {
 			unix.Close(fds[0])
 			return fmt.Errorf("eventfd: %w", err)
@@ -418,6 +477,29 @@ func (s *session) setVringFDLocked(req vhostuser.Request, v uint64, fds []int) e
 		if old := vr.errFD.Swap(f); old != nil {
 			old.Close()
 		}
+	}
+	return nil
+}
+
+// checkEventfd refuses an fd that is not an eventfd as a ring's kick, call
+// or error fd. Anything else reads and writes differently: a pipe at EOF,
+// say, would wake the worker at once on every wait, forever.
+func checkEventfd(fd int) error {
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err == nil {
+		if link != "anon_inode:[eventfd]" {
+			return fmt.Errorf("%w: fd is %s, not an eventfd", ErrBadVring, link)
+		}
+		return nil
+	}
+	// No /proc: an eventfd is at least an anonymous inode, which has no
+	// file type; a pipe, socket, device or file has one.
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != 0 {
+		return fmt.Errorf("%w: fd of file type %#o, not an eventfd", ErrBadVring, st.Mode&unix.S_IFMT)
 	}
 	return nil
 }
@@ -503,8 +585,10 @@ func (s *session) remMemRegLocked(r vhostuser.MemRegion) error {
 
 // replaceMemLocked installs t. Workers hold windows into the old mappings,
 // so they are stopped (draining their in-flight requests) first and
-// restarted on the new table. unmapOld unmaps every old region (SET_MEM_TABLE
-// replaces all); otherwise the caller handles the one region that left.
+// restarted on the new table; so are the rings that were waiting for
+// memory (kicked and enabled before any came, or before the region that
+// holds them). unmapOld unmaps every old region (SET_MEM_TABLE replaces
+// all); otherwise the caller handles the one region that left.
 //
 // The caller holds s.mu.
 func (s *session) replaceMemLocked(t *memTable, unmapOld bool) {
@@ -520,6 +604,11 @@ func (s *session) replaceMemLocked(t *memTable, unmapOld bool) {
 	}
 	if err := s.startLocked(running); err != nil {
 		s.log.WithError(err).Error("vhost: restarting queues on the new memory table")
+	}
+	// A waiting ring still outside memory is no error yet: ADD_MEM_REG
+	// brings the regions one at a time.
+	if err := s.startLocked(s.vrings); err != nil {
+		s.log.WithError(err).Debug("vhost: queue waits for more guest memory")
 	}
 }
 
@@ -628,6 +717,7 @@ func (s *session) startLocked(vrs []*vring) error {
 // close stops the workers, releases every fd and mapping and closes the
 // connection. Idempotent.
 func (s *session) close() {
+	s.closing.Store(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {

@@ -5,7 +5,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nvblk/nvblk/vhostuser"
 	"golang.org/x/sys/cpu"
 )
 
@@ -292,23 +291,23 @@ func (s *Server) Stats() Stats {
 }
 
 // ringStates fills in the current connection's view of each ring. It
-// returns false once the session has closed.
+// returns false once the connection is going. It takes no lock: the view is
+// the one published after the last request (publishViewLocked), so a request
+// that waits for a stuck guest request does not hold up Stats.
 func (s *session) ringStates(qs []QueueStats) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	v := s.view.Load()
+	if s.closing.Load() || v == nil {
 		return false
 	}
-	for i, vr := range s.vrings {
+	for i, r := range *v {
 		if i >= len(qs) {
 			break
 		}
 		q := &qs[i]
-		q.Enabled = vr.enabled || (vr.started && s.features&vhostuser.FeatureProtocolFeatures == 0)
-		q.Running = vr.w != nil
-		q.Broken = vr.broken.Load()
-		if vr.w == nil {
-			q.LastAvail, q.InFlight = vr.base, 0
+		q.Enabled, q.Running = r.enabled, r.running
+		q.Broken = s.vrings[i].broken.Load()
+		if !r.running {
+			q.LastAvail, q.InFlight = r.base, 0
 		}
 	}
 	return true

@@ -3,6 +3,7 @@ package vhost
 import (
 	"errors"
 	"os"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -80,6 +81,11 @@ type worker struct {
 	// one); resub are chains a dead predecessor took, run first.
 	track *inflightQueue
 	resub []uint16
+	// mem and inflight are the mappings the worker was started on, which
+	// the session keeps until it stopped: a fault in them ends the queue.
+	mem      *memTable
+	inflight *inflightRegion
+	kickLog  badChainLog // failed kick reads, rate-limited as malformed chains are
 
 	stopping atomic.Bool // set by stop, read by the worker
 	done     chan struct{}
@@ -107,13 +113,14 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 	w := &worker{
 		vr:   vr,
 		q:    q,
-		h:    s.srv.be.NewHandler(),
+		h:    s.srv.be.NewHandler(s.features),
 		kick: vr.kick,
 		poll: s.srv.opts.PollDuration,
 		log:  s.log.WithField("queue", vr.index),
 		done: make(chan struct{}),
 	}
 	w.track, w.resub = track, resub
+	w.mem, w.inflight = s.mem, s.inflight
 	w.stats = &s.srv.counters[vr.index]
 	w.stats.setRing(base, 0)
 	go w.run()
@@ -144,6 +151,9 @@ func (w *worker) run() {
 		// or the disk's Close does not wait for it.
 		defer hc.Close()
 	}
+	// The goroutine is the worker's alone: the setting dies with it.
+	debug.SetPanicOnFault(true)
+	defer w.recoverFault()
 	c := w.q.NewChain()
 	w.resubmit(c)
 	for !w.stopping.Load() {
@@ -321,6 +331,26 @@ func (w *worker) broke(err error) {
 	}
 }
 
+// recoverFault ends the queue on a fault in guest memory or the inflight
+// region (fault.go): the ring is marked broken as for a corrupt one, and the
+// worker returns without touching either mapping again (no publish: the
+// used ring may be what faulted), so stop, GET_VRING_BASE and the
+// handler's Close still run. Completed requests are counted; those taken
+// and not published stay in flight until the device is reset.
+func (w *worker) recoverFault() {
+	r := recover()
+	if r == nil {
+		return
+	}
+	err := sharedFault(r, w.mem, w.inflight)
+	w.batch.flushTo(w.stats)
+	w.vr.broken.Store(true)
+	w.log.WithError(err).Error("vhost: queue stopped: device needs reset")
+	if f := w.vr.errFD.Load(); f != nil {
+		signal(f)
+	}
+}
+
 // wait sleeps until a kick (or, without a kick fd, for one poll interval).
 func (w *worker) wait() {
 	if w.kick == nil {
@@ -329,7 +359,16 @@ func (w *worker) wait() {
 	}
 	var buf [8]byte
 	if _, err := w.kick.Read(buf[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-		w.log.WithError(err).Warn("vhost: kick eventfd read failed; polling")
+		// SET_VRING_KICK takes eventfds only, whose reads do not fail;
+		// should one fail anyway, a line per failed read would be one
+		// every noKickPoll.
+		if log, suppressed := w.kickLog.note(time.Now()); log {
+			e := w.log.WithError(err).WithField("failed_reads", w.kickLog.total)
+			if suppressed > 0 {
+				e = e.WithField("unlogged", suppressed)
+			}
+			e.Warn("vhost: kick eventfd read failed; polling")
+		}
 		time.Sleep(noKickPoll)
 	}
 }

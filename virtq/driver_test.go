@@ -8,7 +8,8 @@ import (
 )
 
 // guestMem is a test Memory: several guest-physical regions, each backed by
-// a byte slice (large make([]byte) allocations are page-aligned, like mmap).
+// its own byte slice (large make([]byte) allocations are page-aligned, like
+// mmap), so adjacent regions are not contiguous in host memory.
 type guestMem struct{ regions []memRegion }
 
 type memRegion struct {
@@ -16,36 +17,36 @@ type memRegion struct {
 	buf []byte
 }
 
-var (
-	errUnmapped = errors.New("gpa not mapped")
-	errCrosses  = errors.New("range crosses region end")
-)
+var errUnmapped = errors.New("gpa not mapped")
 
+// Translate returns the bytes at gpa up to the end of its region, as the
+// vhost memory table does.
 func (m *guestMem) Translate(gpa, n uint64) ([]byte, error) {
 	for _, r := range m.regions {
 		if gpa >= r.gpa && gpa-r.gpa < uint64(len(r.buf)) {
 			off := gpa - r.gpa
-			if n > uint64(len(r.buf))-off {
-				return nil, errCrosses
-			}
-			return r.buf[off : off+n : off+n], nil
+			k := min(n, uint64(len(r.buf))-off)
+			return r.buf[off : off+k : off+k], nil
 		}
 	}
 	return nil, errUnmapped
 }
 
-// slice returns the host bytes of [gpa, gpa+n) or fails the test.
+// slice returns the host bytes of [gpa, gpa+n), which must lie in one
+// region, or fails the test.
 func (m *guestMem) slice(t testing.TB, gpa, n uint64) []byte {
 	t.Helper()
 	b, err := m.Translate(gpa, n)
-	if err != nil {
-		t.Fatalf("test memory %#x+%d: %v", gpa, n, err)
+	if err != nil || uint64(len(b)) != n {
+		t.Fatalf("test memory %#x+%d: %d bytes, %v", gpa, n, len(b), err)
 	}
 	return b
 }
 
 // Test guest-physical layout: rings in one region, buffers in another, a
-// small third region right after a hole, to test region edges.
+// small third region right after a hole, to test region edges, and three
+// small regions back to back (adjacent in guest-physical space, separate
+// in host memory, as hot-plugged DIMMs are), then a hole.
 const (
 	ringBase = 0x10000
 	ringLen  = 0x10000
@@ -53,6 +54,11 @@ const (
 	bufLen   = 0x40000
 	edgeBase = 0x200000 // 4 KiB region; bufBase+bufLen..edgeBase is a hole
 	edgeLen  = 0x1000
+	adjBase  = 0x300000 // adjRegions regions of adjLen, back to back
+	adjLen   = 0x1000
+	adjEnd   = adjBase + adjRegions*adjLen
+
+	adjRegions = 3
 
 	descGPA  = ringBase
 	availGPA = ringBase + 0x8000
@@ -60,11 +66,28 @@ const (
 )
 
 func newGuestMem() *guestMem {
-	return &guestMem{regions: []memRegion{
+	m := &guestMem{regions: []memRegion{
 		{ringBase, make([]byte, ringLen)},
 		{bufBase, make([]byte, bufLen)},
 		{edgeBase, make([]byte, edgeLen)},
 	}}
+	for i := range uint64(adjRegions) {
+		m.regions = append(m.regions, memRegion{adjBase + i*adjLen, make([]byte, adjLen)})
+	}
+	return m
+}
+
+// fill writes b at gpa, across region boundaries.
+func (m *guestMem) fill(t testing.TB, gpa uint64, b []byte) {
+	t.Helper()
+	for len(b) > 0 {
+		w, err := m.Translate(gpa, uint64(len(b)))
+		if err != nil {
+			t.Fatalf("test memory %#x+%d: %v", gpa, len(b), err)
+		}
+		n := copy(w, b)
+		gpa, b = gpa+uint64(n), b[n:]
+	}
 }
 
 // desc is one descriptor as the test driver writes it.

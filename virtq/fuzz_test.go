@@ -71,10 +71,25 @@ func fuzzSeed(eventIdx, indirect bool) []byte {
 	return append(b, rest...)
 }
 
+// fuzzSeedAdjacent is fuzzSeed's direct chain with its data buffer running
+// across the boundaries of the adjacent regions, and its indirect chain's
+// data buffer from them on into the hole after.
+func fuzzSeedAdjacent() []byte {
+	b := fuzzSeed(false, true)
+	desc := b[3 : 3+descSize*8]
+	binary.LittleEndian.PutUint64(desc[1*descSize:], adjBase+adjLen-100)
+	binary.LittleEndian.PutUint32(desc[1*descSize+8:], adjLen+200)
+	rest := b[3+descSize*8+6+2*8:]
+	binary.LittleEndian.PutUint64(rest[0:], adjEnd-16)
+	binary.LittleEndian.PutUint32(rest[8:], 32)
+	return b
+}
+
 func FuzzNext(f *testing.F) {
 	f.Add(fuzzSeed(false, false))
 	f.Add(fuzzSeed(true, true))
 	f.Add(fuzzSeed(false, true))
+	f.Add(fuzzSeedAdjacent())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, lastAvail, desc, avail, rest, ok := fuzzLayout(data)
 		if !ok {
@@ -110,6 +125,14 @@ func FuzzNext(f *testing.F) {
 			}
 			if err != nil && !errors.Is(err, ErrBadChain) {
 				t.Fatalf("unexpected error %v", err)
+			}
+			if len(c.Segments) > segmentsPerEntry*MaxSize {
+				t.Fatalf("%d segments", len(c.Segments))
+			}
+			for i, s := range c.Segments {
+				if s.Continues && (i == 0 || c.Segments[i-1].Writable != s.Writable || len(s.Buf) == 0) {
+					t.Fatalf("segment %d continues nothing: %+v", i, c.Segments)
+				}
 			}
 			var n uint32
 			if st, ok := c.Status(); ok {

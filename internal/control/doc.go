@@ -13,5 +13,16 @@
 //     accepts the next one.
 //
 // The metrics endpoint serves the same counters in the Prometheus text
-// exposition format (version 0.0.4) at /metrics.
+// exposition format (version 0.0.4) at /metrics (NewMetricsServer).
+//
+// Neither endpoint can be made to stop serving or to starve the backend
+// of file descriptors. A control connection is closed when it sends no
+// request line for Options.IdleTimeout, and one over Options.MaxConns is
+// answered with an error line and closed; a metrics connection has read,
+// write and idle timeouts, and one over MetricsOptions.MaxConns is closed
+// when accepted. Failed accepts (out of descriptors, an aborted connection)
+// are retried with a growing pause, never returned, on both. No request
+// waits for the guest: status, stats and detach use vhost.Server.Stats and
+// Detach, which never wait for a request in flight, and the control server
+// holds no lock of its own while calling them.
 package control

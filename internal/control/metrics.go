@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/nvblk/nvblk/vhost"
 )
@@ -20,6 +23,93 @@ func MetricsHandler(t Target) http.Handler {
 		w.Header().Set("Content-Type", ContentType)
 		WritePrometheus(w, t.Stats())
 	})
+}
+
+// Defaults of MetricsOptions.
+const (
+	DefaultMetricsReadTimeout  = 10 * time.Second
+	DefaultMetricsWriteTimeout = 10 * time.Second
+	// DefaultMetricsIdleTimeout outlasts the usual scrape intervals (15 s
+	// to a minute), so a scraper keeps its connection between scrapes.
+	DefaultMetricsIdleTimeout = 2 * time.Minute
+	// DefaultMetricsMaxConns is plenty for the few scrapers of one
+	// backend, and far below the descriptors the process has.
+	DefaultMetricsMaxConns = 32
+)
+
+// MetricsOptions configure NewMetricsServer; zero fields take the
+// defaults.
+type MetricsOptions struct {
+	// ReadTimeout bounds reading a request, headers and body, from the
+	// moment the connection is accepted or the previous reply was sent.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds writing a reply.
+	WriteTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection that sends no next
+	// request for that long.
+	IdleTimeout time.Duration
+	// MaxConns caps concurrent connections: one more is closed as soon
+	// as it is accepted.
+	MaxConns int
+}
+
+// NewMetricsServer returns the HTTP server of the metrics endpoint: t's
+// counters at /metrics (MetricsHandler), every connection under read,
+// write and idle timeouts, and at most o.MaxConns of them at a time, so
+// that clients of an endpoint anyone on the network may reach cannot hold
+// the process's descriptors. Serve it with its Serve method; its accept
+// loop retries temporary errors such as running out of descriptors.
+func NewMetricsServer(t Target, o MetricsOptions) *http.Server {
+	if o.ReadTimeout <= 0 {
+		o.ReadTimeout = DefaultMetricsReadTimeout
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = DefaultMetricsWriteTimeout
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultMetricsIdleTimeout
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = DefaultMetricsMaxConns
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", MetricsHandler(t))
+	lim := &connLimit{max: o.MaxConns, admitted: map[net.Conn]struct{}{}}
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: o.ReadTimeout,
+		ReadTimeout:       o.ReadTimeout,
+		WriteTimeout:      o.WriteTimeout,
+		IdleTimeout:       o.IdleTimeout,
+		ConnState:         lim.track,
+	}
+}
+
+// connLimit caps an http.Server's connections through its ConnState hook,
+// which the server calls with StateNew in its accept loop, before it
+// serves the connection: one over the cap is closed there, and the server
+// then drops it as it would a client that hung up. (A listener that stops
+// accepting at the cap, as golang.org/x/net/netutil's does, would leave
+// the extra clients waiting in the backlog instead of telling them.)
+type connLimit struct {
+	max      int
+	mu       sync.Mutex // guards admitted
+	admitted map[net.Conn]struct{}
+}
+
+func (l *connLimit) track(c net.Conn, st http.ConnState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch st {
+	case http.StateNew:
+		if len(l.admitted) >= l.max {
+			c.Close()
+			return
+		}
+		l.admitted[c] = struct{}{}
+	case http.StateHijacked, http.StateClosed:
+		delete(l.admitted, c)
+	}
 }
 
 // WritePrometheus writes st in the Prometheus text exposition format: one

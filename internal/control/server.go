@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/nvblk/nvblk/vhost"
 )
 
@@ -18,8 +20,32 @@ type Target interface {
 	Detach() bool
 }
 
-// DefaultInterval is how often the server samples the counters for rates.
-const DefaultInterval = time.Second
+// Defaults of Options.
+const (
+	// DefaultInterval is how often the server samples the counters for
+	// rates.
+	DefaultInterval = time.Second
+	// DefaultIdleTimeout is how long a connection may wait between
+	// request lines: `nvblk status` sends its one line at once.
+	DefaultIdleTimeout = time.Minute
+	// DefaultMaxConns bounds concurrent control connections: enough for
+	// a few operators and scripts, few enough that connections left open
+	// cannot take the descriptors the front-end needs.
+	DefaultMaxConns = 16
+)
+
+// Options configure a Server; zero fields take the defaults.
+type Options struct {
+	Interval time.Duration // sampling interval for rates
+	// IdleTimeout closes a connection that sends no whole request line
+	// for that long; it also bounds writing one reply.
+	IdleTimeout time.Duration
+	// MaxConns caps concurrent connections: one more is answered with an
+	// error line and closed.
+	MaxConns int
+	// Logger receives accept errors; nil means logrus.StandardLogger().
+	Logger logrus.FieldLogger
+}
 
 // maxRequestLine bounds one request line.
 const maxRequestLine = 4096
@@ -43,6 +69,9 @@ type Reply struct {
 type Server struct {
 	t        Target
 	interval time.Duration
+	idle     time.Duration
+	maxConns int
+	log      logrus.FieldLogger
 	start    time.Time
 	quit     chan struct{}
 	wg       sync.WaitGroup // the sampler and every connection's goroutine
@@ -55,13 +84,29 @@ type Server struct {
 	closed     bool
 }
 
-// NewServer starts sampling t every interval (DefaultInterval when zero).
-// Close stops it.
+// NewServer starts sampling t every interval (DefaultInterval when zero),
+// with the other Options at their defaults. Close stops it.
 func NewServer(t Target, interval time.Duration) *Server {
-	if interval <= 0 {
-		interval = DefaultInterval
+	return NewServerWithOptions(t, Options{Interval: interval})
+}
+
+// NewServerWithOptions starts sampling t as o says. Close stops it.
+func NewServerWithOptions(t Target, o Options) *Server {
+	if o.Interval <= 0 {
+		o.Interval = DefaultInterval
 	}
-	s := &Server{t: t, interval: interval, start: time.Now(), quit: make(chan struct{}),
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = DefaultMaxConns
+	}
+	var lg logrus.FieldLogger = logrus.StandardLogger()
+	if o.Logger != nil {
+		lg = o.Logger
+	}
+	s := &Server{t: t, interval: o.Interval, idle: o.IdleTimeout, maxConns: o.MaxConns,
+		log: lg.WithField("component", "control"), start: time.Now(), quit: make(chan struct{}),
 		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
 	s.last = t.Stats()
 	s.prev = s.last
@@ -87,7 +132,11 @@ func (s *Server) sample() {
 	}
 }
 
-// Serve answers connections on l until Close; it closes l.
+// Serve answers connections on l until Close (then it returns nil) or until
+// l is closed by someone else; it closes l. Other accept errors (out of
+// file descriptors, a connection aborted before it was accepted) are
+// retried after a pause that doubles from 5 ms to 1 s while they last, and
+// logged at most once per acceptLogEvery.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
@@ -99,23 +148,39 @@ func (s *Server) Serve(l net.Listener) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
+	var retry acceptRetry
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			s.mu.Lock()
 			closed := s.closed
-			delete(s.listeners, l)
 			s.mu.Unlock()
-			l.Close()
-			if closed {
-				return nil
+			if closed || errors.Is(err, net.ErrClosed) {
+				s.mu.Lock()
+				delete(s.listeners, l)
+				s.mu.Unlock()
+				l.Close()
+				if closed {
+					return nil
+				}
+				return fmt.Errorf("control: accept: %w", err)
 			}
-			return fmt.Errorf("control: accept: %w", err)
+			select {
+			case <-time.After(retry.failed(s.log, err)):
+			case <-s.quit: // Close closed l too: the next Accept says so
+			}
+			continue
 		}
+		retry.succeeded(s.log)
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			c.Close()
+			continue
+		}
+		if len(s.conns) >= s.maxConns {
+			s.mu.Unlock()
+			s.refuse(c)
 			continue
 		}
 		s.conns[c] = struct{}{}
@@ -144,6 +209,15 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// refuse answers a connection over the cap with an error line and closes
+// it. The line fits any socket buffer; the deadline is for a peer that
+// shrank its own.
+func (s *Server) refuse(c net.Conn) {
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	json.NewEncoder(c).Encode(Reply{Error: fmt.Sprintf("too many control connections (%d open)", s.maxConns)})
+	c.Close()
+}
+
 func (s *Server) serveConn(c net.Conn) {
 	defer s.wg.Done()
 	defer func() {
@@ -155,14 +229,57 @@ func (s *Server) serveConn(c net.Conn) {
 	sc := bufio.NewScanner(c)
 	sc.Buffer(make([]byte, 0, 512), maxRequestLine)
 	enc := json.NewEncoder(c)
-	for sc.Scan() {
+	// Every line and every reply has its deadline: a peer that connects
+	// and says nothing, or stops reading, holds a descriptor only so long.
+	for c.SetReadDeadline(time.Now().Add(s.idle)); sc.Scan(); c.SetReadDeadline(time.Now().Add(s.idle)) {
+		c.SetWriteDeadline(time.Now().Add(s.idle))
 		if err := enc.Encode(s.Handle(sc.Bytes())); err != nil {
 			return
 		}
 	}
 	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		c.SetWriteDeadline(time.Now().Add(s.idle))
 		enc.Encode(Reply{Error: fmt.Sprintf("request line longer than %d bytes", maxRequestLine)})
 	}
+}
+
+// Pauses between failed accepts, and how often their errors are logged.
+const (
+	acceptRetryMin = 5 * time.Millisecond
+	acceptRetryMax = time.Second
+	acceptLogEvery = 10 * time.Second
+)
+
+// acceptRetry paces and logs a run of failed accepts (as vhost.Server
+// does). The zero value is ready; it belongs to one accept loop.
+type acceptRetry struct {
+	pause    time.Duration // the last pause; zero after a success
+	failures uint64        // in the current run
+	lastLog  time.Time
+	unlogged uint64 // failures since the last line
+}
+
+// failed counts a failed accept, logs it unless a line went out less than
+// acceptLogEvery ago, and returns how long to pause before the next.
+func (r *acceptRetry) failed(log logrus.FieldLogger, err error) time.Duration {
+	r.pause = min(max(2*r.pause, acceptRetryMin), acceptRetryMax)
+	r.failures++
+	if now := time.Now(); now.Sub(r.lastLog) >= acceptLogEvery {
+		log.WithError(err).WithField("failures", r.failures).WithField("unlogged", r.unlogged).
+			WithField("retry_in", r.pause).Warn("control: accept failed; retrying")
+		r.lastLog, r.unlogged = now, 0
+	} else {
+		r.unlogged++
+	}
+	return r.pause
+}
+
+// succeeded ends a run of failures, saying so if there was one.
+func (r *acceptRetry) succeeded(log logrus.FieldLogger) {
+	if r.failures != 0 {
+		log.WithField("failures", r.failures).Info("control: accepting again")
+	}
+	*r = acceptRetry{}
 }
 
 // Handle answers one request line.

@@ -14,10 +14,14 @@ func NewBackend(dv *Device, disk Disk) vhost.Backend {
 	return backend{dv: dv, disk: disk}
 }
 
-func (b backend) Features() uint64          { return b.dv.Features() }
-func (b backend) Config() []byte            { return b.dv.Config() }
-func (b backend) NumQueues() int            { return int(b.dv.NumQueues()) }
-func (b backend) NewHandler() vhost.Handler { return b.dv.NewHandler() }
+func (b backend) Features() uint64 { return b.dv.Features() }
+func (b backend) Config() []byte   { return b.dv.Config() }
+func (b backend) NumQueues() int   { return int(b.dv.NumQueues()) }
+func (b backend) NewHandler(features uint64) vhost.Handler {
+	h := b.dv.NewHandler()
+	h.SetDriverFeatures(features)
+	return h
+}
 
 func (b backend) Flush() error {
 	if b.dv.ReadOnly() {

@@ -30,10 +30,10 @@ func TestConfigGolden(t *testing.T) {
 		0x01,       // 32 writeback
 		0x00,       // 33 unused0
 		0x04, 0x00, // 34 num_queues
-		0x00, 0x00, 0x40, 0x00, // 36 max_discard_sectors = 4194304
+		0x00, 0x40, 0x00, 0x00, // 36 max_discard_sectors = 16384 (2048 blocks)
 		0x01, 0x00, 0x00, 0x00, // 40 max_discard_seg
 		0x08, 0x00, 0x00, 0x00, // 44 discard_sector_alignment = 8
-		0x00, 0x00, 0x40, 0x00, // 48 max_write_zeroes_sectors
+		0x00, 0x40, 0x00, 0x00, // 48 max_write_zeroes_sectors
 		0x01, 0x00, 0x00, 0x00, // 52 max_write_zeroes_seg
 		0x01,             // 56 write_zeroes_may_unmap
 		0x00, 0x00, 0x00, // 57 unused1
@@ -79,11 +79,12 @@ func TestConfigDefaults512(t *testing.T) {
 	}{
 		{"capacity", virtio.BlkCfgCapacity, testSectors},
 		{"seg_max default", virtio.BlkCfgSegMax, defaultSegMax},
+		{"size_max default", virtio.BlkCfgSizeMax, defaultSizeMax},
 		{"blk_size", virtio.BlkCfgBlkSize, 512},
 		{"opt_io_size is a page", virtio.BlkCfgOptIOSize, 8},
 		{"max_discard_sectors as given", virtio.BlkCfgMaxDiscardSectors, 1001},
 		{"discard_sector_alignment", virtio.BlkCfgDiscardSectorAlign, 1},
-		{"max_write_zeroes_sectors default", virtio.BlkCfgMaxWriteZeroesSecs, defaultMaxZeroSectors},
+		{"max_write_zeroes_sectors default", virtio.BlkCfgMaxWriteZeroesSecs, defaultMaxZeroLBAs},
 	}
 	for _, c := range checks {
 		if got := le32(c.off); got != c.want {
@@ -92,6 +93,21 @@ func TestConfigDefaults512(t *testing.T) {
 	}
 	if got := binary.LittleEndian.Uint16(cfg[virtio.BlkCfgNumQueues:]); got != 1 {
 		t.Errorf("num_queues default %d, want 1", got)
+	}
+}
+
+// TestZeroingLimitsDefaultToDiskSectors: a DISCARD or WRITE_ZEROES costs
+// per disk sector, so the default bounds the disk sectors one may cover
+// (2048, a couple of seconds where each map update is persisted on its
+// own), not its bytes: 2 GiB of them held a queue for minutes.
+func TestZeroingLimitsDefaultToDiskSectors(t *testing.T) {
+	for _, ss := range []uint32{512, 4096} {
+		cfg := NewDevice(newFakeDisk(ss, testSectors), Options{}).Config()
+		for _, off := range []int{virtio.BlkCfgMaxDiscardSectors, virtio.BlkCfgMaxWriteZeroesSecs} {
+			if got, want := binary.LittleEndian.Uint32(cfg[off:]), 2048*ss/512; got != want {
+				t.Errorf("%d-byte sectors: limit at config offset %d is %d virtio sectors, want %d (2048 disk sectors)", ss, off, got, want)
+			}
+		}
 	}
 }
 
@@ -107,7 +123,7 @@ func TestConfigLimitsRoundedToDiskSectors(t *testing.T) {
 }
 
 func TestFeatures(t *testing.T) {
-	always := virtio.FVersion1 | virtio.BlkFSegMax | virtio.BlkFBlkSize | virtio.BlkFFlush | virtio.BlkFTopology |
+	always := virtio.FVersion1 | virtio.BlkFSegMax | virtio.BlkFSizeMax | virtio.BlkFBlkSize | virtio.BlkFFlush | virtio.BlkFTopology |
 		virtio.BlkFMQ | virtio.BlkFDiscard | virtio.BlkFWriteZeroes | virtio.FRingIndirectDesc | virtio.FRingEventIdx
 	tests := []struct {
 		name      string
@@ -115,10 +131,10 @@ func TestFeatures(t *testing.T) {
 		opts      Options
 		want, not uint64
 	}{
-		{"read-write", false, Options{}, always, virtio.BlkFRO | virtio.BlkFSizeMax | virtio.BlkFGeometry | virtio.BlkFConfigWCE},
+		{"read-write", false, Options{}, always, virtio.BlkFRO | virtio.BlkFGeometry | virtio.BlkFConfigWCE},
 		{"disk read-only", true, Options{}, always | virtio.BlkFRO, 0},
 		{"forced read-only", false, Options{ReadOnly: true}, always | virtio.BlkFRO, 0},
-		{"size max", false, Options{SizeMax: 65536}, always | virtio.BlkFSizeMax, virtio.BlkFRO},
+		{"size max given", false, Options{SizeMax: 65536}, always, virtio.BlkFRO},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -143,4 +159,36 @@ func TestNewDeviceBadSectorSize(t *testing.T) {
 		}
 	}()
 	NewDevice(newFakeDisk(100, 1), Options{})
+}
+
+// TestSegmentLimits: SEG_MAX and SIZE_MAX as offered, from what was asked.
+// Their product, the largest request a driver honouring both builds, stays
+// within a gigabyte, and SIZE_MAX never drops below a 64 KiB guest page.
+func TestSegmentLimits(t *testing.T) {
+	tests := []struct {
+		name                    string
+		segMax, sizeMax         uint32
+		wantSegMax, wantSizeMax uint32
+	}{
+		{"defaults", 0, 0, 126, 128 << 10},
+		{"as asked", 254, 1 << 20, 254, 1 << 20},
+		{"size rounded down to 4 KiB", 8, 70000, 8, 17 << 12},
+		{"size below a 64 KiB page raised", 8, 4096, 8, 64 << 10},
+		{"size lowered to keep a request within 1 GiB", 1024, 4 << 20, 1024, 1 << 20},
+		{"seg max capped", 1 << 20, 0, 16384, 64 << 10},
+		{"largest of both", 0xffffffff, 0xffffffff, 16384, 64 << 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := NewDevice(newFakeDisk(512, testSectors), Options{SegMax: tt.segMax, SizeMax: tt.sizeMax}).Config()
+			segMax := binary.LittleEndian.Uint32(cfg[virtio.BlkCfgSegMax:])
+			sizeMax := binary.LittleEndian.Uint32(cfg[virtio.BlkCfgSizeMax:])
+			if segMax != tt.wantSegMax || sizeMax != tt.wantSizeMax {
+				t.Fatalf("seg_max %d size_max %d, want %d %d", segMax, sizeMax, tt.wantSegMax, tt.wantSizeMax)
+			}
+			if uint64(segMax)*uint64(sizeMax) > maxRequestBytes {
+				t.Fatalf("seg_max × size_max = %d over %d", uint64(segMax)*uint64(sizeMax), maxRequestBytes)
+			}
+		})
+	}
 }

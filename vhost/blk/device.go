@@ -22,22 +22,59 @@ const (
 	pageSize = 4096
 
 	defaultSegMax = 126 // QEMU's default for a 128-entry queue
-	// defaultMaxZeroSectors (2 GiB) bounds one discard/write-zeroes request
-	// so a single request cannot monopolise a queue for too long.
-	defaultMaxZeroSectors = 1 << 22
+	// defaultSizeMax (128 KiB) makes the largest write a driver honouring
+	// SEG_MAX and SIZE_MAX builds 126 × 128 KiB = 15.75 MiB at the default
+	// SegMax. Linux's own default request limit (max_sectors_kb) is 1.25
+	// MiB, so only a guest that raised it, or a hostile one, comes near.
+	defaultSizeMax = 128 << 10
+	// minSizeMax: Linux raises a max segment size below its page size to
+	// the page size and builds segments that large, and arm64 and ppc64
+	// kernels run with 64 KiB pages; a smaller SIZE_MAX would refuse them.
+	minSizeMax = 64 << 10
+	// maxRequestBytes (1 GiB) bounds the data of any request. It is the
+	// largest request OVMF makes (one descriptor, without negotiating
+	// SIZE_MAX: a firmware reading a kernel or initrd), and a quarter of
+	// what the used element's 32-bit length can report, so that length
+	// never wraps.
+	maxRequestBytes = 1 << 30
+	// maxSegMax is the largest SEG_MAX that keeps SegMax × minSizeMax
+	// within maxRequestBytes.
+	maxSegMax = maxRequestBytes / minSizeMax
+	// defaultMaxZeroLBAs is how many disk sectors one DISCARD or
+	// WRITE_ZEROES may cover by default: see Options.MaxDiscardSectors.
+	defaultMaxZeroLBAs = 2048
 )
 
 // Options tune what the device offers. Zero values pick defaults.
+//
+// Every request's work is bounded by them (see the package doc): the
+// limits are enforced, not only advertised, and a request beyond them is
+// refused with VIRTIO_BLK_S_IOERR before anything reaches the disk.
 type Options struct {
 	NumQueues uint16 // request queues (MQ); default 1
 	ReadOnly  bool   // force read-only on top of the disk's own mode
 	Serial    string // GET_ID answer; at most 20 bytes, longer is cut
-	SegMax    uint32 // max data segments per request; default 126
-	// SizeMax is the max bytes per segment; 0 means no limit and
-	// SIZE_MAX is not offered.
+	// SegMax is the most data descriptors a request may have (SEG_MAX);
+	// default 126, at most 16384.
+	SegMax uint32
+	// SizeMax is the most data bytes one descriptor may have (SIZE_MAX,
+	// always offered); default 128 KiB. It is rounded down to 4 KiB,
+	// raised to 64 KiB and lowered so that SegMax × SizeMax is at most 1
+	// GiB. SegMax × SizeMax is also the most data a write may carry,
+	// whether or not the driver negotiated SIZE_MAX: the largest write a
+	// driver honouring both limits builds, and what bounds the time one
+	// write holds its queue (a medium that persists every sector takes
+	// that many sector persists).
 	SizeMax uint32
-	// MaxDiscardSectors and MaxWriteZeroesSectors are in 512-byte
-	// sectors; default 2 GiB, rounded down to whole disk sectors.
+	// MaxDiscardSectors and MaxWriteZeroesSectors, in 512-byte sectors,
+	// bound one DISCARD or WRITE_ZEROES request, rounded down to whole
+	// disk sectors (at least one). Zeroing costs per disk sector, not per
+	// byte: one BTT map update each, which a medium that persists every
+	// step (--durability sync: an msync each, 0.5 to 0.85 ms) makes slow,
+	// so that the 2 GiB once offered held a queue for minutes. The default
+	// is therefore 2048 disk sectors (8 MiB of 4 KiB sectors, 1 MiB of 512
+	// byte ones): under two seconds there, milliseconds on the other
+	// media. Linux splits larger discards itself.
 	MaxDiscardSectors     uint32
 	MaxWriteZeroesSectors uint32
 	// WriteThrough says every completed write is already durable (the
@@ -61,6 +98,7 @@ type Device struct {
 	sectorSize uint32 // disk's
 	perLBA     uint64 // virtio sectors per disk LBA
 	capacity   uint64 // in virtio sectors
+	maxWrite   uint64 // data bytes a write may carry: SegMax × SizeMax
 	serial     [virtio.BlkIDBytes]byte
 	features   uint64
 	config     []byte
@@ -88,22 +126,22 @@ func NewDevice(d Disk, opts Options) *Device {
 	if opts.NumQueues == 0 {
 		opts.NumQueues = 1
 	}
-	if opts.SegMax == 0 {
-		opts.SegMax = defaultSegMax
-	}
+	opts.SegMax, opts.SizeMax = segmentLimits(opts.SegMax, opts.SizeMax)
+	dv.maxWrite = uint64(opts.SegMax) * uint64(opts.SizeMax)
 	opts.MaxDiscardSectors = dv.roundLimit(opts.MaxDiscardSectors)
 	opts.MaxWriteZeroesSectors = dv.roundLimit(opts.MaxWriteZeroesSectors)
 	copy(dv.serial[:], opts.Serial)
 	dv.opts = opts
 
-	dv.features = virtio.FVersion1 | virtio.BlkFSegMax | virtio.BlkFBlkSize |
-		virtio.BlkFTopology | virtio.BlkFMQ | virtio.BlkFDiscard |
-		virtio.BlkFWriteZeroes | virtio.FRingIndirectDesc | virtio.FRingEventIdx
+	// SIZE_MAX is always offered: it is what keeps a Linux guest's
+	// requests within SegMax × SizeMax (Linux sets no other request size
+	// limit from the config space).
+	dv.features = virtio.FVersion1 | virtio.BlkFSegMax | virtio.BlkFSizeMax |
+		virtio.BlkFBlkSize | virtio.BlkFTopology | virtio.BlkFMQ |
+		virtio.BlkFDiscard | virtio.BlkFWriteZeroes | virtio.FRingIndirectDesc |
+		virtio.FRingEventIdx
 	if !opts.WriteThrough {
 		dv.features |= virtio.BlkFFlush
-	}
-	if opts.SizeMax != 0 {
-		dv.features |= virtio.BlkFSizeMax
 	}
 	if dv.readOnly {
 		dv.features |= virtio.BlkFRO
@@ -112,14 +150,27 @@ func NewDevice(d Disk, opts Options) *Device {
 	return dv
 }
 
+// segmentLimits applies the defaults and bounds of SegMax and SizeMax.
+func segmentLimits(segMax, sizeMax uint32) (uint32, uint32) {
+	if segMax == 0 {
+		segMax = defaultSegMax
+	}
+	segMax = min(segMax, maxSegMax)
+	if sizeMax == 0 {
+		sizeMax = defaultSizeMax
+	}
+	sizeMax = min(max(sizeMax&^(pageSize-1), minSizeMax), maxRequestBytes/segMax&^(pageSize-1))
+	return segMax, sizeMax
+}
+
 // roundLimit applies the default to a discard/write-zeroes limit and rounds
 // it down to whole disk sectors (at least one), since the disk can only
 // zero whole sectors.
 func (dv *Device) roundLimit(v uint32) uint32 {
-	if v == 0 {
-		v = defaultMaxZeroSectors
-	}
 	p := uint32(dv.perLBA)
+	if v == 0 {
+		v = defaultMaxZeroLBAs * p
+	}
 	return max(v/p*p, p)
 }
 

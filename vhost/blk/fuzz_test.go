@@ -11,22 +11,27 @@ import (
 
 // fuzzChain turns fuzz input into a disk setup and a chain of any layout
 // (even ones virtq.Next would refuse, like readable after writable):
-// [0] bit0 4 KiB sectors, bit1 read-only, bit2 failing disk;
-// [1] segment count-1 (mod 8); then per segment le16: bit15 writable,
-// low 13 bits length; the rest is the chain's bytes, in order.
-func fuzzChain(data []byte) (sector uint32, ro, fail bool, c *virtq.Chain, ok bool) {
+// [0] bit0 4 KiB sectors, bit1 read-only, bit2 failing disk, bit3 SEG_MAX
+// of 2; [1] segment count-1 (mod 8); then per segment le16: bit15
+// writable, bit14 continues the previous segment's descriptor (split at a
+// region boundary), low 13 bits length; the rest is the chain's bytes, in
+// order.
+func fuzzChain(data []byte) (sector uint32, ro, fail bool, segMax uint32, c *virtq.Chain, ok bool) {
 	if len(data) < 2 {
-		return 0, false, false, nil, false
+		return 0, false, false, 0, nil, false
 	}
 	sector = 512
 	if data[0]&1 != 0 {
 		sector = 4096
 	}
 	ro, fail = data[0]&2 != 0, data[0]&4 != 0
+	if data[0]&8 != 0 {
+		segMax = 2
+	}
 	n := int(data[1]%8) + 1
 	data = data[2:]
 	if len(data) < 2*n {
-		return 0, false, false, nil, false
+		return 0, false, false, 0, nil, false
 	}
 	spec, body := data[:2*n], data[2*n:]
 	c = &virtq.Chain{}
@@ -34,9 +39,9 @@ func fuzzChain(data []byte) (sector uint32, ro, fail bool, c *virtq.Chain, ok bo
 		v := binary.LittleEndian.Uint16(spec[2*i:])
 		buf := make([]byte, int(v&0x1fff))
 		body = body[copy(buf, body):]
-		c.Segments = append(c.Segments, virtq.Segment{Buf: buf, Writable: v&0x8000 != 0})
+		c.Segments = append(c.Segments, virtq.Segment{Buf: buf, Writable: v&0x8000 != 0, Continues: v&0x4000 != 0})
 	}
-	return sector, ro, fail, c, true
+	return sector, ro, fail, segMax, c, true
 }
 
 // fuzzSeed encodes a request in fuzzChain's format.
@@ -46,6 +51,9 @@ func fuzzSeed(flags byte, segs []virtq.Segment) []byte {
 		v := uint16(len(s.Buf))
 		if s.Writable {
 			v |= 0x8000
+		}
+		if s.Continues {
+			v |= 0x4000
 		}
 		b = binary.LittleEndian.AppendUint16(b, v)
 	}
@@ -68,14 +76,20 @@ func FuzzHandle(f *testing.F) {
 		f.Add(fuzzSeed(0, c.Segments))
 		f.Add(fuzzSeed(1, c.Segments))
 	}
+	// Data descriptors against SEG_MAX 2: three, and three pieces of which
+	// two are one descriptor split at a region boundary.
+	c, _ := request{typ: virtio.BlkTOut, sector: 8, out: pattern(1536, 2), cuts: []int{16 + 512, 16 + 1024}}.build()
+	f.Add(fuzzSeed(8, c.Segments))
+	c.Segments[2].Continues = true
+	f.Add(fuzzSeed(8, c.Segments))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		sector, ro, fail, c, ok := fuzzChain(data)
+		sector, ro, fail, segMax, c, ok := fuzzChain(data)
 		if !ok {
 			return
 		}
 		disk := newFakeDisk(sector, testSectors)
 		disk.ro, disk.failAll = ro, fail
-		h := NewDevice(disk, Options{Serial: "fuzz"}).NewHandler()
+		h := NewDevice(disk, Options{Serial: "fuzz", SegMax: segMax}).NewHandler()
 		var readable [][]byte
 		var writable uint64
 		for _, s := range c.Segments {

@@ -16,6 +16,9 @@ type Handler struct {
 	disk    Disk     // dv's disk, or this queue's own view of it (Options.QueueDisk)
 	release func()   // gives disk back, when it is the queue's own
 	iov     [][]byte // data windows of the request in flight, into guest memory
+	// sizeMax bounds each data descriptor: dv's SIZE_MAX once the driver
+	// is known to have negotiated it (SetDriverFeatures), else 0, none.
+	sizeMax uint64
 }
 
 // NewHandler returns a Handler for one queue of dv.
@@ -27,6 +30,20 @@ func (dv *Device) NewHandler() *Handler {
 		}
 	}
 	return h
+}
+
+// SetDriverFeatures tells h the feature bits the driver accepted
+// (VHOST_USER_SET_FEATURES); call it before the first Handle. SIZE_MAX binds
+// only a driver that negotiated it, and one that did not may well exceed
+// it: OVMF reads up to 1 GiB through a single descriptor. So each data
+// descriptor is held to SIZE_MAX only once this reports
+// VIRTIO_BLK_F_SIZE_MAX; the other limits hold whatever the driver
+// negotiated.
+func (h *Handler) SetDriverFeatures(features uint64) {
+	h.sizeMax = 0
+	if features&virtio.BlkFSizeMax != 0 {
+		h.sizeMax = uint64(h.dv.opts.SizeMax)
+	}
 }
 
 // Close gives back the queue's own view of the disk, if it has one. The
@@ -49,6 +66,9 @@ func (h *Handler) Close() {
 // descriptors and share one with data; OUT data is every readable byte after
 // the header; IN data is every writable byte before the status byte, which is
 // the last byte of the last writable segment.
+//
+// A request whose data breaks the device's limits (package doc) is refused
+// with IOERR before anything reaches the disk.
 func (h *Handler) Handle(c *virtq.Chain) vhost.Outcome {
 	status, ok := c.Status()
 	if !ok {
@@ -68,25 +88,32 @@ func (h *Handler) Handle(c *virtq.Chain) vhost.Outcome {
 	switch typ {
 	case virtio.BlkTIn:
 		o.Op = vhost.OpRead
-		iov, total := h.inData(c.Segments)
-		if st = h.dv.readWrite(h.disk, false, sector, iov, total); st == virtio.BlkSOK {
+		iov, total, ok := h.inData(c.Segments)
+		if st = h.dv.readWrite(h.disk, false, sector, iov, total, ok); st == virtio.BlkSOK {
+			// total <= maxRequestBytes: the used length cannot wrap.
 			n, o.Bytes = uint32(total), total
 		}
 	case virtio.BlkTOut:
 		o.Op = vhost.OpWrite
-		iov, total := h.outData(c.Segments, seg, off)
-		if st = h.dv.readWrite(h.disk, true, sector, iov, total); st == virtio.BlkSOK {
+		iov, total, ok := h.outData(c.Segments, seg, off)
+		if st = h.dv.readWrite(h.disk, true, sector, iov, total, ok); st == virtio.BlkSOK {
 			o.Bytes = total
 		}
 	case virtio.BlkTFlush:
 		o.Op = vhost.OpFlush
 		st = h.dv.flush(h.disk)
 	case virtio.BlkTGetID:
-		iov, _ := h.inData(c.Segments)
-		st, n = h.dv.getID(iov)
+		if iov, _, ok := h.inData(c.Segments); ok {
+			st, n = h.dv.getID(iov)
+		} else {
+			st = virtio.BlkSIOErr
+		}
 	case virtio.BlkTDiscard, virtio.BlkTWriteZeroes:
-		iov, total := h.outData(c.Segments, seg, off)
-		st = h.dv.zero(h.disk, typ == virtio.BlkTDiscard, iov, total)
+		if iov, total, ok := h.outData(c.Segments, seg, off); ok {
+			st = h.dv.zero(h.disk, typ == virtio.BlkTDiscard, iov, total)
+		} else {
+			st = virtio.BlkSIOErr
+		}
 	default:
 		st = virtio.BlkSUnsupp
 	}
@@ -131,28 +158,57 @@ func readHeader(segs []virtq.Segment, dst []byte) (seg, off int, ok bool) {
 	return len(segs), 0, len(need) == 0
 }
 
+// dataDescs counts a request's data descriptors as its data pieces are
+// collected, and checks them against SEG_MAX and (h.sizeMax) SIZE_MAX. A
+// descriptor is a data descriptor when it holds at least one data byte; a
+// descriptor virtq split at a guest memory region boundary is one
+// descriptor (Segment.Continues), as the driver built it.
+type dataDescs struct {
+	n    uint32 // data descriptors so far
+	size uint64 // data bytes of the last one
+	last int    // index of the last piece counted, -1 before the first
+}
+
+// add counts k data bytes of segs[i] and reports whether the limits still
+// hold.
+func (h *Handler) add(d *dataDescs, segs []virtq.Segment, i, k int) bool {
+	if segs[i].Continues && d.last == i-1 {
+		d.size += uint64(k)
+	} else {
+		d.n, d.size = d.n+1, uint64(k)
+	}
+	d.last = i
+	return d.n <= h.dv.opts.SegMax && (h.sizeMax == 0 || d.size <= h.sizeMax)
+}
+
 // outData collects the readable bytes from segs[seg][off:] up to the first
-// writable segment, as sub-slices of guest memory.
-func (h *Handler) outData(segs []virtq.Segment, seg, off int) ([][]byte, uint64) {
-	iov := h.iov[:0]
-	var total uint64
+// writable segment, as sub-slices of guest memory. ok is false, and the
+// collecting stops, when they break SEG_MAX or SIZE_MAX.
+func (h *Handler) outData(segs []virtq.Segment, seg, off int) (iov [][]byte, total uint64, ok bool) {
+	iov = h.iov[:0]
+	d := dataDescs{last: -1}
 	for i := seg; i < len(segs) && !segs[i].Writable; i++ {
 		b := segs[i].Buf
 		if i == seg {
 			b = b[off:]
 		}
 		if len(b) > 0 {
+			if !h.add(&d, segs, i, len(b)) {
+				h.iov = iov // for Handle to clear
+				return nil, 0, false
+			}
 			iov = append(iov, b)
 			total += uint64(len(b))
 		}
 	}
 	h.iov = iov
-	return iov, total
+	return iov, total, true
 }
 
 // inData collects every writable byte except the status byte (the last
-// byte of the last writable segment), as sub-slices of guest memory.
-func (h *Handler) inData(segs []virtq.Segment) ([][]byte, uint64) {
+// byte of the last writable segment), as sub-slices of guest memory. ok is
+// false, and the collecting stops, when they break SEG_MAX or SIZE_MAX.
+func (h *Handler) inData(segs []virtq.Segment) (iov [][]byte, total uint64, ok bool) {
 	last := -1
 	for i := len(segs) - 1; i >= 0; i-- {
 		if segs[i].Writable {
@@ -160,8 +216,8 @@ func (h *Handler) inData(segs []virtq.Segment) ([][]byte, uint64) {
 			break
 		}
 	}
-	iov := h.iov[:0]
-	var total uint64
+	iov = h.iov[:0]
+	d := dataDescs{last: -1}
 	for i := 0; i <= last; i++ {
 		if !segs[i].Writable {
 			continue
@@ -171,16 +227,25 @@ func (h *Handler) inData(segs []virtq.Segment) ([][]byte, uint64) {
 			b = b[:len(b)-1] // Status() guaranteed it is non-empty
 		}
 		if len(b) > 0 {
+			if !h.add(&d, segs, i, len(b)) {
+				h.iov = iov // for Handle to clear
+				return nil, 0, false
+			}
 			iov = append(iov, b)
 			total += uint64(len(b))
 		}
 	}
 	h.iov = iov
-	return iov, total
+	return iov, total, true
 }
 
 // readWrite moves total bytes between iov and the disk at virtio sector.
-func (dv *Device) readWrite(disk Disk, write bool, sector uint64, iov [][]byte, total uint64) byte {
+// inLimits is the descriptor check of outData/inData; the byte limit is
+// checked here: maxRequestBytes for a read, SegMax × SizeMax for a write.
+func (dv *Device) readWrite(disk Disk, write bool, sector uint64, iov [][]byte, total uint64, inLimits bool) byte {
+	if !inLimits || total > maxRequestBytes || write && total > dv.maxWrite {
+		return virtio.BlkSIOErr
+	}
 	if write && dv.readOnly {
 		return virtio.BlkSIOErr
 	}

@@ -67,7 +67,11 @@ type Queue struct {
 }
 
 func newQueue(mem *Memory, index int, o *Options, eventIdx, indirect bool) (*Queue, error) {
-	r, err := newRing(mem, o.QueueSize, eventIdx)
+	alloc := allocator(mem.Alloc)
+	if o.RegionPerQueue {
+		alloc = func(n, align uint64) (uint64, []byte, error) { return mem.AllocIn(index, n, align) }
+	}
+	r, err := newRing(alloc, o.QueueSize, eventIdx)
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +84,7 @@ func newQueue(mem *Memory, index int, o *Options, eventIdx, indirect bool) (*Que
 	tableLen := uint64(16 * (maxSegs + 3))
 	dataOff := (slotTable + tableLen + 4095) &^ 4095
 	for i := 0; i < int(o.QueueSize); i++ {
-		gpa, buf, err := mem.Alloc(dataOff+uint64(o.MaxIO), 4096)
+		gpa, buf, err := alloc(dataOff+uint64(o.MaxIO), 4096)
 		if err != nil {
 			r.Close()
 			return nil, err
@@ -293,6 +297,15 @@ type Options struct {
 	// Inflight negotiates PROTOCOL_F_INFLIGHT_SHMFD when offered and sets
 	// up an inflight region as QEMU does (see Device.Resume).
 	Inflight bool
+	// RegionPerQueue lays out queue i's ring and buffers in memory region
+	// i alone (Regions must be at least NumQueues, and each region big
+	// enough for a queue), so a test can take one queue's memory away and
+	// leave the others'.
+	RegionPerQueue bool
+	// MemoryLast sends the memory table after the rings are set up,
+	// kicked and enabled instead of before: the back-end has to start
+	// them when the memory comes.
+	MemoryLast bool
 }
 
 // Device is a connected vhost-user-blk back-end with its rings running.
@@ -394,8 +407,15 @@ func (d *Device) start(o Options) error {
 			return err
 		}
 	}
-	want := virtio.FVersion1 | vhostuser.FeatureProtocolFeatures | virtio.BlkFSizeMax | virtio.BlkFSegMax |
+	want := virtio.FVersion1 | vhostuser.FeatureProtocolFeatures | virtio.BlkFSegMax |
 		virtio.BlkFRO | virtio.BlkFBlkSize | virtio.BlkFFlush | virtio.BlkFTopology | virtio.BlkFMQ | virtio.BlkFDiscard | virtio.BlkFWriteZeroes
+	// SIZE_MAX is a promise to keep every data descriptor within
+	// size_max: made only when this front-end splits its data at least
+	// that finely.
+	if o.SegSize > 0 && len(d.Config) >= virtio.BlkCfgSizeMax+4 &&
+		uint32(o.SegSize) <= binary.LittleEndian.Uint32(d.Config[virtio.BlkCfgSizeMax:]) {
+		want |= virtio.BlkFSizeMax
+	}
 	if o.Indirect {
 		want |= virtio.FRingIndirectDesc
 	}
@@ -420,8 +440,10 @@ func (d *Device) start(o Options) error {
 	if d.Mem, err = NewMemory(size, o.Regions); err != nil {
 		return err
 	}
-	if err := d.sendMemory(o.MemSlots); err != nil {
-		return err
+	if !o.MemoryLast {
+		if err := d.sendMemory(o.MemSlots); err != nil {
+			return err
+		}
 	}
 	for i := 0; i < o.NumQueues; i++ {
 		q, err := newQueue(d.Mem, i, &o, d.Features&virtio.FRingEventIdx != 0, d.Features&virtio.FRingIndirectDesc != 0)
@@ -432,6 +454,9 @@ func (d *Device) start(o Options) error {
 		if err := d.startRing(q, 0, !o.NoEnable); err != nil {
 			return err
 		}
+	}
+	if o.MemoryLast {
+		return d.sendMemory(o.MemSlots)
 	}
 	return nil
 }

@@ -46,6 +46,10 @@ func Dial(path string) (*Conn, error) {
 	return &Conn{c: c}, nil
 }
 
+// NewConn makes c, a connection to a back-end's socket made some other way
+// than Dial, a Conn; the Conn owns c.
+func NewConn(c *net.UnixConn) *Conn { return &Conn{c: c} }
+
 // Close closes the connection.
 func (c *Conn) Close() error { return c.c.Close() }
 

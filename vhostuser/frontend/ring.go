@@ -37,22 +37,25 @@ type Ring struct {
 	holdAvail         bool   // PushAvail leaves avail.idx alone (HoldAvail)
 }
 
-func newRing(mem *Memory, size uint16, eventIdx bool) (*Ring, error) {
+// allocator reserves guest memory: Memory.Alloc, or AllocIn one region.
+type allocator func(n, align uint64) (uint64, []byte, error)
+
+func newRing(alloc allocator, size uint16, eventIdx bool) (*Ring, error) {
 	if size < 2 || size&(size-1) != 0 {
 		return nil, fmt.Errorf("frontend: ring size %d", size)
 	}
 	n := uint64(size)
 	r := &Ring{Size: size, EventIdx: eventIdx, Kick: -1, Call: -1}
 	var err error
-	if r.DescAddr, r.desc, err = mem.Alloc(16*n, 16); err != nil {
+	if r.DescAddr, r.desc, err = alloc(16*n, 16); err != nil {
 		return nil, err
 	}
 	// Two spare bytes after the avail and used rings keep the aligned
 	// 32-bit words around used_event/avail_event inside guest memory.
-	if r.AvailAddr, r.avail, err = mem.Alloc(6+2*n+2, 4); err != nil {
+	if r.AvailAddr, r.avail, err = alloc(6+2*n+2, 4); err != nil {
 		return nil, err
 	}
-	if r.UsedAddr, r.used, err = mem.Alloc(6+8*n+2, 4); err != nil {
+	if r.UsedAddr, r.used, err = alloc(6+8*n+2, 4); err != nil {
 		return nil, err
 	}
 	if r.Kick, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
