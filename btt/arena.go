@@ -24,8 +24,9 @@ type arena struct {
 	// kernels since 4.15 write, (0,2) in older ones.
 	logIndex [2]int
 
-	// free[lane] is the lane's free block and where its next flog entry goes.
-	// Owned by the goroutine holding that lane; no lock.
+	// free[lane] is the lane's free block and where its next flog entry goes,
+	// for the lanes the device uses (at most maxLanes, however many the
+	// arena has). Owned by the goroutine holding that lane; no lock.
 	free []freeEntry
 
 	// rtt[lane] is rttValid|block while the lane's reader copies that block.
@@ -40,8 +41,23 @@ type arena struct {
 	readerLanes []atomic.Uint64
 
 	// mapLocks serialise read-modify-write of map entries; entry premap uses
-	// mapLocks[premap/mapLockSpan % nfree].
+	// mapLocks[premap/mapLockSpan % len(mapLocks)]. One table, shared by
+	// every arena of the device.
 	mapLocks []paddedMutex
+
+	// failed is set, once, when a write failed part way through its
+	// commit (writeSector): the arena then refuses writes with it.
+	failed atomic.Pointer[error]
+}
+
+// fail puts the arena in the failed state, because of cause, and returns
+// the error its writes get from now on.
+func (a *arena) fail(cause error) error {
+	err := fmt.Errorf("%w (arena %d, since: %w)", ErrArenaFailed, a.index, cause)
+	if a.failed.CompareAndSwap(nil, &err) {
+		return err
+	}
+	return *a.failed.Load()
 }
 
 // paddedMutex keeps each map lock on its own cache line, so writers on
@@ -147,7 +163,8 @@ func detectLogIndex(a *arena) ([2]int, error) {
 	idx := [2]int{-1, -1}
 	for lane := 0; lane < int(a.nfree); lane++ {
 		g := a.flogGroup(lane)
-		var used []int
+		var slots [4]int // no allocation per lane: an arena may have 65536
+		used := slots[:0]
 		for j, e := range g {
 			if !e.isPadding() {
 				used = append(used, j)
@@ -160,7 +177,7 @@ func detectLogIndex(a *arena) ([2]int, error) {
 			if idx[0] < 0 {
 				idx = [2]int{used[0], used[1]}
 			} else if used[0] != idx[0] || used[1] != idx[1] {
-				return idx, fmt.Errorf("%w: flog lane %d uses slots %v, earlier lanes %v", ErrCorrupt, lane, used, idx)
+				return idx, fmt.Errorf("%w: flog lane %d uses slots %v, earlier lanes %v", ErrCorrupt, lane, [2]int{used[0], used[1]}, idx)
 			}
 		case len(used) == 1:
 			if used[0] != 0 && (idx[0] < 0 || used[0] != idx[1]) {
@@ -185,35 +202,35 @@ type pendingMove struct {
 	newMap uint32
 }
 
-// initFreeList builds the in-memory free list from the flog and returns the
-// moves recovery must complete (btt_freelist_init).
-func (a *arena) initFreeList() ([]pendingMove, error) {
-	a.free = make([]freeEntry, a.nfree)
-	var pending []pendingMove
-	for lane := range a.free {
+// scanFlog walks every lane's flog group the way btt_freelist_init does,
+// checking each lane's newest entry. It calls free (when non-nil) with the
+// lane's free block and where its next entry goes, and pending for each
+// move recovery must complete: a write the flog recorded but the map does
+// not show. It keeps nothing itself, so the caller decides what a lane
+// costs in memory.
+func (a *arena) scanFlog(free func(lane int, fe freeEntry), pending func(pendingMove)) error {
+	for lane := 0; lane < int(a.nfree); lane++ {
 		e, sub, err := flogCurrent(a.flogGroup(lane), a.logIndex)
 		if err != nil {
-			return nil, fmt.Errorf("lane %d: %w", lane, err)
+			return fmt.Errorf("lane %d: %w", lane, err)
 		}
 		oldBlock, newBlock := e.OldMap&mapBlockMask, e.NewMap&mapBlockMask
 		if oldBlock >= a.internalNLBA || newBlock >= a.internalNLBA {
-			return nil, fmt.Errorf("%w: lane %d flog entry %+v points past %d blocks", ErrCorrupt, lane, e, a.internalNLBA)
+			return fmt.Errorf("%w: lane %d flog entry %+v points past %d blocks", ErrCorrupt, lane, e, a.internalNLBA)
 		}
-		a.free[lane] = freeEntry{
-			block: oldBlock,
-			sub:   uint8(1 - sub),
-			seq:   nextSeq(e.Seq),
+		fe := freeEntry{block: oldBlock, sub: uint8(1 - sub), seq: nextSeq(e.Seq)}
+		if free != nil {
+			free(lane, fe)
 		}
 		if oldBlock == newBlock {
 			continue // the format's entry: nothing moved
 		}
 		if e.LBA >= a.externalNLBA {
-			return nil, fmt.Errorf("%w: lane %d flog entry for LBA %d past %d", ErrCorrupt, lane, e.LBA, a.externalNLBA)
+			return fmt.Errorf("%w: lane %d flog entry for LBA %d past %d", ErrCorrupt, lane, e.LBA, a.externalNLBA)
 		}
-		cur, _, _ := a.lookup(e.LBA)
-		if cur != newBlock && cur == oldBlock {
-			pending = append(pending, pendingMove{lane: lane, premap: e.LBA, newMap: newBlock})
+		if cur, _, _ := a.lookup(e.LBA); cur != newBlock && cur == oldBlock && pending != nil {
+			pending(pendingMove{lane: lane, premap: e.LBA, newMap: newBlock})
 		}
 	}
-	return pending, nil
+	return nil
 }

@@ -22,12 +22,14 @@ func loadWord32(b []byte, off int) uint32 {
 // storeWord32 atomically stores the 4-byte-aligned word at b[off:].
 func storeWord32(b []byte, off int, v uint32) {
 	w := b[off : off+4 : off+4]
+	raceTouch(w, 0)
 	atomic.StoreUint32((*uint32)(unsafe.Pointer(&w[0])), v)
 }
 
 // storeWord64 atomically stores the 8-byte-aligned word at b[off:].
 func storeWord64(b []byte, off int, v uint64) {
 	w := b[off : off+8 : off+8]
+	raceTouch(w, 0)
 	atomic.StoreUint64((*uint64)(unsafe.Pointer(&w[0])), v)
 }
 

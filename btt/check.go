@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"runtime/debug"
 )
 
 // ArenaInfo describes one arena, with offsets absolute in the medium. JSON
@@ -85,7 +86,14 @@ type CheckReport struct {
 // blocks of every arena (checksums, agreement), every flog group, every map
 // entry in range, and that every postmap block is used exactly once across
 // the map and the free list. It writes nothing unless opts.Repair.
-func Check(m Medium, opts CheckOptions) (*CheckReport, error) {
+func Check(m Medium, opts CheckOptions) (rep *CheckReport, err error) {
+	// A medium truncated under Check fails it, not the process.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			rep, err = nil, fmt.Errorf("btt: check: %w", faultError(faultAddr(r)))
+		}
+	}()
 	layout, err := discover(m)
 	if err != nil {
 		return nil, fmt.Errorf("btt: %w", err)
@@ -191,12 +199,16 @@ func checkArenaBlocks(m Medium, a *arena, opts CheckOptions, r *CheckReport, don
 		used[w] |= bit
 		return true
 	}
-	pending, err := a.initFreeList()
+	// Every lane's free block, not only those of the lanes Open would
+	// use: each must be owned once.
+	free := make([]freeEntry, 0, a.nfree)
+	var pending []pendingMove
+	err := a.scanFlog(func(_ int, fe freeEntry) { free = append(free, fe) }, func(p pendingMove) { pending = append(pending, p) })
 	if err != nil {
 		r.add(Problem{Arena: a.index, Kind: ProblemFlog, Message: err.Error()})
 		return
 	}
-	r.FlogEntries += len(a.free)
+	r.FlogEntries += len(free)
 	moved := make(map[uint32]uint32, len(pending))
 	for _, p := range pending {
 		pr := Problem{Arena: a.index, Kind: ProblemRecovery, Repairable: true,
@@ -209,7 +221,7 @@ func checkArenaBlocks(m Medium, a *arena, opts CheckOptions, r *CheckReport, don
 		}
 		r.add(pr)
 	}
-	for lane, fe := range a.free {
+	for lane, fe := range free {
 		if !owner(fe.block) {
 			r.add(Problem{Arena: a.index, Kind: ProblemBlocks, Message: fmt.Sprintf("lane %d: free block %d is also the free block of another lane", lane, fe.block)})
 		}

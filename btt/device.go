@@ -2,6 +2,8 @@ package btt
 
 import (
 	"fmt"
+	"runtime/debug"
+	"sync"
 	"sync/atomic"
 
 	"github.com/nvblk/nvblk/pmem"
@@ -50,17 +52,43 @@ type Device struct {
 
 	lanes  chan *lane
 	closed atomic.Bool
+
+	// laneMu serialises TryAcquireLane's check-and-take; held counts the
+	// lanes Lane values hold (AcquireLane, TryAcquireLane), which never
+	// come back between two I/Os.
+	laneMu sync.Mutex
+	held   int
 }
 
 // lane is the right to use one free block and flog group in every arena,
 // and one read tracking slot.
-type lane struct{ id int }
+type lane struct {
+	id int
+	// committing is the arena whose write this lane is committing, from
+	// its first flog store to its map store, else nil: a fault in between
+	// fails that arena (see writeSector). Owned by the lane's holder.
+	committing *arena
+}
 
 // Open finds the BTT on m (version 1.1 at 4 KiB, else 2.0 at 0), falls back
 // to an arena's backup info block when the primary is damaged, replays the
 // flog, and returns the device. An arena with the error flag set makes the
 // device read-only, as the kernel does.
-func Open(m Medium, opts Options) (*Device, error) {
+//
+// What Open allocates is bounded by the medium, not by what its info blocks
+// claim: every arena spans at least ArenaMinSize bytes, and whatever an
+// arena's nfree, Open keeps in-memory state for at most maxLanes of its
+// lanes (about 4 KiB) and one table of map locks for the device.
+func Open(m Medium, opts Options) (dev *Device, err error) {
+	// Open reads every flog group and writes recovered map entries: a
+	// medium truncated under it, or a hole the filesystem cannot fill,
+	// fails the Open instead of the process.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			dev, err = nil, fmt.Errorf("btt: open: %w", faultError(faultAddr(r)))
+		}
+	}()
 	layout, err := discover(m)
 	if err != nil {
 		return nil, fmt.Errorf("btt: %w", err)
@@ -72,8 +100,8 @@ func Open(m Medium, opts Options) (*Device, error) {
 		sector:   dataSectorSize(layout.arenas[0].ExternalLBASize),
 		readOnly: opts.ReadOnly,
 	}
-	nlanes := -1
-	pending := make([][]pendingMove, len(layout.arenas))
+	nlanes := maxLanes
+	pending := 0
 	for i, da := range layout.arenas {
 		a, err := newArena(m, i, da, d.nlba)
 		if err != nil {
@@ -85,25 +113,45 @@ func Open(m Medium, opts Options) (*Device, error) {
 		if a.info.Flags&InfoFlagError != 0 {
 			d.errorFlag = true
 		}
-		if pending[i], err = a.initFreeList(); err != nil {
+		// Pending moves are counted here and found again below, not
+		// kept: an arena may have up to 65536 lanes, all of them
+		// pending.
+		err = a.scanFlog(func(lane int, fe freeEntry) {
+			if lane < len(a.free) {
+				a.free[lane] = fe
+			}
+		}, func(pendingMove) { pending++ })
+		if err != nil {
 			return nil, fmt.Errorf("btt: arena %d: %w", i, err)
 		}
-		if nlanes < 0 || int(a.nfree) < nlanes {
-			nlanes = int(a.nfree)
-		}
+		nlanes = min(nlanes, len(a.free))
 		d.arenas = append(d.arenas, a)
 		d.nlba += uint64(a.externalNLBA)
+	}
+	// One table of map locks for all arenas: lock contention between
+	// arenas is rare (an arena holds 512 GiB), and a crafted chain of
+	// many arenas then costs no lock table each.
+	locks := make([]paddedMutex, nlanes)
+	for _, a := range d.arenas {
+		a.mapLocks = locks
 	}
 	// Recovery writes only once every arena checked out: an Open that
 	// fails leaves the medium as it found it. An error flag in any arena
 	// makes the whole device read-only, recovery included.
-	if !opts.ReadOnly && !d.errorFlag {
+	if pending > 0 && !opts.ReadOnly && !d.errorFlag {
 		for i, a := range d.arenas {
-			for _, p := range pending[i] {
-				if err := a.writeMap(m, p.premap, p.newMap|mapNormal); err != nil {
-					return nil, fmt.Errorf("btt: arena %d: recovering lane %d: %w", i, p.lane, err)
+			var werr error
+			err := a.scanFlog(nil, func(p pendingMove) {
+				if werr == nil {
+					if werr = a.writeMap(m, p.premap, p.newMap|mapNormal); werr == nil {
+						d.recovered++
+					} else {
+						werr = fmt.Errorf("recovering lane %d: %w", p.lane, werr)
+					}
 				}
-				d.recovered++
+			})
+			if err = cmpOr(werr, err); err != nil {
+				return nil, fmt.Errorf("btt: arena %d: %w", i, err)
 			}
 		}
 	}
@@ -116,6 +164,22 @@ func Open(m Medium, opts Options) (*Device, error) {
 	}
 	return d, nil
 }
+
+// cmpOr returns the first non-nil error.
+func cmpOr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxLanes bounds the lanes a device uses, and so the in-memory state Open
+// keeps per arena: ND_MAX_LANES, the most the kernel's driver ever uses
+// (it takes one lane per CPU, up to 256). The flog groups of lanes past it
+// are still read and recovered, never written.
+const maxLanes = DefaultNFree
 
 func newArena(m Medium, index int, da discoveredArena, externalStart uint64) (*arena, error) {
 	a := &arena{index: index, arenaGeometry: da.arenaGeometry, info: da.Info, externalStart: externalStart}
@@ -135,9 +199,10 @@ func newArena(m Medium, index int, da discoveredArena, externalStart uint64) (*a
 	if a.logIndex, err = detectLogIndex(a); err != nil {
 		return nil, err
 	}
-	a.rtt = make([]atomic.Uint32, a.nfree)
-	a.readerLanes = make([]atomic.Uint64, (a.nfree+63)/64)
-	a.mapLocks = make([]paddedMutex, a.nfree)
+	lanes := min(int(a.nfree), maxLanes)
+	a.free = make([]freeEntry, lanes)
+	a.rtt = make([]atomic.Uint32, lanes)
+	a.readerLanes = make([]atomic.Uint64, (lanes+63)/64)
 	return a, nil
 }
 
@@ -288,12 +353,22 @@ func (d *Device) ReadV(lba uint64, iov [][]byte) error {
 }
 
 // readOn reads n sectors at lba into iov through lane l.
-func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) error {
+func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) (err error) {
 	cur := iovCursor{iov: iov}
 	// The lane's rtt slot is held across the sectors of one read, not
 	// cleared per sector: each sector then costs one atomic publish.
 	var held *arena
-	for i := uint64(0); i < n; i++ {
+	var i uint64
+	// A fault in the mapping or in iov ends this read, not the process;
+	// readFault leaves the lane as a returning read does. Set once per
+	// request, not per sector: the pair costs a few nanoseconds.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = d.readFault(faultAddr(r), l, held, lba+i)
+		}
+	}()
+	for ; i < n; i++ {
 		a, premap := d.locate(lba + i)
 		if a != held {
 			if held != nil {
@@ -388,9 +463,17 @@ func (d *Device) WriteV(lba uint64, iov [][]byte) error {
 }
 
 // writeOn writes n sectors at lba from iov through lane l.
-func (d *Device) writeOn(l *lane, lba, n uint64, iov [][]byte) error {
+func (d *Device) writeOn(l *lane, lba, n uint64, iov [][]byte) (err error) {
 	cur := iovCursor{iov: iov}
-	for i := uint64(0); i < n; i++ {
+	var i uint64
+	// As in readOn: a fault ends the write (writeFault), not the process.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = d.writeFault(faultAddr(r), l, lba+i)
+		}
+	}()
+	for ; i < n; i++ {
 		a, premap := d.locate(lba + i)
 		if err := d.writeSector(l, a, premap, &cur); err != nil {
 			return fmt.Errorf("btt: write LBA %d: %w", lba+i, err)
@@ -399,7 +482,14 @@ func (d *Device) writeOn(l *lane, lba, n uint64, iov [][]byte) error {
 	return nil
 }
 
+// writeSector writes one sector through lane l. A fault in the copy (the
+// free block's page, or the caller's buffer) unwinds before the map lock is
+// taken and before anything but the free block changed: the write is
+// abandoned and the lane's free block is still free.
 func (d *Device) writeSector(l *lane, a *arena, premap uint32, src *iovCursor) error {
+	if f := a.failed.Load(); f != nil {
+		return *f
+	}
 	fe := &a.free[l.id]
 	newBlock := fe.block
 	if newBlock >= a.internalNLBA {
@@ -417,22 +507,43 @@ func (d *Device) writeSector(l *lane, a *arena, premap uint32, src *iovCursor) e
 	mu := a.mapLock(premap)
 	mu.Lock()
 	defer mu.Unlock()
-	oldBlock, _, oldErr := a.lookup(premap)
+	mapOff := int(premap) * MapEntrySize
+	raw := loadWord32(a.mapArea, mapOff)
+	oldBlock, _, oldErr := decodeMapEntry(premap, raw)
 	if oldBlock >= a.internalNLBA {
 		return fmt.Errorf("%w: LBA %d maps to block %d of %d", ErrCorrupt, premap, oldBlock, a.internalNLBA)
 	}
+	// Store the entry back unchanged before committing anything: a map
+	// page the filesystem cannot supply (a hole of a sparse image on a
+	// full filesystem) faults here, where the write is still only data in
+	// a free block, not at the map store below, after the flog entry made
+	// it part of the arena's history. Under the map lock nothing else
+	// stores to the entry; readers see the same value.
+	storeWord32(a.mapArea, mapOff, raw)
 	oldMap := oldBlock
 	if oldErr {
 		oldMap |= mapErrorFlag
 	}
 	e := FlogEntry{LBA: premap, OldMap: oldMap, NewMap: newBlock, Seq: fe.seq}
+	// From the first flog store to the map store the medium and the free
+	// list disagree: the flog may already name oldBlock as the lane's free
+	// block while the map still gives it to premap. A failure in between
+	// (a fault, or a persist that failed) fails the arena rather than let
+	// a later write through this lane overwrite a live block; reopening
+	// recovers the move from the flog.
+	l.committing = a
 	if err := a.writeFlog(d.m, l.id, int(fe.sub), e); err != nil {
-		return err
+		l.committing = nil
+		return a.fail(err)
 	}
 	fe.sub = 1 - fe.sub
 	fe.seq = nextSeq(fe.seq)
 	fe.block = oldBlock
-	return a.writeMap(d.m, premap, newBlock|mapNormal)
+	storeWord32(a.mapArea, mapOff, newBlock|mapNormal)
+	l.committing = nil
+	// The map store has landed: free list and medium agree again, so a
+	// failed persist of it fails only this write.
+	return d.m.Persist(a.mapOff+int64(mapOff), MapEntrySize)
 }
 
 // writeFlog stores the entry in the lane's sub-slot as two 8-byte halves,
@@ -452,7 +563,14 @@ func (a *arena) writeFlog(m Medium, lane, sub int, e FlogEntry) error {
 // WriteZeroes makes n sectors from lba read as zeroes by setting the Z flag
 // in their map entries: one atomic map store per sector, no data written and
 // no block moved (the block stays the sector's own). It serves both
-// write-zeroes and discard.
+// write-zeroes and discard. It takes a lane for its length, as ReadV and
+// WriteV do, so Close waits for it.
+//
+// The entries of a run within one arena are stored first and persisted
+// together (one msync per arena in the sync mode, not one per sector):
+// each entry is an independent atomic store, so a crash part way leaves
+// some of the sectors zeroed and the rest as they were, which a discard
+// or write-zeroes that had not completed may.
 func (d *Device) WriteZeroes(lba, n uint64) error {
 	if d.readOnly {
 		return fmt.Errorf("btt: %w", ErrReadOnly)
@@ -460,19 +578,50 @@ func (d *Device) WriteZeroes(lba, n uint64) error {
 	if err := d.checkRange(lba, n); err != nil {
 		return err
 	}
-	if d.closed.Load() {
-		return fmt.Errorf("btt: %w", ErrClosed)
+	l, err := d.acquire()
+	if err != nil {
+		return err
 	}
-	for i := uint64(0); i < n; i++ {
+	defer d.release(l)
+	return d.zeroOn(lba, n)
+}
+
+// zeroOn is WriteZeroes on a lane the caller holds.
+func (d *Device) zeroOn(lba, n uint64) (err error) {
+	var i uint64
+	// A fault in the map ends the request; no lane state depends on a
+	// trim, so the arena stays writable.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("btt: write zeroes LBA %d: %w", lba+i, d.locateFault(faultAddr(r)).err())
+		}
+	}()
+	for i < n {
 		a, premap := d.locate(lba + i)
-		if err := a.trim(d.m, premap); err != nil {
+		if f := a.failed.Load(); f != nil {
+			return fmt.Errorf("btt: write zeroes LBA %d: %w", lba+i, *f)
+		}
+		first, end := premap, premap+uint32(min(n-i, uint64(a.externalNLBA-premap)))
+		var terr error
+		for ; premap < end; premap++ {
+			if terr = a.trim(premap); terr != nil {
+				break
+			}
+			i++
+		}
+		// Persist what was stored, even when an entry failed: those
+		// sectors are zeroed.
+		perr := d.m.Persist(a.mapOff+int64(first)*MapEntrySize, int64(premap-first)*MapEntrySize)
+		if err := cmpOr(terr, perr); err != nil {
 			return fmt.Errorf("btt: write zeroes LBA %d: %w", lba+i, err)
 		}
 	}
 	return nil
 }
 
-func (a *arena) trim(m Medium, premap uint32) error {
+// trim stores the Z flag in premap's map entry; the caller persists it.
+func (a *arena) trim(premap uint32) error {
 	mu := a.mapLock(premap)
 	mu.Lock()
 	defer mu.Unlock()
@@ -485,7 +634,8 @@ func (a *arena) trim(m Medium, premap uint32) error {
 	}
 	// A media-error entry loses its E flag: the sector now reads as zeroes,
 	// which is what write-zeroes asks for.
-	return a.writeMap(m, premap, block|mapTrimFlag)
+	storeWord32(a.mapArea, int(premap)*MapEntrySize, block|mapTrimFlag)
+	return nil
 }
 
 // iovCursor walks an io-vector so a sector can straddle segments without an

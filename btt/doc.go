@@ -18,11 +18,47 @@
 // lanes share a lock only when they touch the same map cache line.
 //
 // Lock order: lane (held for the whole I/O) -> map lock. No other locks are
-// taken on the I/O path.
+// taken on the I/O path. ReadV, WriteV and WriteZeroes take a lane from the
+// pool per call; a Lane (AcquireLane, TryAcquireLane) is one held across
+// many, as a vhost queue holds one. AcquireLane waits for a lane;
+// TryAcquireLane never waits and never hands out the last lane no Lane
+// holds, so per-call I/O always finds one: a device of n lanes serves n-1
+// held Lanes, and callers that got none fall back to per-call I/O. Close
+// waits for every lane, per-call or held, WriteZeroes included.
+//
+// Faults never end the process. The medium is a shared mapping, where a
+// truncated image, a full filesystem under a sparse image, or poisoned
+// memory shows as SIGBUS on a load or store, and io-vectors are guest
+// memory a front-end may shrink. Every entry point that touches either runs
+// with runtime/debug.SetPanicOnFault and turns the fault into an error
+// wrapping ErrMediaFault (the mapping) or ErrBufferFault (the io-vector);
+// the BTT stays consistent:
+//
+//   - a fault in a write's data copy comes before its flog and map stores,
+//     so the write is abandoned with nothing changed but a free block; the
+//     map entry is stored back unchanged before the flog entry, so a map
+//     page that cannot be allocated faults then too;
+//   - a fault in a read's copy out of a block sets the sector's error flag
+//     (as the kernel does on a media error): it reads as ErrMediaError
+//     until a write or write-zeroes replaces it; a fault in the caller's
+//     buffer sets nothing;
+//   - a failure between a write's first flog store and its map store, when
+//     the in-memory free list may name a live block, fails the arena: its
+//     writes get ErrArenaFailed until the device is reopened, and reopening
+//     recovers the write from the flog; reads go on;
+//   - every lane, lock and read tracking slot the I/O held is released.
+//
+// What Open allocates is bounded by the medium's size, not by its info
+// blocks: arenas smaller than ArenaMinSize are refused, at most
+// DefaultNFree lanes of each arena are kept in memory whatever its nfree,
+// and one map lock table serves every arena (a few KiB per arena of at
+// least 16 MiB). Flog groups past the lanes in use are still checked and
+// recovered, without being kept.
 //
 // Durability is the medium's: the engine calls Medium.Persist after the data
-// block, after each flog half and after the map entry, in that order, and
-// Medium.Flush on Device.Flush. See docs/DURABILITY.md in the repository and
+// block, after each flog half and after the map entry, in that order, once
+// per arena over the map entries a WriteZeroes stored, and Medium.Flush on
+// Device.Flush. See docs/DURABILITY.md in the repository and
 // package pmem for what each durability mode promises, and why the order
 // matters to recovery.
 package btt

@@ -3,6 +3,7 @@ package btt
 import (
 	"crypto/rand"
 	"fmt"
+	"runtime/debug"
 )
 
 // FormatOptions choose the BTT Format writes.
@@ -19,6 +20,10 @@ type FormatOptions struct {
 	// label-less namespace: the BTT starts 4 KiB in) or Version20 (starts at
 	// 0, for namespaces labelled with the BTT2 claim class).
 	Version Version
+	// NFree is the number of free blocks per arena, which is the number of
+	// lanes: zero means DefaultNFree, what the kernel writes; at most
+	// MaxNFree. Open uses at most DefaultNFree lanes whatever it is.
+	NFree uint32
 }
 
 // Format writes a new, empty BTT over the whole medium, the way the kernel's
@@ -27,7 +32,15 @@ type FormatOptions struct {
 // external_nlba+i, seq 1}, then the backup info block, then the info block.
 // Old info blocks are erased first, so a crash mid-format leaves no BTT
 // rather than a half-formatted one.
-func Format(m Medium, opts FormatOptions) error {
+func Format(m Medium, opts FormatOptions) (err error) {
+	// Format stores into every area it lays out: a medium truncated under
+	// it, or a page the filesystem cannot supply, fails the format.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("btt: format: %w", faultError(faultAddr(r)))
+		}
+	}()
 	if opts.LBASize == 0 {
 		opts.LBASize = 4096
 	}
@@ -45,7 +58,10 @@ func Format(m Medium, opts FormatOptions) error {
 		opts.UUID[8] = opts.UUID[8]&0x3f | 0x80 // RFC 4122 variant
 	}
 	base := opts.Version.initialOffset()
-	arenas, err := layoutArenas(base, m.Size()-base, opts.LBASize)
+	if opts.NFree == 0 {
+		opts.NFree = DefaultNFree
+	}
+	arenas, err := layoutArenas(base, m.Size()-base, opts.LBASize, opts.NFree)
 	if err != nil {
 		return fmt.Errorf("btt: format: %w", err)
 	}

@@ -14,11 +14,14 @@ type arenaGeometry struct {
 }
 
 // layoutArenas splits rawSize bytes starting at medium offset base into
-// arenas of at most ArenaMaxSize. A tail smaller than ArenaMinSize is left
-// unused, as the kernel leaves it.
-func layoutArenas(base, rawSize int64, lbasize uint32) ([]arenaGeometry, error) {
+// arenas of at most ArenaMaxSize, each with nfree free blocks (lanes). A
+// tail smaller than ArenaMinSize is left unused, as the kernel leaves it.
+func layoutArenas(base, rawSize int64, lbasize, nfree uint32) ([]arenaGeometry, error) {
 	if !supportedLBASize(lbasize) {
 		return nil, fmt.Errorf("%w: sector size %d (supported: %v)", ErrInvalidArgument, lbasize, SupportedLBASizes)
+	}
+	if nfree == 0 || nfree > MaxNFree {
+		return nil, fmt.Errorf("%w: nfree %d (want 1 to %d)", ErrInvalidArgument, nfree, MaxNFree)
 	}
 	if rawSize < ArenaMinSize {
 		return nil, fmt.Errorf("%w: %d bytes available for the BTT, need at least %d", ErrInvalidArgument, rawSize, ArenaMinSize)
@@ -31,7 +34,10 @@ func layoutArenas(base, rawSize int64, lbasize uint32) ([]arenaGeometry, error) 
 		if size < ArenaMinSize {
 			break
 		}
-		g := newArenaGeometry(off, size, lbasize)
+		g := newArenaGeometry(off, size, lbasize, nfree)
+		if g.internalNLBA <= nfree {
+			return nil, fmt.Errorf("%w: nfree %d leaves no sectors in an arena of %d bytes", ErrInvalidArgument, nfree, size)
+		}
 		if remaining >= ArenaMinSize {
 			g.nextOff = size
 		}
@@ -41,12 +47,12 @@ func layoutArenas(base, rawSize int64, lbasize uint32) ([]arenaGeometry, error) 
 	return arenas, nil
 }
 
-func newArenaGeometry(off, size int64, lbasize uint32) arenaGeometry {
+func newArenaGeometry(off, size int64, lbasize, nfree uint32) arenaGeometry {
 	g := arenaGeometry{
 		size:            size,
 		externalLBASize: lbasize,
 		internalLBASize: internalLBASize(lbasize),
-		nfree:           DefaultNFree,
+		nfree:           nfree,
 	}
 	available := size - size%pageSize
 	available -= 2 * pageSize // info and info2
@@ -105,7 +111,7 @@ func geometryFromInfo(in *Info, infoOff, mediumSize int64) (arenaGeometry, error
 	if in.InternalLBASize < in.ExternalLBASize || in.InternalLBASize%internalLBAAlign != 0 || in.InternalLBASize > 1<<16 {
 		return bad("internal_lbasize %d for external %d", in.InternalLBASize, in.ExternalLBASize)
 	}
-	if in.NFree == 0 || in.NFree > 1<<16 || in.InternalNLBA < in.NFree || in.InternalNLBA-in.NFree != in.ExternalNLBA {
+	if in.NFree == 0 || in.NFree > MaxNFree || in.InternalNLBA < in.NFree || in.InternalNLBA-in.NFree != in.ExternalNLBA {
 		return bad("internal_nlba %d, external_nlba %d, nfree %d do not agree", in.InternalNLBA, in.ExternalNLBA, in.NFree)
 	}
 	if in.InternalNLBA > maxPostmapLBA {
@@ -129,6 +135,13 @@ func geometryFromInfo(in *Info, infoOff, mediumSize int64) (arenaGeometry, error
 			return bad("nextoff %#x inside the arena (ends at %#x)", in.NextOff, size)
 		}
 		size = int64(in.NextOff)
+	}
+	// No writer makes a smaller arena (the kernel's create_arenas leaves a
+	// tail under ArenaMinSize unused), and what Open keeps per arena is
+	// bounded by the medium only because arenas are this large: a crafted
+	// chain of tiny arenas is refused before anything is allocated for it.
+	if size < ArenaMinSize {
+		return bad("arena of %#x bytes, smaller than the %#x-byte minimum", size, ArenaMinSize)
 	}
 	if infoOff+info2Off+InfoSize > mediumSize {
 		return bad("arena at %#x ends at %#x, past the medium's %#x bytes", infoOff, infoOff+info2Off+InfoSize, mediumSize)

@@ -40,6 +40,8 @@ const (
 	// DefaultNFree is the number of free blocks (and lanes) per arena the
 	// kernel writes: ND_MAX_LANES.
 	DefaultNFree = 256
+	// MaxNFree is the most free blocks per arena Open accepts.
+	MaxNFree = 1 << 16
 	// ArenaMinSize and ArenaMaxSize bound one arena (ARENA_MIN_SIZE,
 	// ARENA_MAX_SIZE). A namespace smaller than ArenaMinSize holds no BTT.
 	ArenaMinSize = 1 << 24

@@ -131,7 +131,7 @@ func TestInternalLBASizeRoundsToSixtyFourBytes(t *testing.T) {
 // The kernel's alloc_arena for a 64 MiB label-less namespace with 4 KiB
 // sectors, worked by hand from btt.c: rawsize = 64 MiB - 4 KiB.
 func TestArenaGeometryOfA64MiBNamespace(t *testing.T) {
-	arenas, err := layoutArenas(4096, 64<<20-4096, 4096)
+	arenas, err := layoutArenas(4096, 64<<20-4096, 4096, DefaultNFree)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,14 +164,14 @@ func TestArenaGeometryOfA64MiBNamespace(t *testing.T) {
 
 func TestArenasSplitAt512GiBAndDropASmallTail(t *testing.T) {
 	raw := int64(ArenaMaxSize) + ArenaMinSize - 4096 // tail too small for a second arena
-	arenas, err := layoutArenas(0, raw, 512)
+	arenas, err := layoutArenas(0, raw, 512, DefaultNFree)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(arenas) != 1 || arenas[0].nextOff != 0 {
 		t.Fatalf("got %d arenas (nextoff %d), want 1 with nextoff 0", len(arenas), arenas[0].nextOff)
 	}
-	arenas, err = layoutArenas(0, ArenaMaxSize+ArenaMinSize, 512)
+	arenas, err = layoutArenas(0, ArenaMaxSize+ArenaMinSize, 512, DefaultNFree)
 	if err != nil {
 		t.Fatal(err)
 	}

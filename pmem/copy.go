@@ -3,9 +3,8 @@
 package pmem
 
 // Copy copies min(len(dst), len(src)) bytes from src to dst and returns
-// how many, like the built-in copy, which it is for copies under 2 KiB and
-// on CPUs without ERMS; overlapping ranges come out as the built-in copy's
-// would. It is how the BTT moves sector data between guest memory and the
+// how many, like the built-in copy, which it is for copies under 2 KiB, on
+// CPUs without ERMS and for overlapping ranges that need a backward copy. It is how the BTT moves sector data between guest memory and the
 // mapping: for block-sized copies on a CPU with fast REP MOVSB (ERMS), it
 // uses REP MOVSB, which on such parts streams the destination without
 // reading it first. Measured on an AMD EPYC (ERMS+FSRM), 4 KiB blocks
@@ -15,10 +14,9 @@ package pmem
 // at hand.
 func Copy(dst, src []byte) int {
 	n := min(len(dst), len(src))
-	if n < repMovsbMin || !useRepMovsb {
+	if n < repMovsbMin || !useRepMovsb || !copyRepMovsb(dst[:n], src[:n]) {
 		return copy(dst, src)
 	}
-	copyRepMovsb(dst[:n], src[:n])
 	return n
 }
 

@@ -9,12 +9,13 @@ import "golang.org/x/sys/cpu"
 var useRepMovsb = cpu.X86.HasERMS
 
 // copyRepMovsb copies len(dst) bytes of src into dst (len(src) >=
-// len(dst)). When dst starts inside src, a forward copy would read bytes it
-// had already overwritten, so that case copies backwards; implemented in
+// len(dst)) and reports true, or reports false, having copied nothing,
+// when dst starts inside src: that case needs a backward copy, which it
+// leaves to the built-in copy (see copy_amd64.s for why); implemented in
 // copy_amd64.s.
 //
 //go:noescape
-func copyRepMovsb(dst, src []byte)
+func copyRepMovsb(dst, src []byte) (moved bool)
 
 // prefetchLines issues PREFETCHT0 for each cache line of p (non-empty);
 // implemented in copy_amd64.s.

@@ -2,28 +2,28 @@
 
 #include "textflag.h"
 
-// func copyRepMovsb(dst, src []byte)
-// Copies len(dst) bytes. Forward with REP MOVSB unless dst lies in
-// (src, src+n), where only a backward copy (STD ... CLD) keeps the source
-// bytes intact until they are read.
-TEXT ·copyRepMovsb(SB), NOSPLIT, $0-48
+// func copyRepMovsb(dst, src []byte) (moved bool)
+// Copies len(dst) bytes forward with REP MOVSB and reports true, unless dst
+// lies in (src, src+n): a forward copy would then read bytes it had
+// already overwritten, and it reports false without copying. It never
+// copies backwards: that needs the direction flag set (STD), and a fault
+// part way (SetPanicOnFault turns it into a Go panic) would resume Go code
+// with the flag still set, which the Go ABI forbids.
+TEXT ·copyRepMovsb(SB), NOSPLIT, $0-49
 	MOVQ dst_base+0(FP), DI
 	MOVQ dst_len+8(FP), CX
 	MOVQ src_base+24(FP), SI
 	MOVQ DI, AX
 	SUBQ SI, AX
-	JZ done            // same bytes: nothing to move
+	JZ same            // same bytes: nothing to move
 	CMPQ AX, CX
-	JB backward        // 0 < dst-src < n (unsigned): dst overlaps src's tail
+	JB overlap         // 0 < dst-src < n (unsigned): dst overlaps src's tail
 	REP; MOVSB
-done:
+same:
+	MOVB $1, moved+48(FP)
 	RET
-backward:
-	LEAQ -1(SI)(CX*1), SI
-	LEAQ -1(DI)(CX*1), DI
-	STD
-	REP; MOVSB
-	CLD
+overlap:
+	MOVB $0, moved+48(FP)
 	RET
 
 // func prefetchLines(p []byte)

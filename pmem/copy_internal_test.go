@@ -30,7 +30,7 @@ func TestCopyMovesExactlyTheBytesOfEverySizeAndAlignment(t *testing.T) {
 		for _, align := range []int{0, 1, 3, 8, 61} {
 			for name, move := range map[string]func(d, s []byte){
 				"Copy":         func(d, s []byte) { Copy(d, s) },
-				"copyRepMovsb": copyRepMovsb,
+				"copyRepMovsb": func(d, s []byte) { copyRepMovsb(d, s) },
 			} {
 				dst := pattern(2, n+align+16)
 				want := bytes.Clone(dst)
@@ -65,10 +65,27 @@ func TestCopyOfOverlappingRangesMatchesTheBuiltinCopy(t *testing.T) {
 		want := bytes.Clone(buf)
 		const n, at = 8192, 8192
 		copy(want[at+shift:at+shift+n], want[at:at+n])
-		copyRepMovsb(buf[at+shift:at+shift+n], buf[at:at+n])
+		Copy(buf[at+shift:at+shift+n], buf[at:at+n])
 		if !bytes.Equal(buf, want) {
 			t.Fatalf("overlapping copy shifted by %d bytes differs from copy()", shift)
 		}
+	}
+}
+
+// A copy that needs to run backwards would need the direction flag set,
+// and a fault in it would resume Go code with the flag still set: the REP
+// MOVSB routine refuses it, untouched, and Copy hands it to copy().
+func TestRepMovsbLeavesCopiesThatMustRunBackwardsToTheBuiltinCopy(t *testing.T) {
+	buf := pattern(8, 3*8192)
+	want := bytes.Clone(buf)
+	if copyRepMovsb(buf[8192+1:2*8192+1], buf[8192:2*8192]) && useRepMovsb {
+		t.Fatal("copyRepMovsb reported a backward copy as done")
+	}
+	if useRepMovsb && !bytes.Equal(buf, want) {
+		t.Fatal("copyRepMovsb changed bytes of a copy it refused")
+	}
+	if !copyRepMovsb(buf[8192-1:2*8192-1], buf[8192:2*8192]) {
+		t.Fatal("copyRepMovsb refused a copy that runs forwards")
 	}
 }
 

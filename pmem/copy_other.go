@@ -5,6 +5,6 @@ package pmem
 // useRepMovsb is false off amd64: Copy is the built-in copy there.
 const useRepMovsb = false
 
-func copyRepMovsb(dst, src []byte) { copy(dst, src) }
+func copyRepMovsb(dst, src []byte) bool { copy(dst, src); return true }
 
 func prefetchLines(p []byte) {}

@@ -33,6 +33,21 @@
 // DurabilityDAX needs a mapping with no page cache in between: a devdax device or a file on
 // an fsdax filesystem that accepted MAP_SYNC. Open never falls back silently from it.
 //
+// A mapping can fault where read(2) and write(2) would return an error: a store into a hole of
+// a sparse file whose filesystem is full, any access past the end of a file another process
+// truncated, a poisoned line of real persistent memory. Go turns such a fault into a crash
+// unless the goroutine runs under runtime/debug.SetPanicOnFault; package btt does, and turns
+// the fault into an I/O error. Copy is safe under it: it never copies backwards with REP MOVSB
+// (which needs the direction flag set, and a fault part way would resume Go code with the flag
+// still set), leaving overlapping copies to the built-in copy.
+//
+// What can be prevented is: Allocate gives a regular file every block it still lacks (fallocate,
+// checked first with SEEK_HOLE), so that no store can meet a hole, or fails with one error,
+// wrapping ErrNoSpace, that names the file, the bytes missing and the filesystem's free space,
+// and leaves the file as it was. After Allocate, Zero keeps the blocks (FALLOC_FL_ZERO_RANGE or
+// stores of zeroes) instead of punching holes. Block devices and devdax have no holes. nvblk
+// format allocates the image, and serve allocates what a sparse image still lacks.
+//
 // A Medium claims its backing file exclusively, as the kernel claims a BTT's backing device
 // with FMODE_EXCL: a second Open of the same file, from this process or another, fails with
 // ErrBusy naming the holder. Read-only opens share the claim with other read-only opens.

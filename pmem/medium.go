@@ -105,6 +105,10 @@ type Medium struct {
 	// punchHoles starts true for regular files and is cleared the first time the filesystem
 	// refuses FALLOC_FL_PUNCH_HOLE, so Zero does not keep asking.
 	punchHoles atomic.Bool
+	// keepAllocated is set by Allocate: Zero then keeps the blocks (zeroRange, else stores of
+	// zeroes) instead of punching them out again. zeroRange starts true and is cleared the
+	// first time the filesystem refuses FALLOC_FL_ZERO_RANGE.
+	keepAllocated, zeroRange atomic.Bool
 
 	closed  atomic.Bool
 	closeMu sync.Mutex // guards the teardown in Close (munmap, claim release) so it runs once
@@ -171,6 +175,7 @@ func openClaimed(path string, opts Options, c *claim) (*Medium, error) {
 		data:     data,
 	}
 	m.punchHoles.Store(kind == KindFile)
+	m.zeroRange.Store(kind == KindFile)
 	if m.durability, err = m.resolveDurability(opts.Durability); err != nil {
 		_ = unmapMedium(data)
 		return nil, err
@@ -295,7 +300,8 @@ func (m *Medium) Flush() error {
 
 // Zero makes [off, off+n) read as zeroes. On a regular file it gives the whole pages inside the
 // range back to the filesystem (punching a hole, which the MAP_SHARED mapping sees at once),
-// so a discarded range stops using disk. Like a store, it is durable after Persist(off, n).
+// so a discarded range stops using disk, unless Allocate was called: the pages then stay
+// allocated. Like a store, it is durable after Persist(off, n).
 func (m *Medium) Zero(off, n int64) error {
 	if err := m.checkRange("zero", off, n); err != nil {
 		return err
@@ -305,6 +311,9 @@ func (m *Medium) Zero(off, n int64) error {
 	}
 	if n == 0 {
 		return nil
+	}
+	if m.keepAllocated.Load() {
+		return m.zeroAllocated(off, n)
 	}
 	end := off + n
 	page := int64(os.Getpagesize())

@@ -13,7 +13,7 @@ import (
 func init() {
 	register(&command{name: "bench", summary: "drive any vhost-user-blk socket (nvblk, qemu-storage-daemon) with a fio-like load; no VM",
 		usage: "--socket-path S [--rw randread|randwrite|randrw|read|write] [--bs 4k] [--iodepth 32] [--queues 1] " +
-			"[--time 10s] [--ramp 0s] [--size-limit N] [--fill] [--spin-us N] [--pid P] [--json]",
+			"[--time 10s] [--ramp 0s] [--size-limit N] [--fill] [--spin-us N] [--pid P] [--json] [--continue-on-error]",
 		run: runBench})
 	flagSets["bench"] = func() *flag.FlagSet { fs, _ := benchFlags(); return fs }
 }

@@ -14,7 +14,7 @@ import (
 )
 
 func init() {
-	register(&command{name: "format", summary: "write a new, empty BTT over FILE (created sparse if missing)",
+	register(&command{name: "format", summary: "write a new, empty BTT over FILE (created and allocated if missing)",
 		usage: "FILE [--size 1G] [--sector-size 4096] [--uuid U] [--version 1.1|2.0] [--force] [--durability MODE]",
 		run:   runFormat})
 	register(&command{name: "info", summary: "describe the BTT on FILE: version, uuid, sector size, capacity, arenas",
@@ -104,7 +104,15 @@ func runFormat(env *environment, args []string) error {
 				path, btt.FormatUUID(d.UUID()), d.NumSectors(), d.LBASize())
 		}
 	}
-	if err := btt.Format(m, opts); err != nil {
+	// Every block before the first store: Format's own stores, and later
+	// a guest's, then never meet a hole the filesystem has no room for.
+	// A file created here that cannot get its space is removed again; an
+	// existing one is left as it was.
+	err = m.Allocate()
+	if err == nil {
+		err = btt.Format(m, opts)
+	}
+	if err != nil {
 		if created {
 			m.Close()
 			os.Remove(path)
@@ -139,11 +147,20 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %s", f, units[i])
 }
 
-// openImage opens FILE's medium and BTT.
+// openImage opens FILE's medium and BTT. Opened writable (serve, write),
+// a sparse image first gets its missing blocks: a full filesystem is then
+// one error here, before a guest writes, instead of a failed write for
+// every page that cannot be allocated.
 func openImage(path string, readOnly bool, dur pmem.Durability) (*pmem.Medium, *btt.Device, error) {
 	m, err := pmem.Open(path, pmem.Options{ReadOnly: readOnly, Durability: dur})
 	if err != nil {
 		return nil, nil, err
+	}
+	if !readOnly {
+		if err := m.Allocate(); err != nil {
+			m.Close()
+			return nil, nil, err
+		}
 	}
 	d, err := btt.Open(m, btt.Options{ReadOnly: readOnly})
 	if err != nil {

@@ -4,7 +4,7 @@
 //	cmd/nvblk serve, internal/vhosttest
 //	  -> blkserve.New
 //	  -> vhost.NewServer(blk.NewBackend(blk.NewDevice(...)))
-//	  -> btt.Device (one btt.Lane per running queue) -> pmem
+//	  -> btt.Device (one btt.Lane per running queue, while lanes last) -> pmem
 //
 // It exists so that there is one wiring: `nvblk serve` and the tests that
 // serve a BTT (end to end, conformance, load generator) build the server
@@ -15,6 +15,8 @@ package blkserve
 
 import (
 	"fmt"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/pmem"
@@ -46,7 +48,8 @@ type Served struct {
 // the durability mode in force on d's medium (pmem.Medium.Durability):
 // DurabilityAuto is refused because only the resolved mode says whether
 // a write is durable when it completes. d must stay open until the server
-// has shut down; each running queue holds one of its lanes.
+// has shut down; each running queue holds one of its lanes while there are
+// enough, the others take a lane per request (see laneDisk).
 func New(d *btt.Device, dur pmem.Durability, c Config) (*Served, error) {
 	writeThrough, err := isWriteThrough(dur)
 	if err != nil {
@@ -57,7 +60,7 @@ func New(d *btt.Device, dur pmem.Durability, c Config) (*Served, error) {
 		ReadOnly:     c.ReadOnly,
 		Serial:       c.Serial,
 		WriteThrough: writeThrough,
-		QueueDisk:    laneDisk(d),
+		QueueDisk:    laneDisk(d, c.Server.Logger),
 	})
 	srv := vhost.NewServer(blk.NewBackend(dv, d), c.Server)
 	return &Served{Server: srv, Device: dv, WriteThrough: writeThrough}, nil
@@ -76,11 +79,20 @@ func isWriteThrough(dur pmem.Durability) (bool, error) {
 }
 
 // laneDisk gives each queue its own BTT lane for as long as it runs, so
-// the queues' I/O takes no shared lock on the lane pool.
-func laneDisk(d *btt.Device) func() (blk.Disk, func(), error) {
+// the queues' I/O takes no shared lock on the lane pool. A queue starts
+// under its session's lock, so it must not wait for a lane: when none may
+// be had (an image with fewer lanes than queues, or lanes held by other
+// queues) TryAcquireLane says so at once, and the queue runs on the shared
+// device instead, which takes a lane per request from the lanes no queue
+// holds; TryAcquireLane always leaves one of those.
+func laneDisk(d *btt.Device, lg logrus.FieldLogger) func() (blk.Disk, func(), error) {
+	if lg == nil {
+		lg = logrus.StandardLogger()
+	}
 	return func() (blk.Disk, func(), error) {
-		ln, err := d.AcquireLane()
+		ln, err := d.TryAcquireLane()
 		if err != nil {
+			lg.WithError(err).Info("queue takes a BTT lane per request: no lane of its own to hold")
 			return nil, nil, fmt.Errorf("blkserve: queue lane: %w", err)
 		}
 		return ln, ln.Release, nil

@@ -1,6 +1,9 @@
 package blkserve_test
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"io"
 	"path/filepath"
 	"testing"
@@ -14,6 +17,7 @@ import (
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
+	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
 	"github.com/nvblk/nvblk/virtio"
 )
@@ -63,23 +67,37 @@ func acquireWithin(d *btt.Device, wait time.Duration) *btt.Lane {
 	}
 }
 
-// holdAllLanesButOne takes every lane of a fresh BTT except one, until the
-// test ends, and checks that exactly one is left: a queue that holds a
-// lane then leaves none.
-func holdAllLanesButOne(t *testing.T, d *btt.Device) {
+// holdAllLanesButTwo takes every lane of a fresh BTT except two, until
+// the test ends: a queue that holds a lane then leaves exactly one, the
+// lane the device keeps for I/O that holds none.
+func holdAllLanesButTwo(t *testing.T, d *btt.Device) {
 	t.Helper()
-	for range btt.DefaultNFree - 1 {
+	for range btt.DefaultNFree - 2 {
 		ln := acquireWithin(d, ioTimeout)
 		if ln == nil {
 			t.Fatalf("a fresh BTT has fewer than %d lanes", btt.DefaultNFree)
 		}
 		t.Cleanup(ln.Release)
 	}
-	ln := acquireWithin(d, ioTimeout)
-	if ln == nil {
-		t.Fatalf("a fresh BTT has fewer than %d lanes", btt.DefaultNFree)
+}
+
+// lanesFree counts the lanes of d that can be taken now, up to max, and
+// gives them back.
+func lanesFree(d *btt.Device, max int) int {
+	var got []*btt.Lane
+	defer func() {
+		for _, ln := range got {
+			ln.Release()
+		}
+	}()
+	for len(got) < max {
+		ln := acquireWithin(d, notFreeFor)
+		if ln == nil {
+			break
+		}
+		got = append(got, ln)
 	}
-	ln.Release()
+	return len(got)
 }
 
 // connect starts a front-end's one queue and runs a write on it, so the
@@ -101,43 +119,53 @@ func connect(t *testing.T, sock string) *frontend.Device {
 func TestServedQueueHoldsABTTLane(t *testing.T) {
 	fdcheck.Check(t)
 	s := serveBTT(t, pmem.DurabilityFlush, 1)
-	holdAllLanesButOne(t, s.Dev)
+	holdAllLanesButTwo(t, s.Dev)
 
 	connect(t, s.Sock)
-	if ln := acquireWithin(s.Dev, notFreeFor); ln != nil {
-		ln.Release()
-		t.Fatal("the last lane is free while a queue runs: the queue does not hold a lane of its own")
+	if n := lanesFree(s.Dev, 2); n != 1 {
+		t.Fatalf("%d of the last two lanes free while a queue runs, want 1: the queue holds one, the device keeps the other", n)
 	}
 }
 
 func TestServedQueueGivesItsLaneBackWhenItsRingStops(t *testing.T) {
 	fdcheck.Check(t)
 	s := serveBTT(t, pmem.DurabilityFlush, 1)
-	holdAllLanesButOne(t, s.Dev)
+	holdAllLanesButTwo(t, s.Dev)
 
 	fe := connect(t, s.Sock)
 	if _, err := fe.Stop(); err != nil { // GET_VRING_BASE, as QEMU stops a ring
 		t.Fatal(err)
 	}
-	ln := acquireWithin(s.Dev, ioTimeout)
-	if ln == nil {
-		t.Fatal("the stopped queue's lane did not come back")
-	}
-	ln.Release()
+	waitLanesFree(t, s.Dev, 2, "the stopped queue's lane did not come back")
 }
 
 func TestServedQueueGivesItsLaneBackWhenTheFrontEndHangsUp(t *testing.T) {
 	fdcheck.Check(t)
 	s := serveBTT(t, pmem.DurabilityFlush, 1)
-	holdAllLanesButOne(t, s.Dev)
+	holdAllLanesButTwo(t, s.Dev)
 
 	fe := connect(t, s.Sock)
 	fe.Conn.Close() // no GET_VRING_BASE: QEMU killed
-	ln := acquireWithin(s.Dev, ioTimeout)
-	if ln == nil {
-		t.Fatal("the lane of a queue whose front-end hung up did not come back")
+	waitLanesFree(t, s.Dev, 2, "the lane of a queue whose front-end hung up did not come back")
+}
+
+// waitLanesFree fails the test unless n lanes of d can be taken within
+// ioTimeout (the session lets go of its queue's lane asynchronously).
+func waitLanesFree(t *testing.T, d *btt.Device, n int, why string) {
+	t.Helper()
+	var got []*btt.Lane
+	defer func() {
+		for _, ln := range got {
+			ln.Release()
+		}
+	}()
+	for len(got) < n {
+		ln := acquireWithin(d, ioTimeout)
+		if ln == nil {
+			t.Fatal(why)
+		}
+		got = append(got, ln)
 	}
-	ln.Release()
 }
 
 func TestServedBTTOnAFlushMediumOffersFlush(t *testing.T) {
@@ -166,5 +194,92 @@ func TestNewRefusesADurabilityNotYetResolved(t *testing.T) {
 
 	if _, err := blkserve.New(d, pmem.DurabilityAuto, blkserve.Config{}); err == nil {
 		t.Fatal("New accepted DurabilityAuto, which does not say whether writes are durable at once")
+	}
+}
+
+// An image may have fewer lanes than the front-end has queues (Open takes
+// any nfree from 1). A queue that cannot have a lane of its own must start
+// anyway, at once, and serve on lanes taken per request; nothing may wait
+// on a lane under the session lock, where a second queue's start used to
+// block forever, and Shutdown with it.
+func TestTwoQueuesOnAnImageWithOneLaneBothServeAndShutdownReturns(t *testing.T) {
+	fdcheck.Check(t)
+	m, err := pmem.Open(filepath.Join(t.TempDir(), "disk.img"), pmem.Options{Create: true, Size: 20 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := btt.Format(m, btt.FormatOptions{LBASize: 4096, NFree: 1}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := btt.Open(m, btt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg := logrus.New()
+	lg.SetOutput(io.Discard)
+	s, err := blkserve.New(d, m.Durability(), blkserve.Config{NumQueues: 2, Server: vhost.Options{Logger: lg}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "vhost.sock")
+	l, err := vhostuser.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Server.Serve(l) }()
+
+	// Every wait is bounded: the bug this guards against is a hang.
+	connected := make(chan error, 1)
+	var fe *frontend.Device
+	go func() {
+		var err error
+		fe, err = frontend.Connect(sock, frontend.Options{NumQueues: 2})
+		connected <- err
+	}()
+	select {
+	case err := <-connected:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(ioTimeout):
+		t.Fatalf("starting two queues on a BTT of one lane did not finish within %v", ioTimeout)
+	}
+	defer fe.Close()
+	for q, queue := range fe.Queues {
+		data := bytes.Repeat([]byte{byte(q + 1)}, 4096)
+		sector := uint64(q * 8)
+		if err := queue.Do(&frontend.Request{Type: virtio.BlkTOut, Sector: sector, Data: data}, ioTimeout); err != nil {
+			t.Fatalf("queue %d: write: %v", q, err)
+		}
+		got := &frontend.Request{Type: virtio.BlkTIn, Sector: sector, Data: make([]byte, 4096)}
+		if err := queue.Do(got, ioTimeout); err != nil || got.Status != virtio.BlkSOK || !bytes.Equal(got.Data, data) {
+			t.Fatalf("queue %d: read back: err %v, status %d, same data %v", q, err, got.Status, bytes.Equal(got.Data, data))
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	if err := s.Server.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	select {
+	case err := <-served:
+		if !errors.Is(err, vhost.ErrServerClosed) {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(ioTimeout):
+		t.Fatal("Serve did not return after Shutdown")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- d.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(ioTimeout):
+		t.Fatal("closing the BTT: a queue still holds its lane")
 	}
 }
