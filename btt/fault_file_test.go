@@ -7,9 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/nvblk/nvblk/internal/fdcheck"
+	"github.com/nvblk/nvblk/internal/tmpfstest"
 	"github.com/nvblk/nvblk/pmem"
 )
 
@@ -119,28 +118,9 @@ func TestImageTruncatedThroughItsFlogFailsTheArenaForWritesOnly(t *testing.T) {
 	}
 }
 
-// mountTmpfs mounts a tmpfs of size bytes on a fresh directory until the
-// test ends.
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts a small tmpfs to fill it up")
-	}
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
-
 func TestSparseImageOnAFilesystemThatFillsUpFailsOnlyTheWritesWithoutSpace(t *testing.T) {
 	fdcheck.Check(t)
-	dir := mountTmpfs(t, "8m")
+	dir := tmpfstest.Mount(t, "8m")
 	filler := filepath.Join(dir, "filler")
 	if err := os.WriteFile(filler, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)

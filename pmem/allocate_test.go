@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nvblk/nvblk/internal/fdcheck"
+	"github.com/nvblk/nvblk/internal/tmpfstest"
 	"github.com/nvblk/nvblk/pmem"
 )
 
@@ -46,28 +47,9 @@ func TestZeroOfAnAllocatedMediumKeepsItsBlocks(t *testing.T) {
 	}
 }
 
-// mountTmpfs mounts a tmpfs of the given size on a fresh directory until
-// the test ends.
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts a small tmpfs to run out of space on")
-	}
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
-
 func TestAllocateWithoutTheSpaceSaysWhatIsMissingAndChangesNothing(t *testing.T) {
 	fdcheck.Check(t)
-	dir := mountTmpfs(t, "8m")
+	dir := tmpfstest.Mount(t, "8m")
 	path := filepath.Join(dir, "disk.img")
 	m, err := pmem.Open(path, pmem.Options{Create: true, Size: pmem.MinSize})
 	if err != nil {

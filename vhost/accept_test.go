@@ -4,7 +4,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -43,7 +42,7 @@ func TestServeOutlivesRunningOutOfFDs(t *testing.T) {
 			unix.Close(fd)
 		}
 	}()
-	restore := exhaustFDs(t)
+	restore := fdcheck.Exhaust(t)
 	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
 		restore()
 		t.Fatal(err)
@@ -77,39 +76,6 @@ func TestServeOutlivesRunningOutOfFDs(t *testing.T) {
 	}
 	defer d2.Close()
 	readWrite(t, d2.Queues[0], 8)
-}
-
-// exhaustFDs lowers the soft RLIMIT_NOFILE to the lowest free descriptor
-// number, so that no new descriptor can be made, and returns a function
-// that puts the limit back (also run when the test ends).
-func exhaustFDs(t *testing.T) (restore func()) {
-	t.Helper()
-	var old syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
-	free, err := unix.Dup(0) // the lowest free number
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(free)
-	low := old
-	low.Cur = uint64(free)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
-		t.Fatal(err)
-	}
-	done := false
-	restore = func() {
-		if done {
-			return
-		}
-		done = true
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
-			t.Errorf("restoring RLIMIT_NOFILE: %v", err)
-		}
-	}
-	t.Cleanup(restore)
-	return restore
 }
 
 // waitLog waits for a log entry whose message starts with prefix; on

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nvblk/nvblk/internal/acceptretry"
 	"github.com/sirupsen/logrus"
 )
 
@@ -112,7 +113,7 @@ func (s *Server) Serve(l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
-	var retry acceptRetry
+	retry := acceptretry.Retry{Prefix: "vhost"}
 	for {
 		select {
 		case <-s.slot:
@@ -131,13 +132,13 @@ func (s *Server) Serve(l net.Listener) error {
 				return fmt.Errorf("vhost: accept: %w", err)
 			}
 			select {
-			case <-time.After(retry.failed(s.log, err)):
+			case <-time.After(retry.Failed(s.log, err)):
 			case <-s.quit:
 				return ErrServerClosed
 			}
 			continue
 		}
-		retry.succeeded(s.log)
+		retry.Succeeded(s.log)
 		uc, ok := c.(*net.UnixConn)
 		if !ok {
 			c.Close()
@@ -147,45 +148,6 @@ func (s *Server) Serve(l net.Listener) error {
 		s.serveConn(uc)
 		s.slot <- struct{}{}
 	}
-}
-
-// Pauses between failed accepts, and how often their errors are logged.
-const (
-	acceptRetryMin = 5 * time.Millisecond
-	acceptRetryMax = time.Second
-	acceptLogEvery = 10 * time.Second
-)
-
-// acceptRetry paces and logs a run of failed accepts. The zero value is
-// ready; it belongs to one accept loop.
-type acceptRetry struct {
-	pause    time.Duration // the last pause; zero after a success
-	failures uint64        // in the current run
-	lastLog  time.Time
-	unlogged uint64 // failures since the last line
-}
-
-// failed counts a failed accept, logs it unless a line went out less than
-// acceptLogEvery ago, and returns how long to pause before the next.
-func (r *acceptRetry) failed(log logrus.FieldLogger, err error) time.Duration {
-	r.pause = min(max(2*r.pause, acceptRetryMin), acceptRetryMax)
-	r.failures++
-	if now := time.Now(); now.Sub(r.lastLog) >= acceptLogEvery {
-		log.WithError(err).WithField("failures", r.failures).WithField("unlogged", r.unlogged).
-			WithField("retry_in", r.pause).Warn("vhost: accept failed; retrying")
-		r.lastLog, r.unlogged = now, 0
-	} else {
-		r.unlogged++
-	}
-	return r.pause
-}
-
-// succeeded ends a run of failures, saying so if there was one.
-func (r *acceptRetry) succeeded(log logrus.FieldLogger) {
-	if r.failures != 0 {
-		log.WithField("failures", r.failures).Info("vhost: accepting again")
-	}
-	*r = acceptRetry{}
 }
 
 func (s *Server) serveConn(c *net.UnixConn) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/internal/fdcheck"
+	"github.com/nvblk/nvblk/internal/tmpfstest"
 	"github.com/nvblk/nvblk/pmem"
 )
 
@@ -79,28 +80,9 @@ func TestOpeningASparseImageReadOnlyLeavesItSparse(t *testing.T) {
 	}
 }
 
-// mountTmpfs mounts a tmpfs of the given size on a fresh directory until
-// the test ends.
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts a small tmpfs to run out of space on")
-	}
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
-
 func TestFormatWithoutTheSpaceFailsOnceAndLeavesNoImage(t *testing.T) {
 	fdcheck.Check(t)
-	dir := mountTmpfs(t, "8m")
+	dir := tmpfstest.Mount(t, "8m")
 	img := filepath.Join(dir, "disk.img")
 	code, _, stderr := nvblk(t, nil, "format", img, "--size", "32M")
 	if code == 0 {
@@ -119,7 +101,7 @@ func TestFormatWithoutTheSpaceFailsOnceAndLeavesNoImage(t *testing.T) {
 
 func TestServingASparseImageWithoutTheSpaceFailsAndLeavesItUsable(t *testing.T) {
 	fdcheck.Check(t)
-	dir := mountTmpfs(t, "8m")
+	dir := tmpfstest.Mount(t, "8m")
 	img := sparseImage(t, dir, 32<<20)
 	before := fileHash(t, img)
 	m, _, err := openImage(img, false, pmem.DurabilityAuto)

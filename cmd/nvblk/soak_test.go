@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nvblk/nvblk/internal/tmpfstest"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
 	"github.com/nvblk/nvblk/virtio"
 )
@@ -81,14 +82,7 @@ func ioOnce(sock string, sector uint64, data []byte) error {
 // write at all: none fails, serve never exits, a write made while it is
 // full lands, and the BTT checks consistent afterwards.
 func TestSoakServeUnderRandomWritesWhileItsFilesystemFillsAndFrees(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs needs root (CI runs as root)")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=48m"); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	dir := tmpfstest.Mount(t, "48m")
 	img := filepath.Join(dir, "disk.img")
 	if code, _, stderr := nvblk(t, nil, "format", img, "--size", "32M"); code != 0 {
 		t.Fatalf("format: exit %d: %s", code, stderr)

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -239,7 +238,7 @@ func TestControlServesAfterRunningOutOfFDs(t *testing.T) {
 	}
 	f := os.NewFile(uintptr(fd), "client")
 	defer f.Close()
-	restore := exhaustFDs(t)
+	restore := fdcheck.Exhaust(t)
 	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: sock}); err != nil {
 		restore()
 		t.Fatal(err)
@@ -257,39 +256,6 @@ func TestControlServesAfterRunningOutOfFDs(t *testing.T) {
 	if _, err := Call(sock, "status", bound); err != nil {
 		t.Fatalf("the next client: %v", err)
 	}
-}
-
-// exhaustFDs lowers the soft RLIMIT_NOFILE to the lowest free descriptor
-// number, so that no new descriptor can be made, and returns a function
-// that puts the limit back (also run when the test ends).
-func exhaustFDs(t *testing.T) (restore func()) {
-	t.Helper()
-	var old syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
-	free, err := unix.Dup(0) // the lowest free number
-	if err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(free)
-	low := old
-	low.Cur = uint64(free)
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
-		t.Fatal(err)
-	}
-	done := false
-	restore = func() {
-		if done {
-			return
-		}
-		done = true
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
-			t.Errorf("restoring RLIMIT_NOFILE: %v", err)
-		}
-	}
-	t.Cleanup(restore)
-	return restore
 }
 
 // waitLog waits for a log entry whose message starts with prefix; on

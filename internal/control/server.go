@@ -11,6 +11,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nvblk/nvblk/internal/acceptretry"
 	"github.com/nvblk/nvblk/vhost"
 )
 
@@ -148,7 +149,7 @@ func (s *Server) Serve(l net.Listener) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
-	var retry acceptRetry
+	retry := acceptretry.Retry{Prefix: "control"}
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -166,12 +167,12 @@ func (s *Server) Serve(l net.Listener) error {
 				return fmt.Errorf("control: accept: %w", err)
 			}
 			select {
-			case <-time.After(retry.failed(s.log, err)):
+			case <-time.After(retry.Failed(s.log, err)):
 			case <-s.quit: // Close closed l too: the next Accept says so
 			}
 			continue
 		}
-		retry.succeeded(s.log)
+		retry.Succeeded(s.log)
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -241,45 +242,6 @@ func (s *Server) serveConn(c net.Conn) {
 		c.SetWriteDeadline(time.Now().Add(s.idle))
 		enc.Encode(Reply{Error: fmt.Sprintf("request line longer than %d bytes", maxRequestLine)})
 	}
-}
-
-// Pauses between failed accepts, and how often their errors are logged.
-const (
-	acceptRetryMin = 5 * time.Millisecond
-	acceptRetryMax = time.Second
-	acceptLogEvery = 10 * time.Second
-)
-
-// acceptRetry paces and logs a run of failed accepts (as vhost.Server
-// does). The zero value is ready; it belongs to one accept loop.
-type acceptRetry struct {
-	pause    time.Duration // the last pause; zero after a success
-	failures uint64        // in the current run
-	lastLog  time.Time
-	unlogged uint64 // failures since the last line
-}
-
-// failed counts a failed accept, logs it unless a line went out less than
-// acceptLogEvery ago, and returns how long to pause before the next.
-func (r *acceptRetry) failed(log logrus.FieldLogger, err error) time.Duration {
-	r.pause = min(max(2*r.pause, acceptRetryMin), acceptRetryMax)
-	r.failures++
-	if now := time.Now(); now.Sub(r.lastLog) >= acceptLogEvery {
-		log.WithError(err).WithField("failures", r.failures).WithField("unlogged", r.unlogged).
-			WithField("retry_in", r.pause).Warn("control: accept failed; retrying")
-		r.lastLog, r.unlogged = now, 0
-	} else {
-		r.unlogged++
-	}
-	return r.pause
-}
-
-// succeeded ends a run of failures, saying so if there was one.
-func (r *acceptRetry) succeeded(log logrus.FieldLogger) {
-	if r.failures != 0 {
-		log.WithField("failures", r.failures).Info("control: accepting again")
-	}
-	*r = acceptRetry{}
 }
 
 // Handle answers one request line.

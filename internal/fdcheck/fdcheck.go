@@ -8,8 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // settle is how long a test's goroutines get to close what they hold after
@@ -53,4 +56,38 @@ func Check(t testing.TB) {
 			}
 		}
 	})
+}
+
+// Exhaust lowers the soft RLIMIT_NOFILE to the lowest free descriptor
+// number, so that no new descriptor can be made, and returns a function
+// that puts the limit back (also run when the test ends): the real way to
+// make accept fail with EMFILE.
+func Exhaust(t testing.TB) (restore func()) {
+	t.Helper()
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	free, err := unix.Dup(0) // the lowest free number
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(free)
+	low := old
+	low.Cur = uint64(free)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	done := false
+	restore = func() {
+		if done {
+			return
+		}
+		done = true
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+			t.Errorf("restoring RLIMIT_NOFILE: %v", err)
+		}
+	}
+	t.Cleanup(restore)
+	return restore
 }
