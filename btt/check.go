@@ -2,7 +2,6 @@ package btt
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"runtime/debug"
 )
@@ -190,15 +189,6 @@ func rewriteInfo(m Medium, off int64, src []byte) error {
 }
 
 func checkArenaBlocks(m Medium, a *arena, opts CheckOptions, r *CheckReport, done *uint64, total uint64) {
-	used := make([]uint64, (a.internalNLBA+63)/64)
-	owner := func(b uint32) bool { // marks b used; false if it already was
-		w, bit := b/64, uint64(1)<<(b%64)
-		if used[w]&bit != 0 {
-			return false
-		}
-		used[w] |= bit
-		return true
-	}
 	// Every lane's free block, not only those of the lanes Open would
 	// use: each must be owned once.
 	free := make([]freeEntry, 0, a.nfree)
@@ -217,45 +207,38 @@ func checkArenaBlocks(m Medium, a *arena, opts CheckOptions, r *CheckReport, don
 			pr.Repaired = a.writeMap(m, p.premap, p.newMap|mapNormal) == nil
 		}
 		if !pr.Repaired {
-			moved[p.premap] = p.newMap
+			moved[p.premap] = p.newMap // recovery on open would make this the mapping
 		}
 		r.add(pr)
 	}
+	// The same claims Open refuses to serve with (checkOwnership), all
+	// of them reported rather than the first.
+	c := newBlockClaims(a, moved)
 	for lane, fe := range free {
-		if !owner(fe.block) {
+		if !c.claim(fe.block) {
 			r.add(Problem{Arena: a.index, Kind: ProblemBlocks, Message: fmt.Sprintf("lane %d: free block %d is also the free block of another lane", lane, fe.block)})
 		}
 	}
 	var mapProblems int
 	const maxReported = 20
-	for premap := uint32(0); premap < a.externalNLBA; premap++ {
-		// Check owns the medium (the claim keeps writers out), so plain
-		// loads will do: a few hundred million of them on a large arena.
-		raw := binary.LittleEndian.Uint32(a.mapArea[int(premap)*MapEntrySize:])
-		block, _, _ := decodeMapEntry(premap, raw)
-		if len(moved) > 0 {
-			if nb, ok := moved[premap]; ok {
-				block = nb // recovery on open would have made this the mapping
-			}
+	c.claimMap(func(premap, block uint32) bool {
+		mapProblems++
+		if mapProblems > maxReported {
+			return true
 		}
-		switch {
-		case block >= a.internalNLBA:
-			mapProblems++
-			if mapProblems <= maxReported {
-				r.add(Problem{Arena: a.index, Kind: ProblemMap, Message: fmt.Sprintf("LBA %d maps to block %d, past the arena's %d blocks", premap, block, a.internalNLBA)})
-			}
-		case !owner(block):
-			mapProblems++
-			if mapProblems <= maxReported {
-				r.add(Problem{Arena: a.index, Kind: ProblemBlocks, Message: fmt.Sprintf("LBA %d maps to block %d, which another LBA or a free list entry already uses", premap, block)})
-			}
+		if block >= a.internalNLBA {
+			r.add(Problem{Arena: a.index, Kind: ProblemMap, Message: fmt.Sprintf("LBA %d maps to block %d, past the arena's %d blocks", premap, block, a.internalNLBA)})
+		} else {
+			r.add(Problem{Arena: a.index, Kind: ProblemBlocks, Message: fmt.Sprintf("LBA %d maps to block %d, which another LBA or a free list entry already uses", premap, block)})
 		}
-		r.MapEntries++
-		*done++
-		if opts.Progress != nil && *done%(1<<20) == 0 {
-			opts.Progress(*done, total)
+		return true
+	}, func(n uint32) {
+		if opts.Progress != nil {
+			opts.Progress(*done+uint64(n), total)
 		}
-	}
+	})
+	r.MapEntries += uint64(a.externalNLBA)
+	*done += uint64(a.externalNLBA)
 	if mapProblems > maxReported {
 		r.add(Problem{Arena: a.index, Kind: ProblemMap, Message: fmt.Sprintf("%d more map problems not listed", mapProblems-maxReported)})
 	}
@@ -267,7 +250,7 @@ func checkArenaBlocks(m Medium, a *arena, opts CheckOptions, r *CheckReport, don
 	// means another is unused; report the unused ones too, briefly.
 	var unused []uint32
 	for b := uint32(0); b < a.internalNLBA && len(unused) < 8; b++ {
-		if used[b/64]&(1<<(b%64)) == 0 {
+		if !c.owned(b) {
 			unused = append(unused, b)
 		}
 	}

@@ -30,6 +30,8 @@ type Medium interface {
 type Options struct {
 	// ReadOnly opens the BTT without writing anything: not even flog
 	// recovery, whose pending moves then stay visible as the old data.
+	// It also skips the check for blocks with two owners, which only a
+	// device that writes must pass (see Open).
 	ReadOnly bool
 }
 
@@ -74,6 +76,14 @@ type lane struct {
 // to an arena's backup info block when the primary is damaged, replays the
 // flog, and returns the device. An arena with the error flag set makes the
 // device read-only, as the kernel does.
+//
+// A writable Open also reads every map entry and refuses, with an error
+// wrapping ErrCorrupt that names the block and both its owners, an arena
+// in which a block is owned twice once recovery is done; the kernel does
+// not check this. It costs one pass over the map and a bitmap of
+// internal_nlba bits per arena, freed before Open returns. A read-only
+// Open (or one the error flag makes read-only) skips it: such a device
+// never writes, so it serves what the medium holds, conflicts included.
 //
 // What Open allocates is bounded by the medium, not by what its info blocks
 // claim: every arena spans at least ArenaMinSize bytes, and whatever an
@@ -134,6 +144,21 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 	locks := make([]paddedMutex, nlanes)
 	for _, a := range d.arenas {
 		a.mapLocks = locks
+	}
+	// A device that will take writes must not have a block with two
+	// owners (two lanes' free blocks, a free block and an LBA's, two
+	// LBAs'): its writes would overwrite live sectors in place. The check
+	// models the arenas as recovery will leave them (see blockClaims), and
+	// runs before recovery so that a refused Open writes nothing. A
+	// read-only device writes nothing, recovery included, so conflicts
+	// cannot spread through it: it opens without the check (and without
+	// reading the whole map), for nvblk check, info and read to inspect.
+	if !opts.ReadOnly && !d.errorFlag {
+		for i, a := range d.arenas {
+			if err := a.checkOwnership(); err != nil {
+				return nil, fmt.Errorf("btt: arena %d: %w", i, err)
+			}
+		}
 	}
 	// Recovery writes only once every arena checked out: an Open that
 	// fails leaves the medium as it found it. An error flag in any arena

@@ -5,7 +5,12 @@
 // whose sector writes are atomic across crashes: a write goes to a free block,
 // then a flog ("free list + log") entry records the move, then the map entry
 // for the sector is switched to the new block. Recovery on Open finishes any
-// move the flog recorded but the map missed. In nvblk's data path it sits
+// move the flog recorded but the map missed. Before it writes anything, a
+// read-write Open also checks that every block has one owner (a lane's free
+// list or one LBA's map entry) as recovery will leave the arena, and
+// refuses an image where one does not with ErrCorrupt: served, such an
+// image turns writes into in-place overwrites of live sectors. Read-only
+// opens skip that check; Check reports every such conflict. In nvblk's data path it sits
 // between the virtio-blk request layer (vhost/blk), which hands it io-vectors
 // of guest memory, and the medium, whose mapping it copies to and from.
 //
