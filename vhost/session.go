@@ -81,6 +81,9 @@ type session struct {
 	inflight *inflightRegion // GET/SET_INFLIGHT_FD; nil: no tracking (inflight.go)
 	closed   bool
 	ready    bool // a queue has started: the handshake is done (logged once)
+	// lastRequest is the last request handled (0: none yet), for
+	// the log when the front-end leaves before the handshake is done.
+	lastRequest vhostuser.Request
 }
 
 func newSession(srv *Server, conn *net.UnixConn) *session {
@@ -141,7 +144,7 @@ func (s *session) serve() {
 		if err != nil {
 			switch {
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
-				s.log.Info("vhost-user front-end disconnected")
+				s.logDisconnected()
 			default:
 				s.log.WithError(err).Error("vhost: dropping connection: bad vhostuser.Message")
 			}
@@ -157,6 +160,34 @@ func (s *session) serve() {
 			s.log.WithError(err).Error("vhost: dropping connection")
 			return
 		}
+	}
+}
+
+// logDisconnected logs that the front-end closed the connection. One that
+// leaves during the handshake, before any queue started, most likely gave
+// up on something this back-end offers, and says why only on its side
+// (QEMU: "The maximum number of queues supported by the backend is 1"), so
+// the log names the request it left after and what was negotiated by then.
+func (s *session) logDisconnected() {
+	s.mu.Lock() // no request is being handled: serve's loop is here
+	ready, last, features, protocol := s.ready, s.lastRequest, s.features, s.protocol
+	s.mu.Unlock()
+	if ready || s.closing.Load() {
+		s.log.Info("vhost-user front-end disconnected")
+		return
+	}
+	log := s.log.WithFields(logrus.Fields{"last_request": last, "features": fmt.Sprintf("%#x", features),
+		"protocol_features": fmt.Sprintf("%#x", protocol), "queues": len(s.vrings)})
+	switch last {
+	case 0: // none handled yet
+		log.Info("vhost-user front-end disconnected before sending any request")
+	case vhostuser.ReqGetQueueNum:
+		// QEMU asks for its num-queues (by default one per vCPU) and gives
+		// up at once when that is more than the answer.
+		log.Infof("vhost-user front-end left during the handshake, after GET_QUEUE_NUM (the back-end offers %d queues; "+
+			"a front-end wanting more gives up here)", len(s.vrings))
+	default:
+		log.Infof("vhost-user front-end left during the handshake, after %v, before starting any queue", last)
 	}
 }
 
@@ -181,6 +212,7 @@ func (s *session) dispatch(m vhostuser.Message, fds []int) (err error) {
 		vhostuser.CloseFDs(fds)
 		return net.ErrClosed
 	}
+	s.lastRequest = m.Hdr.Request
 	log := s.log.WithField("request", m.Hdr.Request)
 	if m.Hdr.Request == vhostuser.ReqGetInflightFD {
 		// The one reply that carries an fd: it sends it itself.

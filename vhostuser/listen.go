@@ -37,6 +37,15 @@ func Listen(path string) (*net.UnixListener, error) {
 // (only the 0777 bits are used). The socket is never, not even for an
 // instant, more accessible than mode.
 func ListenMode(path string, mode fs.FileMode) (*net.UnixListener, error) {
+	return ListenModeGroup(path, mode, -1)
+}
+
+// ListenModeGroup is ListenMode with the socket file given the group gid
+// (gid < 0: the creator's, as ListenMode). The group bits of mode apply
+// only once the file has that group: never, not even for an instant, to
+// the creator's group. Giving a group the process is not a member of
+// takes root (CAP_CHOWN).
+func ListenModeGroup(path string, mode fs.FileMode, gid int) (*net.UnixListener, error) {
 	mode &= fs.ModePerm
 	fi, err := os.Lstat(path)
 	switch {
@@ -65,10 +74,16 @@ func ListenMode(path string, mode fs.FileMode) (*net.UnixListener, error) {
 	}
 	// Linux creates the socket file with the socket inode's mode minus the
 	// umask, so setting the mode before bind leaves no window in which the
-	// file is wider than asked (a chmod after bind would).
+	// file is wider than asked (a chmod after bind would). The file's group
+	// is the creator's whatever the socket inode's, so with another group
+	// asked for the group bits wait until the chown.
+	bindMode := mode
+	if gid >= 0 {
+		bindMode &^= 0o070
+	}
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var err error
-		if cerr := rc.Control(func(fd uintptr) { err = unix.Fchmod(int(fd), uint32(mode)) }); cerr != nil {
+		if cerr := rc.Control(func(fd uintptr) { err = unix.Fchmod(int(fd), uint32(bindMode)) }); cerr != nil {
 			return cerr
 		}
 		return err
@@ -78,17 +93,18 @@ func ListenMode(path string, mode fs.FileMode) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("vhostuser: listen %s: %w", path, err)
 	}
 	l := nl.(*net.UnixListener)
-	if err := widenSocket(path, mode); err != nil {
+	if err := finishSocket(path, mode, gid); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("vhostuser: listen %s: %w", path, err)
 	}
 	return l, nil
 }
 
-// widenSocket gives the socket file at path exactly mode when the umask took
-// bits away. It goes through an O_PATH descriptor opened without following
-// symlinks, so a path swapped for a symlink meanwhile is never chmodded.
-func widenSocket(path string, mode fs.FileMode) error {
+// finishSocket gives the socket file at path the group gid (if >= 0), then
+// exactly mode when the umask or bind took bits away. It goes through an
+// O_PATH descriptor opened without following symlinks, so a path swapped
+// for a symlink meanwhile is never chowned or chmodded.
+func finishSocket(path string, mode fs.FileMode, gid int) error {
 	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("socket mode: %w", err)
@@ -100,6 +116,12 @@ func widenSocket(path string, mode fs.FileMode) error {
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		return fmt.Errorf("socket mode: %s is no longer our socket", path)
+	}
+	if gid >= 0 && int(st.Gid) != gid {
+		// AT_EMPTY_PATH changes the O_PATH descriptor's inode itself.
+		if err := unix.Fchownat(fd, "", -1, gid, unix.AT_EMPTY_PATH); err != nil {
+			return fmt.Errorf("socket group %d: %w", gid, err)
+		}
 	}
 	if fs.FileMode(st.Mode)&fs.ModePerm == mode {
 		return nil

@@ -63,6 +63,88 @@ func TestListenMode(t *testing.T) {
 	})
 }
 
+// otherGroup is a group the socket's creator does not create files with
+// that it may still give them: a supplementary group, or any group as root.
+func otherGroup(t *testing.T) int {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return os.Getegid() + 4242
+	}
+	groups, err := os.Getgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range groups {
+		if g != os.Getegid() {
+			return g
+		}
+	}
+	t.Skip("no supplementary group to give the socket, and not root")
+	return -1
+}
+
+// TestListenModeGroup: the socket file gets the group asked, with the
+// group bits of the mode, whatever the umask.
+func TestListenModeGroup(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		gid  func(t *testing.T) int
+	}{
+		{"the creator's own group", func(*testing.T) int { return os.Getegid() }},
+		{"another group", otherGroup},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fdcheck.Check(t)
+			old := syscall.Umask(0o077)
+			defer syscall.Umask(old)
+			gid := tc.gid(t)
+			sock := filepath.Join(t.TempDir(), "s")
+			l, err := vhostuser.ListenModeGroup(sock, 0o660, gid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			var st unix.Stat_t
+			if err := unix.Lstat(sock, &st); err != nil {
+				t.Fatal(err)
+			}
+			if int(st.Gid) != gid || st.Mode&0o777 != 0o660 {
+				t.Fatalf("socket gid %d mode %#o, want gid %d mode 0660", st.Gid, st.Mode&0o777, gid)
+			}
+		})
+	}
+}
+
+// TestListenModeGroupNotOurs: without root, a group the process is not a
+// member of is refused, and no socket is left at the path.
+func TestListenModeGroupNotOurs(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root may give the socket any group")
+	}
+	fdcheck.Check(t)
+	member := map[int]bool{os.Getegid(): true}
+	groups, _ := os.Getgroups()
+	for _, g := range groups {
+		member[g] = true
+	}
+	gid := 65534
+	for member[gid] {
+		gid--
+	}
+	sock := filepath.Join(t.TempDir(), "s")
+	l, err := vhostuser.ListenModeGroup(sock, 0o660, gid)
+	if err == nil {
+		l.Close()
+		t.Fatalf("group %d, not ours, was given to the socket", gid)
+	}
+	if !errors.Is(err, fs.ErrPermission) || !strings.Contains(err.Error(), "socket group") {
+		t.Errorf("error %v, want a permission error naming the socket group", err)
+	}
+	if _, err := os.Lstat(sock); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("socket left behind: %v", err)
+	}
+}
+
 // TestListenExistingPath: what is found at the socket path decides.
 func TestListenExistingPath(t *testing.T) {
 	for _, tc := range []struct {

@@ -255,7 +255,7 @@ func TestStatusBySocketPathReachesAServeStartedWithoutControlSocket(t *testing.T
 	}
 	code, out, stderr := nvblk(t, nil, "status", "--socket-path", sock, "--json")
 	var st control.Status
-	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Connected || len(st.Queues) != 1 {
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || st.Connected || len(st.Queues) != int(defaultServeQueues) {
 		t.Fatalf("status --socket-path: exit %d: %s%s", code, stderr, out)
 	}
 	code, out, stderr = nvblk(t, nil, "detach", "--socket-path", sock)

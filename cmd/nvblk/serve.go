@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,7 +31,7 @@ import (
 func init() {
 	register(&command{name: "serve", summary: "serve the BTT on FILE to QEMU as a vhost-user-blk device (also: nvblk --socket-path ...)",
 		usage: "--socket-path PATH | --fd N | (systemd socket)  --blk-file FILE [--read-only] [--num-queues N] [--poll-us N] " +
-			"[--socket-mode 0600] [--durability MODE] [--serial S] [--control-socket PATH|none] [--metrics-addr HOST:PORT] " +
+			"[--socket-mode 0600] [--socket-group GROUP] [--durability MODE] [--serial S] [--control-socket PATH|none] [--metrics-addr HOST:PORT] [--guest-memory 1G] " +
 			"[--log-level LEVEL] [--log-format text|json] | --print-capabilities",
 		run: runServe})
 	flagSets["serve"] = func() *flag.FlagSet { fs, _ := serveFlags(); return fs }
@@ -36,6 +39,15 @@ func init() {
 
 // maxServeQueues bounds --num-queues: one worker goroutine per queue.
 const maxServeQueues = 16
+
+// defaultServeQueues is what serve offers without --num-queues. QEMU
+// without num-queues asks for one queue per vCPU and fails to start the
+// device when the back-end offers fewer, so the default covers a guest as
+// wide as the host (its vCPUs are rarely more than the host's CPUs), and at
+// least 4, for small hosts and libvirt's usual queues='2'. Offering more
+// than the guest uses costs nothing: a queue the front-end never starts has
+// no worker goroutine and holds no BTT lane.
+var defaultServeQueues = uint(max(4, min(maxServeQueues, runtime.NumCPU())))
 
 // shutdownGrace bounds how long in-flight requests may take to finish
 // after SIGINT/SIGTERM (the management layer sends SIGKILL a few seconds
@@ -45,6 +57,7 @@ const shutdownGrace = 5 * time.Second
 type serveArgs struct {
 	socketPath string
 	socketMode string
+	socketGrp  string
 	fd         int
 	blkFile    string
 	readOnly   bool
@@ -57,6 +70,7 @@ type serveArgs struct {
 	printCaps  bool
 	control    string
 	metrics    string
+	guestMem   string
 }
 
 func serveFlags() (*flag.FlagSet, *serveArgs) {
@@ -65,10 +79,13 @@ func serveFlags() (*flag.FlagSet, *serveArgs) {
 	fs.StringVar(&a.socketPath, "socket-path", "", "create and listen on this vhost-user unix socket (incompatible with --fd)")
 	fs.StringVar(&a.socketMode, "socket-mode", "0600", "permissions of the socket --socket-path creates, in octal (e.g. 0660 to let a group such as libvirt-qemu connect); "+
 		"the control socket stays 0600")
+	fs.StringVar(&a.socketGrp, "socket-group", "", "give the socket --socket-path creates this group, a name or a numeric gid (e.g. kvm or libvirt-qemu, "+
+		"with --socket-mode 0660); by default the creator's")
 	fs.IntVar(&a.fd, "fd", -1, "serve on this inherited, already-listening unix socket fd (incompatible with --socket-path)")
 	fs.StringVar(&a.blkFile, "blk-file", "", "the BTT image (an emulated-NVDIMM file, a pmem block device or devdax) to serve (required)")
 	fs.BoolVar(&a.readOnly, "read-only", false, "offer a read-only disk (VIRTIO_BLK_F_RO); the image is opened read-only")
-	fs.UintVar(&a.numQueues, "num-queues", 1, fmt.Sprintf("request queues to offer, 1..%d", maxServeQueues))
+	fs.UintVar(&a.numQueues, "num-queues", defaultServeQueues, fmt.Sprintf("request queues to offer, 1..%d; by default one per host CPU, "+
+		"at least 4 (QEMU without num-queues asks for one per vCPU)", maxServeQueues))
 	fs.UintVar(&a.pollUS, "poll-us", 0, "busy-poll each queue this many microseconds before sleeping on its kick")
 	fs.StringVar(&a.durability, "durability", "auto", durabilityHelp)
 	fs.StringVar(&a.serial, "serial", "", "GET_ID serial, at most 20 bytes (default: nvblk- and the BTT uuid's first hex digits)")
@@ -78,6 +95,8 @@ func serveFlags() (*flag.FlagSet, *serveArgs) {
 	fs.StringVar(&a.control, "control-socket", "", "answer nvblk status / nvblk detach on this unix socket (JSON lines, mode 0600); "+
 		"by default --socket-path + \""+controlSuffix+"\" (with --fd: none unless given); "+controlNone+": open none")
 	fs.StringVar(&a.metrics, "metrics-addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
+	fs.StringVar(&a.guestMem, "guest-memory", "1G", "the guest's RAM in the QEMU options serve prints (size= and -m), a multiple of 1M such as 4G or 1536M; "+
+		"nothing else depends on it")
 	return fs, a
 }
 
@@ -153,16 +172,16 @@ func runServe(env *environment, args []string) error {
 		return err
 	}
 	defer ops.close()
-	l, socket, err := a.listen(set.socketMode)
+	l, socket, err := a.listen(set.socketMode, set.socketGID)
 	if err != nil {
 		return err
 	}
-	qemu := logStartup(set.log, a, socket, m, d, s, serial)
+	qemu := logStartup(set.log, a, set.guestMemory, socket, m, d, s, serial)
 	ops.serve(s.Server, set.log)
 	// Printed last and in one write: once "# attach" is out, every endpoint
 	// listens and the whole text is there.
 	var text strings.Builder
-	printQEMUOptions(&text, a.blkFile, qemu)
+	printQEMUOptions(&text, a.blkFile, set.guestMemory, qemu)
 	printControlHint(&text, a.socketPath, ops.controlPath)
 	io.WriteString(env.stdout, text.String())
 
@@ -197,9 +216,11 @@ func parseServeArgs(args []string) (a *serveArgs, controlSet bool, err error) {
 // serveSettings are the flags that needed more than parsing, checked.
 type serveSettings struct {
 	socketMode       os.FileMode
+	socketGID        int // -1: the creator's group
 	controlPath      string
 	controlByDefault bool
 	durability       pmem.Durability
+	guestMemory      string         // --guest-memory as QEMU writes sizes
 	log              *logrus.Logger // writing to serve's stderr
 }
 
@@ -213,10 +234,15 @@ func (a *serveArgs) check(stderr io.Writer, controlSet bool) (serveSettings, err
 		return set, usagef("--socket-mode %q: want octal permissions such as 0600 or 0660", a.socketMode)
 	}
 	set.socketMode = os.FileMode(mode)
+	if set.socketGID, err = lookupGroup(a.socketGrp); err != nil {
+		return set, err
+	}
+	systemdSocket := false
 	if a.socketPath == "" && a.fd < 0 {
 		if err := a.inheritSystemdSocket(); err != nil {
 			return set, err
 		}
+		systemdSocket = a.fd >= 0
 	}
 	switch {
 	case a.socketPath != "" && a.fd >= 0:
@@ -225,6 +251,10 @@ func (a *serveArgs) check(stderr io.Writer, controlSet bool) (serveSettings, err
 		return set, usagef("missing --socket-path or --fd (or a socket passed by systemd in LISTEN_FDS)")
 	case a.fd >= 0 && a.fd <= 2:
 		return set, usagef("--fd %d: fds 0, 1 and 2 are stdin, stdout and stderr", a.fd)
+	case a.socketGrp != "" && systemdSocket:
+		return set, usagef("--socket-group: the socket systemd passed is made by systemd: give its group with SocketGroup= in the .socket unit")
+	case a.socketGrp != "" && a.fd >= 0:
+		return set, usagef("--socket-group: --fd %d is an existing socket; only the one --socket-path creates is given a group", a.fd)
 	case a.blkFile == "":
 		return set, usagef("missing --blk-file")
 	case a.numQueues < 1 || a.numQueues > maxServeQueues:
@@ -240,10 +270,38 @@ func (a *serveArgs) check(stderr io.Writer, controlSet bool) (serveSettings, err
 	if set.durability, err = parseDurability(a.durability); err != nil {
 		return set, err
 	}
+	if set.guestMemory, err = qemuMemorySize(a.guestMem); err != nil {
+		return set, err
+	}
 	if set.log, err = newLogger(stderr, a.logLevel, a.logFormat); err != nil {
 		return set, err
 	}
 	return set, nil
+}
+
+// lookupGroup resolves --socket-group: "" is -1 (the creator's group), a
+// number is that gid whether or not /etc/group names it, anything else a
+// group name that must exist.
+func lookupGroup(group string) (int, error) {
+	if group == "" {
+		return -1, nil
+	}
+	if gid, err := strconv.ParseUint(group, 10, 31); err == nil {
+		return int(gid), nil
+	}
+	g, err := user.LookupGroup(group)
+	var unknown user.UnknownGroupError
+	switch {
+	case errors.As(err, &unknown):
+		return -1, usagef("--socket-group %q: no such group", group)
+	case err != nil:
+		return -1, fmt.Errorf("--socket-group %q: %w", group, err)
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return -1, usagef("--socket-group %q: gid %q is not a number", group, g.Gid)
+	}
+	return gid, nil
 }
 
 // inheritSystemdSocket takes the one listening socket of socket
@@ -264,13 +322,13 @@ func (a *serveArgs) inheritSystemdSocket() error {
 // listen opens the vhost-user socket (or adopts the inherited one) and
 // returns it with its absolute path, which QEMU may need from another
 // directory.
-func (a *serveArgs) listen(mode os.FileMode) (*net.UnixListener, string, error) {
+func (a *serveArgs) listen(mode os.FileMode, gid int) (*net.UnixListener, string, error) {
 	var l *net.UnixListener
 	var err error
 	if a.fd >= 0 {
 		l, err = vhost.FileListener(a.fd)
 	} else {
-		l, err = vhostuser.ListenMode(a.socketPath, mode)
+		l, err = vhostuser.ListenModeGroup(a.socketPath, mode, gid)
 	}
 	if err != nil {
 		return nil, "", err
@@ -287,7 +345,7 @@ func (a *serveArgs) listen(mode os.FileMode) (*net.UnixListener, string, error) 
 
 // logStartup logs what is served and how to attach it, and returns the
 // QEMU options it logged.
-func logStartup(lg logrus.FieldLogger, a *serveArgs, socket string, m *pmem.Medium, d *btt.Device, s *blkserve.Served, serial string) []string {
+func logStartup(lg logrus.FieldLogger, a *serveArgs, guestMemory, socket string, m *pmem.Medium, d *btt.Device, s *blkserve.Served, serial string) []string {
 	capacity := int64(d.NumSectors()) * int64(d.SectorSize())
 	lg.WithFields(logrus.Fields{
 		"socket": socket, "image": a.blkFile, "btt": d.Version().String(), "uuid": btt.FormatUUID(d.UUID()),
@@ -295,7 +353,7 @@ func logStartup(lg logrus.FieldLogger, a *serveArgs, socket string, m *pmem.Medi
 		"durability": m.Durability().String(), "write_cache": !s.WriteThrough, "read_only": s.Device.ReadOnly(), "num_queues": a.numQueues,
 		"poll_us": a.pollUS, "serial": serial,
 	}).Info("serving vhost-user-blk")
-	qemu := qemuOptions(socket, a.numQueues)
+	qemu := qemuOptions(socket, a.numQueues, guestMemory)
 	lg.WithField("qemu", strings.Join(qemu, " ")).Info("attach with these QEMU options")
 	return qemu
 }
@@ -341,18 +399,32 @@ func newLogger(w io.Writer, level, format string) (*logrus.Logger, error) {
 	return lg, nil
 }
 
-// qemuOptions are the QEMU arguments that attach a guest to socket. The
-// guest's RAM must be shared (memfd, share=on) for a vhost-user back-end
-// to map it; its size is the user's choice and must match -m. reconnect=1
+// qemuOptions are the QEMU arguments that attach a guest with mem of RAM
+// (a QEMU size, qemuMemorySize) to socket. The guest's RAM must be shared
+// (memfd, share=on) for a vhost-user back-end to map it, and the backend's
+// size= must match -m, so both are written from mem. reconnect=1
 // makes QEMU redial a restarted backend, which resubmits in-flight
 // requests from the inflight region instead of the guest seeing errors.
-func qemuOptions(socket string, queues uint) []string {
+func qemuOptions(socket string, queues uint, mem string) []string {
 	return []string{
-		"-object", "memory-backend-memfd,id=mem,size=1G,share=on",
-		"-machine", "memory-backend=mem", "-m", "1G",
+		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
+		"-machine", "memory-backend=mem", "-m", mem,
 		"-chardev", "socket,id=nvblk0,path=" + socket + ",reconnect=1",
 		"-device", fmt.Sprintf("vhost-user-blk-pci,chardev=nvblk0,num-queues=%d", queues),
 	}
+}
+
+// qemuMemorySize checks --guest-memory and writes it as QEMU does, in
+// whole G or M: a bare number would be bytes to size= but MiB to -m.
+func qemuMemorySize(s string) (string, error) {
+	n, err := parseSize(s)
+	if err != nil || n%(1<<20) != 0 {
+		return "", usagef("--guest-memory %q: want a multiple of 1M such as 1G, 4G or 1536M", s)
+	}
+	if n%(1<<30) == 0 {
+		return strconv.FormatInt(n>>30, 10) + "G", nil
+	}
+	return strconv.FormatInt(n>>20, 10) + "M", nil
 }
 
 // printControlHint tells the operator where the control socket is (ctl,
@@ -370,8 +442,8 @@ func printControlHint(w io.Writer, socketPath, ctl string) {
 
 // printQEMUOptions prints the options as a block ready to paste into a
 // shell command line.
-func printQEMUOptions(w io.Writer, image string, opts []string) {
-	fmt.Fprintf(w, "# attach %s to a guest (size= and -m are the guest's RAM; keep them equal):\n", image)
+func printQEMUOptions(w io.Writer, image, guestMemory string, opts []string) {
+	fmt.Fprintf(w, "# attach %s to a guest; size= and -m are the guest's RAM, %s (serve --guest-memory), and must stay equal:\n", image, guestMemory)
 	for i := 0; i < len(opts); i += 2 {
 		sep := " \\"
 		if i+2 >= len(opts) {

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -204,6 +207,10 @@ func TestServeUsageErrors(t *testing.T) {
 		{"zero queues", []string{"--socket-path", "s", "--blk-file", img, "--num-queues", "0"}, "--num-queues"},
 		{"socket mode not octal", []string{"--socket-path", "s", "--blk-file", img, "--socket-mode", "rw-rw----"}, "--socket-mode"},
 		{"socket mode past 0777", []string{"--socket-path", "s", "--blk-file", img, "--socket-mode", "04755"}, "--socket-mode"},
+		{"unknown socket group", []string{"--socket-path", "s", "--blk-file", img, "--socket-group", "nvblk-no-such-group"}, "no such group"},
+		{"socket group for an inherited fd", []string{"--fd", "3", "--blk-file", img, "--socket-group", "0"}, "--socket-group"},
+		{"guest memory in bytes", []string{"--socket-path", "s", "--blk-file", img, "--guest-memory", "4096"}, "--guest-memory"},
+		{"guest memory not a size", []string{"--socket-path", "s", "--blk-file", img, "--guest-memory", "lots"}, "--guest-memory"},
 		{"too many queues", []string{"--socket-path", "s", "--blk-file", img, "--num-queues", "17"}, "--num-queues"},
 		{"bad durability", []string{"--socket-path", "s", "--blk-file", img, "--durability", "maybe"}, "durability"},
 		{"bad log format", []string{"--socket-path", "s", "--blk-file", img, "--log-format", "xml"}, "--log-format"},
@@ -426,6 +433,98 @@ func TestServeSocketModeWidensTheSocketForAGroup(t *testing.T) {
 	}
 	if got := st.Mode().Perm(); got != 0o660 {
 		t.Errorf("socket mode %#o, want 0660", got)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d: %s", code, stderr)
+	}
+}
+
+func TestServeOffersQueuesForTwoVCPUsWithoutNumQueues(t *testing.T) {
+	// libvirt's queues='2', or QEMU's one queue per vCPU of a small guest.
+	img := formatted(t)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	stop, stdout, stderr := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img)
+	d, err := frontend.Connect(sock, frontend.Options{NumQueues: 2})
+	if err != nil {
+		t.Fatalf("a front-end asking for 2 queues: %v", err)
+	}
+	if err := d.Queues[1].Do(&frontend.Request{Type: virtio.BlkTIn, Sector: 0, Data: make([]byte, 4096)}, ioTimeout); err != nil {
+		t.Fatalf("read on the second queue: %v", err)
+	}
+	d.Close()
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d: %s", code, stderr)
+	}
+	if want := fmt.Sprintf("num-queues=%d\n", defaultServeQueues); defaultServeQueues < 4 || !strings.Contains(stdout.String(), want) {
+		t.Errorf("default of %d queues; stdout lacks %q:\n%s", defaultServeQueues, want, stdout)
+	}
+}
+
+func TestServePrintsTheGuestMemoryInBothQEMUOptions(t *testing.T) {
+	for _, c := range []struct{ arg, want string }{{"4G", "4G"}, {"1536M", "1536M"}, {"2048MiB", "2G"}} {
+		t.Run(c.arg, func(t *testing.T) {
+			img := formatted(t)
+			sock := filepath.Join(t.TempDir(), "nvblk.sock")
+			stop, stdout, stderr := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--guest-memory", c.arg)
+			if code := stop(); code != 0 {
+				t.Fatalf("serve: exit %d: %s", code, stderr)
+			}
+			out := stdout.String()
+			for _, want := range []string{"size=" + c.want + ",share=on", "-m " + c.want + " ", "the guest's RAM, " + c.want} {
+				if !strings.Contains(out, want) {
+					t.Errorf("--guest-memory %s: stdout lacks %q:\n%s", c.arg, want, out)
+				}
+			}
+		})
+	}
+}
+
+func TestServePrintsOneGigabyteOfGuestMemoryByDefault(t *testing.T) {
+	img := formatted(t)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	stop, stdout, stderr := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img)
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d: %s", code, stderr)
+	}
+	if out := stdout.String(); !strings.Contains(out, "size=1G,share=on") || !strings.Contains(out, "-m 1G ") {
+		t.Errorf("stdout lacks size=1G and -m 1G:\n%s", out)
+	}
+}
+
+// socketGroupForTest is a group serve may give its socket without root
+// (a supplementary one, else the process's own), or any as root; by name
+// when it has one, so that the lookup is exercised too.
+func socketGroupForTest(t *testing.T) (gid int, arg string) {
+	t.Helper()
+	gid = os.Getegid()
+	if os.Geteuid() == 0 {
+		gid += 4242 // root may give any gid, named or not
+	} else if groups, err := os.Getgroups(); err == nil {
+		for _, g := range groups {
+			if g != gid {
+				gid = g
+				break
+			}
+		}
+	}
+	arg = strconv.Itoa(gid)
+	if g, err := user.LookupGroupId(arg); err == nil {
+		arg = g.Name
+	}
+	return gid, arg
+}
+
+func TestServeSocketGroupGivesTheSocketToQEMUsGroup(t *testing.T) {
+	img := formatted(t)
+	gid, group := socketGroupForTest(t)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	stop, _, stderr := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img, "--socket-mode", "0660", "--socket-group", group)
+	var st syscall.Stat_t
+	if err := syscall.Lstat(sock, &st); err != nil {
+		t.Fatal(err)
+	}
+	if int(st.Gid) != gid || st.Mode&0o777 != 0o660 {
+		t.Errorf("--socket-group %s: socket gid %d mode %#o, want gid %d mode 0660", group, st.Gid, st.Mode&0o777, gid)
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("serve: exit %d: %s", code, stderr)
