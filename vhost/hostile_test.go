@@ -511,7 +511,7 @@ func TestHostileGuestCannotFloodTheLog(t *testing.T) {
 			lines++
 		}
 	}
-	// Ten a second, per queue (badChainLogBurst), plus the window the
+	// Ten a second, per queue (logBurst), plus the window the
 	// test started in.
 	if limit := 10 * (int(elapsed/time.Second) + 2); lines == 0 || lines > limit {
 		t.Fatalf("%d malformed chains in %v logged %d lines, want 1..%d", chains, elapsed, lines, limit)

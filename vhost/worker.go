@@ -29,16 +29,17 @@ const publishBatch = 8
 const noKickPoll = 50 * time.Microsecond
 
 // A hostile or broken guest can post malformed chains as fast as we pop
-// them; each is worth a warning, but not a log line each.
+// them (and a broken kick fd fail as fast as we read it); each is worth a
+// warning, but not a log line each.
 const (
-	badChainLogBurst  = 10 // lines per window per queue
-	badChainLogWindow = time.Second
+	logBurst  = 10 // lines per window per queue and kind
+	logWindow = time.Second
 )
 
-// badChainLog counts a queue's malformed chains and rate-limits their
-// warnings. Owned by the worker goroutine.
-type badChainLog struct {
-	total      uint64 // malformed chains since the worker started
+// logLimiter counts one kind of a queue's repeated trouble and rate-limits
+// its warnings. Owned by the worker goroutine.
+type logLimiter struct {
+	total      uint64 // occurrences since the worker started
 	windowEnd  time.Time
 	logged     int    // lines in the current window
 	suppressed uint64 // chains not logged since the last line
@@ -46,18 +47,32 @@ type badChainLog struct {
 
 // note counts one malformed chain and says whether to log it, and how many
 // went unlogged before it.
-func (l *badChainLog) note(now time.Time) (log bool, suppressed uint64) {
+func (l *logLimiter) note(now time.Time) (log bool, suppressed uint64) {
 	l.total++
 	if now.After(l.windowEnd) {
-		l.windowEnd, l.logged = now.Add(badChainLogWindow), 0
+		l.windowEnd, l.logged = now.Add(logWindow), 0
 	}
-	if l.logged >= badChainLogBurst {
+	if l.logged >= logBurst {
 		l.suppressed++
 		return false, 0
 	}
 	l.logged++
 	suppressed, l.suppressed = l.suppressed, 0
 	return true, suppressed
+}
+
+// warn counts one occurrence and logs e's message unless the window's lines
+// are used up; countField names the running total in the line.
+func (l *logLimiter) warn(e *logrus.Entry, countField, msg string) {
+	log, suppressed := l.note(time.Now())
+	if !log {
+		return
+	}
+	e = e.WithField(countField, l.total)
+	if suppressed > 0 {
+		e = e.WithField("unlogged", suppressed)
+	}
+	e.Warn(msg)
 }
 
 // worker runs one started, enabled vring on its own goroutine: it is the
@@ -69,7 +84,7 @@ type worker struct {
 	kick *os.File // borrowed from vr, which outlives the worker; nil = poll
 	poll time.Duration
 	log  *logrus.Entry
-	bad  badChainLog // malformed chains
+	bad  logLimiter // malformed chains
 	// stats are the queue's counters.
 	stats *queueCounters
 	batch counterBatch // completions not yet added to stats
@@ -85,7 +100,7 @@ type worker struct {
 	// the session keeps until it stopped: a fault in them ends the queue.
 	mem      *memTable
 	inflight *inflightRegion
-	kickLog  badChainLog // failed kick reads, rate-limited as malformed chains are
+	kickLog  logLimiter // failed kick reads
 
 	stopping atomic.Bool // set by stop, read by the worker
 	done     chan struct{}
@@ -183,14 +198,13 @@ func (w *worker) resubmit(c *virtq.Chain) {
 		return
 	}
 	for _, head := range w.resub {
+		w.taken()
 		if err := w.q.ChainAt(head, c); err != nil {
 			// Only a driver that rewrote a descriptor it had given us
 			// gets here: the head goes back with nothing written.
-			w.taken()
 			w.log.WithError(err).Warn("vhost: completing malformed resubmitted chain with nothing written")
 			w.q.Push(head, 0)
 		} else {
-			w.taken()
 			w.q.Push(head, w.handle(c))
 		}
 		w.track.pushed(head)
@@ -292,13 +306,7 @@ func (w *worker) badChain(c *virtq.Chain, err error) {
 		n = bh.HandleBadChain(c)
 	}
 	w.q.Push(c.Head, n)
-	if log, suppressed := w.bad.note(time.Now()); log {
-		e := w.log.WithError(err).WithField("malformed_chains", w.bad.total).WithField("written", n)
-		if suppressed > 0 {
-			e = e.WithField("unlogged", suppressed)
-		}
-		e.Warn("vhost: completed a malformed chain")
-	}
+	w.bad.warn(w.log.WithError(err).WithField("written", n), "malformed_chains", "vhost: completed a malformed chain")
 }
 
 func (w *worker) publish() {
@@ -324,6 +332,12 @@ func (w *worker) publish() {
 // reports DEVICE_NEEDS_RESET and the error eventfd, if any, is signalled.
 func (w *worker) broke(err error) {
 	w.publish()
+	w.markBroken(err)
+}
+
+// markBroken makes GET_STATUS report DEVICE_NEEDS_RESET for the queue, logs
+// why and signals the error eventfd, if any.
+func (w *worker) markBroken(err error) {
 	w.vr.broken.Store(true)
 	w.log.WithError(err).Error("vhost: queue stopped: device needs reset")
 	if f := w.vr.errFD.Load(); f != nil {
@@ -344,11 +358,7 @@ func (w *worker) recoverFault() {
 	}
 	err := sharedFault(r, w.mem, w.inflight)
 	w.batch.flushTo(w.stats)
-	w.vr.broken.Store(true)
-	w.log.WithError(err).Error("vhost: queue stopped: device needs reset")
-	if f := w.vr.errFD.Load(); f != nil {
-		signal(f)
-	}
+	w.markBroken(err)
 }
 
 // wait sleeps until a kick (or, without a kick fd, for one poll interval).
@@ -362,13 +372,7 @@ func (w *worker) wait() {
 		// SET_VRING_KICK takes eventfds only, whose reads do not fail;
 		// should one fail anyway, a line per failed read would be one
 		// every noKickPoll.
-		if log, suppressed := w.kickLog.note(time.Now()); log {
-			e := w.log.WithError(err).WithField("failed_reads", w.kickLog.total)
-			if suppressed > 0 {
-				e = e.WithField("unlogged", suppressed)
-			}
-			e.Warn("vhost: kick eventfd read failed; polling")
-		}
+		w.kickLog.warn(w.log.WithError(err), "failed_reads", "vhost: kick eventfd read failed; polling")
 		time.Sleep(noKickPoll)
 	}
 }
