@@ -243,3 +243,40 @@ func expectDroppedWithin(t *testing.T, c *frontend.Conn, limit time.Duration) {
 		t.Fatalf("server still holds a stalled message after %v", limit)
 	}
 }
+
+// The line an operator sees when a front-end is dropped for what it sent
+// says so in words: a malformed message, and a message that could not be
+// read.
+func TestDroppedConnectionsAreLoggedAsBadMessages(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		send func(c *frontend.Conn)
+		want string
+	}{
+		{"malformed", func(c *frontend.Conn) {
+			// SET_FEATURES with a 4-byte payload: decodes as malformed.
+			c.SendRaw(vhostuser.EncodeMessage(vhostuser.ReqSetFeatures, vhostuser.FlagVersion, make([]byte, 4)), nil)
+		}, "vhost: dropping connection: malformed message"},
+		{"unreadable", func(c *frontend.Conn) {
+			hdr := vhostuser.Header{Request: vhostuser.ReqGetFeatures, Flags: vhostuser.FlagVersion, Size: vhostuser.MaxPayloadSize + 1}
+			c.SendRaw(hdr.AppendTo(nil), nil)
+		}, "vhost: dropping connection: bad message"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startEnv(t, envOpts{})
+			c := e.dial(t)
+			tc.send(c)
+			expectDropped(t, c)
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				for _, l := range e.logs.AllEntries() {
+					if l.Message == tc.want {
+						return
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no log line %q", tc.want)
+				}
+			}
+		})
+	}
+}

@@ -146,14 +146,14 @@ func (s *session) serve() {
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 				s.logDisconnected()
 			default:
-				s.log.WithError(err).Error("vhost: dropping connection: bad vhostuser.Message")
+				s.log.WithError(err).Error("vhost: dropping connection: bad message")
 			}
 			return
 		}
 		m, err := vhostuser.DecodeMessage(hdr, payload, len(fds))
 		if err != nil {
 			vhostuser.CloseFDs(fds)
-			s.log.WithError(err).Error("vhost: dropping connection: malformed vhostuser.Message")
+			s.log.WithError(err).Error("vhost: dropping connection: malformed message")
 			return
 		}
 		if err := s.dispatch(m, fds); err != nil {
