@@ -227,6 +227,14 @@ func (m *Medium) MapSync() bool { return m.mapSync }
 // Durability is the mode in force, never DurabilityAuto.
 func (m *Medium) Durability() Durability { return m.durability }
 
+// PersistDeferred reports whether Persist leaves stores in the page cache until Flush
+// (DurabilityFlush on a writable medium). Between two Flushes the kernel then writes dirty pages
+// back whenever and in whatever order it likes, so a power loss keeps any subset of them: package
+// btt orders its metadata for that case when it sees this.
+func (m *Medium) PersistDeferred() bool {
+	return m.durability == DurabilityFlush && !m.readOnly
+}
+
 // ReadOnly reports whether the mapping is PROT_READ.
 func (m *Medium) ReadOnly() bool { return m.readOnly }
 
