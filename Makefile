@@ -29,6 +29,10 @@ test: deps vet
 	@# Allocation counts mean nothing under -race: the zero-allocation data
 	@# path is checked in a plain build.
 	$(GO) test -count=1 -run 'AllocsPerRequest' ./vhostuser/frontend/loadgen/
+	@# The crash explorations are sequential, so -race finds nothing in them
+	@# and slows them tenfold: under -race they try every third crash point
+	@# with two images, and here every point with every image.
+	$(GO) test -count=1 -run 'PowerLoss|ProcessCrash|CrashAtEvery' ./btt/
 	@$(MAKE) --no-print-directory fuzz-smoke
 
 # fuzz runs every fuzz target for FUZZTIME each (one package and target per

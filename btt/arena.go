@@ -45,6 +45,10 @@ type arena struct {
 	// every arena of the device.
 	mapLocks []paddedMutex
 
+	// pending is the pending table and clean blocks on a deferred medium
+	// (deferred.go), else nil.
+	pending *pendingSet
+
 	// failed is set, once, when a write failed part way through its
 	// commit (writeSector): the arena then refuses writes with it.
 	failed atomic.Pointer[error]
@@ -94,8 +98,20 @@ func (a *arena) waitForReaders(want uint32) {
 	}
 }
 
-// mapEntry returns the raw map entry of a premap LBA.
+// mapEntry returns the raw map entry of a premap LBA: its pending entry on
+// a deferred medium, if it was written since the last commit, else the
+// map's.
 func (a *arena) mapEntry(premap uint32) uint32 {
+	if p := a.pending; p != nil && p.n.Load() != 0 {
+		if raw, ok := p.get(premap); ok {
+			return raw
+		}
+	}
+	return loadWord32(a.mapArea, int(premap)*MapEntrySize)
+}
+
+// mapAreaEntry returns the raw entry the map itself holds.
+func (a *arena) mapAreaEntry(premap uint32) uint32 {
 	return loadWord32(a.mapArea, int(premap)*MapEntrySize)
 }
 

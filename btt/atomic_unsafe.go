@@ -37,3 +37,9 @@ func storeWord64(b []byte, off int, v uint64) {
 func aligned(b []byte, n uintptr) bool {
 	return len(b) == 0 || uintptr(unsafe.Pointer(&b[0]))%n == 0
 }
+
+// loadWord64 atomically loads the 8-byte-aligned word at b[off:].
+func loadWord64(b []byte, off int) uint64 {
+	w := b[off : off+8 : off+8]
+	return atomic.LoadUint64((*uint64)(unsafe.Pointer(&w[0])))
+}

@@ -51,6 +51,11 @@ type Device struct {
 	// were opened from their backup.
 	fromInfo2 []int
 	recovered int // flog moves completed by Open
+	replayed  int // pending-log writes Open committed (deferred.go)
+
+	// def is the deferred write path's state when the medium defers
+	// persists (DeferredMedium) and the device is writable, else nil.
+	def *deferredState
 
 	lanes  chan *lane
 	closed atomic.Bool
@@ -70,6 +75,11 @@ type lane struct {
 	// its first flog store to its map store, else nil: a fault in between
 	// fails that arena (see writeSector). Owned by the lane's holder.
 	committing *arena
+	// taken is the clean block a write on a deferred medium took and has
+	// not yet made pending, from takenFrom (nil when none): a fault in the
+	// copy gives it back. Owned by the lane's holder.
+	taken     cleanBlock
+	takenFrom *arena
 }
 
 // Open finds the BTT on m (version 1.1 at 4 KiB, else 2.0 at 0), falls back
@@ -183,6 +193,11 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 	if d.errorFlag {
 		d.readOnly = true
 	}
+	if dm, ok := m.(DeferredMedium); ok && dm.PersistDeferred() && !d.readOnly {
+		if err := d.startDeferred(dm, nlanes); err != nil {
+			return nil, fmt.Errorf("btt: %w", err)
+		}
+	}
 	d.lanes = make(chan *lane, nlanes)
 	for i := 0; i < nlanes; i++ {
 		d.lanes <- &lane{id: i}
@@ -280,6 +295,12 @@ func (d *Device) Flush() error {
 	if d.closed.Load() {
 		return fmt.Errorf("btt: flush: %w", ErrClosed)
 	}
+	if d.def != nil {
+		if err := d.commit(); err != nil {
+			return fmt.Errorf("btt: flush: %w", err)
+		}
+		return nil
+	}
 	if err := d.m.Flush(); err != nil {
 		return fmt.Errorf("btt: flush: %w", err)
 	}
@@ -296,6 +317,18 @@ func (d *Device) Close() error {
 		<-d.lanes
 	}
 	if d.readOnly {
+		return nil
+	}
+	if d.def != nil {
+		if err := d.commit(); err != nil {
+			return fmt.Errorf("btt: close: %w", err)
+		}
+		// Committed: the log holds nothing a reopen would need.
+		if d.def.persistent {
+			if err := d.def.m.DropProcessLog(); err != nil {
+				return fmt.Errorf("btt: close: pending log: %w", err)
+			}
+		}
 		return nil
 	}
 	if err := d.m.Flush(); err != nil {
@@ -498,9 +531,15 @@ func (d *Device) writeOn(l *lane, lba, n uint64, iov [][]byte) (err error) {
 			err = d.writeFault(faultAddr(r), l, lba+i)
 		}
 	}()
+	write := d.writeSector
+	if d.def != nil {
+		d.def.gate.RLock()
+		defer d.def.gate.RUnlock()
+		write = d.writeSectorDeferred
+	}
 	for ; i < n; i++ {
 		a, premap := d.locate(lba + i)
-		if err := d.writeSector(l, a, premap, &cur); err != nil {
+		if err := write(l, a, premap, &cur); err != nil {
 			return fmt.Errorf("btt: write LBA %d: %w", lba+i, err)
 		}
 	}
@@ -622,6 +661,12 @@ func (d *Device) zeroOn(lba, n uint64) (err error) {
 			err = fmt.Errorf("btt: write zeroes LBA %d: %w", lba+i, d.locateFault(faultAddr(r)).err())
 		}
 	}()
+	if d.def != nil {
+		// Trims of LBAs written since the last commit change their
+		// pending entries, which commit must not empty meanwhile.
+		d.def.gate.RLock()
+		defer d.def.gate.RUnlock()
+	}
 	for i < n {
 		a, premap := d.locate(lba + i)
 		if f := a.failed.Load(); f != nil {
@@ -659,6 +704,18 @@ func (a *arena) trim(premap uint32) error {
 	}
 	// A media-error entry loses its E flag: the sector now reads as zeroes,
 	// which is what write-zeroes asks for.
+	if a.pending != nil {
+		// As a write does: a map page that cannot be supplied faults
+		// now, not in the commit that stores this entry.
+		mapOff := int(premap) * MapEntrySize
+		storeWord32(a.mapArea, mapOff, loadWord32(a.mapArea, mapOff))
+		if a.pendingUpdate(premap, block|mapTrimFlag) {
+			return nil
+		}
+	}
+	// Not written since the last commit (or not deferred): the trim goes
+	// to the map at once. On a deferred medium that is safe in any order:
+	// the block stays the LBA's, and a power loss keeps the trim or not.
 	storeWord32(a.mapArea, int(premap)*MapEntrySize, block|mapTrimFlag)
 	return nil
 }

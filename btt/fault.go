@@ -119,6 +119,12 @@ func (d *Device) markMediaError(a *arena, premap, block uint32) (marked bool) {
 	if d.readOnly {
 		return false
 	}
+	if d.def != nil {
+		// A pending entry may be the one to flag (lock order: gate, then
+		// map lock).
+		d.def.gate.RLock()
+		defer d.def.gate.RUnlock()
+	}
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
@@ -136,6 +142,9 @@ func (d *Device) markMediaError(a *arena, premap, block uint32) (marked bool) {
 	}
 	// The block stays the sector's: the flag alone changes, so the
 	// arena's accounting of blocks is untouched.
+	if a.pendingUpdate(premap, block|mapErrorFlag) {
+		return true
+	}
 	return a.writeMap(d.m, premap, block|mapErrorFlag) == nil
 }
 
@@ -144,6 +153,11 @@ func (d *Device) markMediaError(a *arena, premap, block uint32) (marked bool) {
 // fails the arena being committed.
 func (d *Device) writeFault(addr uintptr, l *lane, lba uint64) error {
 	err := d.locateFault(addr).err()
+	if a := l.takenFrom; a != nil {
+		// The copy into a clean block faulted: nothing names the block.
+		a.giveBack(l.taken)
+		l.taken, l.takenFrom = cleanBlock{}, nil
+	}
 	if a := l.committing; a != nil {
 		l.committing = nil
 		err = a.fail(err)

@@ -19,8 +19,12 @@ import (
 // fileDevice writes img into a new pmem file at path and opens the BTT on
 // it; the medium and device are closed when the test ends.
 func fileDevice(t *testing.T, path string, img []byte) (*pmem.Medium, *Device) {
+	return fileDeviceIn(t, path, img, pmem.DurabilityFlush)
+}
+
+func fileDeviceIn(t *testing.T, path string, img []byte, mode pmem.Durability) (*pmem.Medium, *Device) {
 	t.Helper()
-	m, err := pmem.Open(path, pmem.Options{Create: true, Size: int64(len(img)), Durability: pmem.DurabilityFlush})
+	m, err := pmem.Open(path, pmem.Options{Create: true, Size: int64(len(img)), Durability: mode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +100,8 @@ func TestImageTruncatedThroughItsFlogFailsTheArenaForWritesOnly(t *testing.T) {
 	if err := Format(img, FormatOptions{LBASize: 4096}); err != nil {
 		t.Fatal(err)
 	}
-	_, d := fileDevice(t, path, img.buf)
+	// In sync mode every write stores its own flog entry.
+	_, d := fileDeviceIn(t, path, img.buf, pmem.DurabilitySync)
 	if err := d.WriteV(3, [][]byte{pattern(4096, 3, 1)}); err != nil {
 		t.Fatal(err)
 	}
@@ -115,6 +120,39 @@ func TestImageTruncatedThroughItsFlogFailsTheArenaForWritesOnly(t *testing.T) {
 	buf := make([]byte, 4096)
 	if err := d.ReadV(3, [][]byte{buf}); err != nil || !bytes.Equal(buf, pattern(4096, 3, 1)) {
 		t.Fatalf("read after the arena failed: %v", err)
+	}
+}
+
+// In flush mode writes store no flog entry: the commit a FLUSH runs does,
+// and it is the commit that fails the arena, not the write.
+func TestImageTruncatedThroughItsFlogFailsTheFlushModeCommitAndThenWrites(t *testing.T) {
+	fdcheck.Check(t)
+	path := filepath.Join(t.TempDir(), "disk.img")
+	img := newMemMedium(32 << 20)
+	if err := Format(img, FormatOptions{LBASize: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	_, d := fileDevice(t, path, img.buf)
+	if err := d.WriteV(3, [][]byte{pattern(4096, 3, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, d.arenas[0].logOff); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WriteV(4, [][]byte{pattern(4096, 4, 1)}); err != nil {
+		t.Fatalf("write before the flush: %v (it stores no flog entry)", err)
+	}
+	if err := d.Flush(); !errors.Is(err, ErrArenaFailed) {
+		t.Fatalf("flush whose commit meets the cut: %v, want ErrArenaFailed", err)
+	}
+	if err := d.WriteV(5, [][]byte{pattern(4096, 5, 1)}); !errors.Is(err, ErrArenaFailed) {
+		t.Fatalf("next write: %v, want ErrArenaFailed", err)
+	}
+	buf := make([]byte, 4096)
+	for lba, gen := range map[uint64]int{3: 1, 4: 1} {
+		if err := d.ReadV(lba, [][]byte{buf}); err != nil || !bytes.Equal(buf, pattern(4096, lba, gen)) {
+			t.Fatalf("read LBA %d after the arena failed: %v", lba, err)
+		}
 	}
 }
 

@@ -41,6 +41,7 @@ func Format(m Medium, opts FormatOptions) (err error) {
 			err = fmt.Errorf("btt: format: %w", faultError(faultAddr(r)))
 		}
 	}()
+	m = orderedPersists(m)
 	if opts.LBASize == 0 {
 		opts.LBASize = 4096
 	}
@@ -144,4 +145,25 @@ func formatArena(m Medium, g *arenaGeometry, opts FormatOptions) error {
 		}
 	}
 	return nil
+}
+
+// orderedPersists makes each Persist of a deferred medium a Flush. Format's
+// crash safety rests on its steps reaching the disk in order (signatures
+// erased before anything is rewritten, the info block last); on a medium
+// whose Persist waits for Flush, the page cache would write them back in
+// any order. Formatting calls Persist a handful of times per arena.
+func orderedPersists(m Medium) Medium {
+	if dm, ok := m.(DeferredMedium); ok && dm.PersistDeferred() {
+		return flushingPersists{m}
+	}
+	return m
+}
+
+type flushingPersists struct{ Medium }
+
+func (f flushingPersists) Persist(off, n int64) error {
+	if err := f.Medium.Persist(off, n); err != nil { // its range check
+		return err
+	}
+	return f.Medium.Flush()
 }

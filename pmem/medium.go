@@ -3,6 +3,7 @@
 package pmem
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -85,6 +86,9 @@ type Options struct {
 	Durability Durability
 	Create     bool  // create a missing regular file, sparse, of Size bytes; an existing one is opened as is
 	Size       int64 // for Create
+	// ProcessLogDir is where ProcessLog keeps its file: a tmpfs directory, so that the log
+	// outlives the process but not the machine. Empty means DefaultProcessLogDir.
+	ProcessLogDir string
 }
 
 // Medium is an open, claimed, mapped medium. Slice, Persist and Zero may be called from many
@@ -97,6 +101,10 @@ type Medium struct {
 	mapSync    bool
 	durability Durability
 	claim      *claim
+	// ident is the medium's identity in this boot, (st_dev, st_ino) of the file or st_rdev of
+	// the device, which names its process log.
+	ident      [2]uint64
+	processLog processLog
 
 	// data is the whole mapping. It is never reassigned after Open, so the hot path reads it
 	// without a lock; closed is checked first so nothing is handed out after munmap.
@@ -174,6 +182,11 @@ func openClaimed(path string, opts Options, c *claim) (*Medium, error) {
 		claim:    c,
 		data:     data,
 	}
+	m.ident = [2]uint64{uint64(st.Dev), uint64(st.Ino)}
+	if kind != KindFile {
+		m.ident = [2]uint64{uint64(st.Rdev), 0}
+	}
+	m.processLog.dir = cmp.Or(opts.ProcessLogDir, DefaultProcessLogDir)
 	m.punchHoles.Store(kind == KindFile)
 	m.zeroRange.Store(kind == KindFile)
 	if m.durability, err = m.resolveDurability(opts.Durability); err != nil {
@@ -357,6 +370,11 @@ func (m *Medium) Close() error {
 	var errs []error
 	if err := unmapMedium(m.data); err != nil {
 		errs = append(errs, fmt.Errorf("munmap: %w", err))
+	}
+	// The process log stays for the next Open: Close is what a process that did not drop it
+	// (a device that failed to close cleanly) leaves behind.
+	if err := m.processLog.unmap(); err != nil {
+		errs = append(errs, fmt.Errorf("process log: %w", err))
 	}
 	if err := releaseClaim(m.claim); err != nil {
 		errs = append(errs, fmt.Errorf("release claim: %w", err))

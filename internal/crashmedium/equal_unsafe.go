@@ -12,3 +12,12 @@ func pagesEqual(a, b []byte) bool {
 	return len(a) == len(b) &&
 		unsafe.String(unsafe.SliceData(a), len(a)) == unsafe.String(unsafe.SliceData(b), len(b))
 }
+
+// wordsAsBytes views words as bytes: a buffer aligned as a mapping's is,
+// for the engine's atomic 8-byte stores.
+func wordsAsBytes(words []uint64) []byte {
+	if len(words) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&words[0])), len(words)*8)
+}
