@@ -15,6 +15,12 @@ command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 ls /boot/vmlinuz-* >/dev/null 2>&1 && ls -d /lib/modules/*/kernel >/dev/null 2>&1 || need+=(linux-image-amd64)
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # verifies contrib/systemd units
+command -v ndctl >/dev/null 2>&1 || need+=(ndctl) # qemu-tests/pmem makes devdax and fsdax namespaces in its guests
+# qemu-tests/libvirt runs Debian's libvirtd and virtlogd (in /usr/sbin, which
+# a non-root PATH may lack); libvirt-daemon-system also makes the
+# libvirt-qemu user and group libvirt runs QEMU as.
+{ command -v libvirtd >/dev/null 2>&1 || [ -x /usr/sbin/libvirtd ]; } && getent passwd libvirt-qemu >/dev/null 2>&1 || need+=(libvirt-daemon-system)
+command -v virsh >/dev/null 2>&1 || need+=(libvirt-clients)
 # -race needs cgo, and cgo a C compiler and the C library's headers; without
 # them go test -race fails with "-race requires cgo".
 command -v "$(go env CC)" >/dev/null 2>&1 || need+=(gcc)
