@@ -109,7 +109,7 @@ func Check(m Medium, opts CheckOptions) (rep *CheckReport, err error) {
 	var start uint64
 	for i, da := range layout.arenas {
 		checkInfoPair(m, i, da, opts.Repair, r)
-		a, err := newArena(m, i, da, start)
+		a, err := newArena(m, i, da, start, false)
 		if err != nil {
 			r.add(Problem{Arena: i, Kind: ProblemFlog, Message: err.Error()})
 			start += uint64(da.ExternalNLBA)

@@ -245,3 +245,28 @@ func (f *failingFlush) Flush() error {
 	}
 	return f.memMedium.Flush()
 }
+
+// Past the 256 lanes a device uses, an arena's free blocks still serve a
+// deferred medium's writes between commits: nfree is the budget.
+func TestFlushModeWritesTakeEveryFreeBlockOfTheArenaBeforeCommitting(t *testing.T) {
+	_, d := formatOpenDeferred(t, 4096, 1000)
+	buf := make([]byte, 4096)
+	for lba := range uint64(1000) {
+		stamp(buf, lba, 1, 1)
+		if err := d.WriteV(lba, [][]byte{buf}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := d.Commits(); got != 0 {
+		t.Fatalf("%d commits after 1000 writes on an arena of 1000 free blocks, want 0", got)
+	}
+	if err := d.WriteV(1000, [][]byte{buf}); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Commits(); got != 1 {
+		t.Fatalf("the 1001st write: %d commits, want 1", got)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

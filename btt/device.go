@@ -121,9 +121,16 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 		readOnly: opts.ReadOnly,
 	}
 	nlanes := maxLanes
+	// On a deferred medium every free block of an arena is a block a write
+	// may take between two commits, not only the lanes': keep them all
+	// (nfree is at most MaxNFree, and an arena of nfree blocks spans at
+	// least ArenaMinSize).
+	dm, deferred := m.(DeferredMedium)
+	deferred = deferred && dm.PersistDeferred() && !opts.ReadOnly
+	flogLanes := 0
 	pending := 0
 	for i, da := range layout.arenas {
-		a, err := newArena(m, i, da, d.nlba)
+		a, err := newArena(m, i, da, d.nlba, deferred)
 		if err != nil {
 			return nil, fmt.Errorf("btt: arena %d: %w", i, err)
 		}
@@ -144,7 +151,10 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("btt: arena %d: %w", i, err)
 		}
-		nlanes = min(nlanes, len(a.free))
+		nlanes = min(nlanes, len(a.rtt))
+		if i == 0 || len(a.free) < flogLanes {
+			flogLanes = len(a.free)
+		}
 		d.arenas = append(d.arenas, a)
 		d.nlba += uint64(a.externalNLBA)
 	}
@@ -193,8 +203,8 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 	if d.errorFlag {
 		d.readOnly = true
 	}
-	if dm, ok := m.(DeferredMedium); ok && dm.PersistDeferred() && !d.readOnly {
-		if err := d.startDeferred(dm, nlanes); err != nil {
+	if deferred && !d.readOnly {
+		if err := d.startDeferred(dm, flogLanes); err != nil {
 			return nil, fmt.Errorf("btt: %w", err)
 		}
 	}
@@ -221,7 +231,7 @@ func cmpOr(errs ...error) error {
 // are still read and recovered, never written.
 const maxLanes = DefaultNFree
 
-func newArena(m Medium, index int, da discoveredArena, externalStart uint64) (*arena, error) {
+func newArena(m Medium, index int, da discoveredArena, externalStart uint64, everyFreeBlock bool) (*arena, error) {
 	a := &arena{index: index, arenaGeometry: da.arenaGeometry, info: da.Info, externalStart: externalStart}
 	var err error
 	if a.mapArea, err = m.Slice(a.mapOff, int64(a.externalNLBA)*MapEntrySize); err != nil {
@@ -241,6 +251,9 @@ func newArena(m Medium, index int, da discoveredArena, externalStart uint64) (*a
 	}
 	lanes := min(int(a.nfree), maxLanes)
 	a.free = make([]freeEntry, lanes)
+	if everyFreeBlock {
+		a.free = make([]freeEntry, a.nfree)
+	}
 	a.rtt = make([]atomic.Uint32, lanes)
 	a.readerLanes = make([]atomic.Uint64, (lanes+63)/64)
 	return a, nil

@@ -3,7 +3,6 @@
 package pmem
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -86,8 +85,8 @@ type Options struct {
 	Durability Durability
 	Create     bool  // create a missing regular file, sparse, of Size bytes; an existing one is opened as is
 	Size       int64 // for Create
-	// ProcessLogDir is where ProcessLog keeps its file: a tmpfs directory, so that the log
-	// outlives the process but not the machine. Empty means DefaultProcessLogDir.
+	// ProcessLogDir is where ProcessLog keeps its file. Empty means DefaultProcessLogDir, or
+	// os.TempDir() where that is missing.
 	ProcessLogDir string
 }
 
@@ -186,7 +185,7 @@ func openClaimed(path string, opts Options, c *claim) (*Medium, error) {
 	if kind != KindFile {
 		m.ident = [2]uint64{uint64(st.Rdev), 0}
 	}
-	m.processLog.dir = cmp.Or(opts.ProcessLogDir, DefaultProcessLogDir)
+	m.processLog.dir = processLogDir(opts.ProcessLogDir)
 	m.punchHoles.Store(kind == KindFile)
 	m.zeroRange.Store(kind == KindFile)
 	if m.durability, err = m.resolveDurability(opts.Durability); err != nil {

@@ -13,17 +13,29 @@ import (
 )
 
 // DefaultProcessLogDir is where process logs live unless Options.ProcessLogDir says
-// otherwise: Debian mounts tmpfs there, and every process may create files in it.
+// otherwise: Debian mounts tmpfs there, and every process may create files in it. Where it is
+// missing (a minimal initramfs, some containers) the log goes to os.TempDir(): the boot stamp,
+// not the file system, is what keeps a log from outliving the page cache it describes.
 const DefaultProcessLogDir = "/dev/shm"
+
+// processLogDir is dir, or the default as above.
+func processLogDir(dir string) string {
+	if dir != "" {
+		return dir
+	}
+	if st, err := os.Stat(DefaultProcessLogDir); err == nil && st.IsDir() {
+		return DefaultProcessLogDir
+	}
+	return os.TempDir()
+}
 
 // ErrProcessLog wraps a process log file that cannot be trusted or made.
 var ErrProcessLog = errors.New("process log unusable")
 
 // processLog is a medium's process log: a small file, named after the medium and stamped with
 // the boot it was written in, mapped shared. A page-cache medium's stores survive a crash of
-// the process (they are in the page cache) but not of the machine, and so does this file, on
-// tmpfs; a stamp from another boot (a tmpfs that is not one, or a file copied across) is
-// refused as blank. Package btt keeps the writes it has not committed there (see
+// the process (they are in the page cache) but not of the machine, and so does this file: on
+// tmpfs it is gone after a reboot, and anywhere else a stamp from another boot makes it blank. Package btt keeps the writes it has not committed there (see
 // btt.ProcessLogMedium).
 //
 // The file's first page is the stamp, little-endian:

@@ -15,7 +15,7 @@ import (
 
 func init() {
 	register(&command{name: "format", summary: "write a new, empty BTT over FILE (created and allocated if missing)",
-		usage: "FILE [--size 1G] [--sector-size 4096] [--uuid U] [--version 1.1|2.0] [--force] [--durability MODE]",
+		usage: "FILE [--size 1G] [--sector-size 4096] [--uuid U] [--version 1.1|2.0] [--force] [--durability MODE] [--free-blocks N]",
 		run:   runFormat})
 	register(&command{name: "info", summary: "describe the BTT on FILE: version, uuid, sector size, capacity, arenas",
 		usage: "FILE [--json]", run: runInfo})
@@ -39,6 +39,7 @@ type formatArgs struct {
 	version    string
 	force      bool
 	durability string
+	freeBlocks uint
 }
 
 func formatFlags() (*flag.FlagSet, *formatArgs) {
@@ -50,6 +51,9 @@ func formatFlags() (*flag.FlagSet, *formatArgs) {
 	fs.StringVar(&a.version, "version", "1.1", "BTT layout version: 1.1 (label-less namespace, the kernel's default) or 2.0")
 	fs.BoolVar(&a.force, "force", false, "overwrite an existing BTT")
 	fs.StringVar(&a.durability, "durability", "auto", durabilityHelp)
+	fs.UintVar(&a.freeBlocks, "free-blocks", btt.DefaultNFree, fmt.Sprintf(
+		"free blocks per arena (nfree), %d to %d: the kernel writes %d; in flush durability, serve commits (two msyncs) whenever writes since the last FLUSH have taken all of them",
+		1, btt.MaxNFree, btt.DefaultNFree))
 	return fs, a
 }
 
@@ -59,7 +63,10 @@ func runFormat(env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	opts := btt.FormatOptions{LBASize: uint32(a.sectorSize)}
+	opts := btt.FormatOptions{LBASize: uint32(a.sectorSize), NFree: uint32(a.freeBlocks)}
+	if a.freeBlocks < 1 || a.freeBlocks > btt.MaxNFree {
+		return usagef("--free-blocks %d: want 1 to %d", a.freeBlocks, btt.MaxNFree)
+	}
 	if !supported(uint32(a.sectorSize)) || a.sectorSize > 1<<16 {
 		return usagef("--sector-size %d: want one of %v", a.sectorSize, btt.SupportedLBASizes)
 	}

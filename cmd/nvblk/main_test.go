@@ -111,6 +111,8 @@ func TestWrongArgumentsAreUsageErrors(t *testing.T) {
 		{"format with a bad sector size", []string{"format", img + ".new", "--size", "32M", "--sector-size", "1000"}, "sector-size"},
 		{"format with a bad uuid", []string{"format", img + ".new", "--size", "32M", "--uuid", "xyz"}, "uuid"},
 		{"format with a bad version", []string{"format", img + ".new", "--size", "32M", "--version", "3"}, "version"},
+		{"format with no free blocks", []string{"format", img + ".new", "--size", "32M", "--free-blocks", "0"}, "--free-blocks 0"},
+		{"format with too many free blocks", []string{"format", img + ".new", "--size", "32M", "--free-blocks", "70000"}, "want 1 to 65536"},
 		{"read without lba", []string{"read", img}, "--lba"},
 		{"read of zero sectors", []string{"read", img, "--lba", "0", "--count", "0"}, "count"},
 		{"two files", []string{"info", img, img}, "unexpected"},
