@@ -4,6 +4,7 @@ package pmem
 
 import (
 	"path/filepath"
+	"runtime"
 	"testing"
 )
 
@@ -41,6 +42,26 @@ func TestCacheLineWriteBackRunsOnUnalignedRangesAndKeepsData(t *testing.T) {
 	}
 	if err := m.Flush(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// WriteBackInstruction names the instruction Persist runs in DAX mode and nothing in the
+// page-cache modes, so serve's start-up log cannot claim a write-back that does not happen.
+func TestWriteBackInstructionNamesWhatPersistRuns(t *testing.T) {
+	for _, mode := range []Durability{DurabilityFlush, DurabilitySync} {
+		if got := openScratch(t, mode).WriteBackInstruction(); got != "" {
+			t.Errorf("%s: WriteBackInstruction() = %q, want \"\" (no cache-line write-back)", mode, got)
+		}
+	}
+	m := openScratch(t, DurabilityFlush)
+	forceCacheLineWriteBack(m)
+	got := m.WriteBackInstruction()
+	want := map[string]bool{"msync": true}
+	if runtime.GOARCH == "amd64" {
+		want = map[string]bool{"clwb": true, "clflushopt": true, "clflush": true}
+	}
+	if !want[got] || got != writeBackName {
+		t.Errorf("DAX on %s: WriteBackInstruction() = %q, want the chosen one (%q), one of %v", runtime.GOARCH, got, writeBackName, want)
 	}
 }
 

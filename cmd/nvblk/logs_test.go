@@ -97,3 +97,43 @@ func TestServeLogsTextByDefaultAndProtocolDetailAtDebug(t *testing.T) {
 		t.Errorf("text debug log:\n%s", out)
 	}
 }
+
+// TestServeStartupLineNamesTheMedium: the "serving" line says what the
+// image is and what its durability rests on — kind, MAP_SYNC, the mode
+// auto (or the flag) resolved to, and the cache-line write-back — so a
+// pmem host's log shows whether DAX was really had. An image on an
+// ordinary filesystem has no MAP_SYNC, resolves auto to flush and writes
+// no cache line back; sync says so too.
+func TestServeStartupLineNamesTheMedium(t *testing.T) {
+	for _, tc := range []struct{ flag, durability string }{{"auto", "flush"}, {"sync", "sync"}} {
+		t.Run(tc.flag, func(t *testing.T) {
+			img := formatted(t)
+			sock := filepath.Join(t.TempDir(), "nvblk.sock")
+			stop, _, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img,
+				"--durability", tc.flag, "--log-format", "json")
+			stop()
+			var line map[string]any
+			for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+				if strings.Contains(l, `"serving vhost-user-blk"`) {
+					if err := json.Unmarshal([]byte(l), &line); err != nil {
+						t.Fatalf("%v: %q", err, l)
+					}
+				}
+			}
+			want := map[string]any{"kind": "file", "map_sync": false, "durability": tc.durability, "write_back": "none"}
+			for k, v := range want {
+				if line[k] != v {
+					t.Errorf("start-up line field %s = %v, want %v\n%s", k, line[k], v, logs)
+				}
+			}
+		})
+	}
+	// In text form, as an operator reads it.
+	img := formatted(t)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	stop, _, logs := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img)
+	stop()
+	if !strings.Contains(logs.String(), "kind=file map_sync=false") || !strings.Contains(logs.String(), "write_back=none") {
+		t.Errorf("text start-up line lacks the medium:\n%s", logs)
+	}
+}

@@ -350,12 +350,26 @@ func logStartup(lg logrus.FieldLogger, a *serveArgs, guestMemory, socket string,
 	lg.WithFields(logrus.Fields{
 		"socket": socket, "image": a.blkFile, "btt": d.Version().String(), "uuid": btt.FormatUUID(d.UUID()),
 		"sector_size": d.SectorSize(), "sectors": d.NumSectors(), "capacity": humanBytes(capacity),
-		"durability": m.Durability().String(), "write_cache": !s.WriteThrough, "read_only": s.Device.ReadOnly(), "num_queues": a.numQueues,
+		"write_cache": !s.WriteThrough, "read_only": s.Device.ReadOnly(), "num_queues": a.numQueues,
 		"poll_us": a.pollUS, "serial": serial,
-	}).Info("serving vhost-user-blk")
+	}).WithFields(mediumFields(m)).Info("serving vhost-user-blk")
 	qemu := qemuOptions(socket, a.numQueues, guestMemory)
 	lg.WithField("qemu", strings.Join(qemu, " ")).Info("attach with these QEMU options")
 	return qemu
+}
+
+// mediumFields name what a guest's writes are made durable on, so that
+// an operator (and the in-guest pmem tests) can tell from the start-up
+// line alone whether the medium is what it should be: the kind of file,
+// whether the kernel granted MAP_SYNC (fsdax), the durability mode auto
+// resolved to, and the cache-line write-back Persist runs ("none" in the
+// page-cache modes, where msync does the work).
+func mediumFields(m *pmem.Medium) logrus.Fields {
+	wb := m.WriteBackInstruction()
+	if wb == "" {
+		wb = "none"
+	}
+	return logrus.Fields{"kind": m.Kind().String(), "map_sync": m.MapSync(), "durability": m.Durability().String(), "write_back": wb}
 }
 
 // closeImage closes the BTT (flushing it) and its medium after serving

@@ -59,10 +59,17 @@ func rangeIoctl(st agentproto.Step, req uintptr) error {
 
 // checkSectors reads Count sectors with O_DIRECT, so that they come from
 // the device and not from what the page cache remembers, and compares
-// each with Pattern(Seed), or with zeroes when Seed is empty.
+// each with Pattern(Seed), or with zeroes when Seed is empty; one holding
+// Pattern(OldSeed) instead counts as old. A regular file (what a program
+// in the guest read from its medium, on tmpfs, which has no O_DIRECT) is
+// read through the page cache.
 func checkSectors(st agentproto.Step) (agentproto.CheckData, error) {
 	var d agentproto.CheckData
-	f, err := os.OpenFile(st.Device, os.O_RDONLY|unix.O_DIRECT, 0)
+	flags := os.O_RDONLY | unix.O_DIRECT
+	if fi, err := os.Stat(st.Device); err == nil && fi.Mode().IsRegular() {
+		flags = os.O_RDONLY
+	}
+	f, err := os.OpenFile(st.Device, flags, 0)
 	if err != nil {
 		return d, err
 	}
@@ -88,6 +95,15 @@ func checkSectors(st agentproto.Step) (agentproto.CheckData, error) {
 			}
 			d.Checked++
 			if bytes.Equal(got, want) {
+				if st.OldSeed != "" {
+					d.LastNew = ptr(lba + uint64(i))
+				}
+				continue
+			}
+			if st.OldSeed != "" && bytes.Equal(got, agentproto.Pattern(st.OldSeed, lba+uint64(i), st.SectorSize)) {
+				if d.Old++; d.FirstOld == nil {
+					d.FirstOld = ptr(lba + uint64(i))
+				}
 				continue
 			}
 			if d.Differ++; len(d.Mismatches) < 32 {
@@ -331,3 +347,5 @@ func switchRoot(st agentproto.Step) error {
 	err := unix.Exec(init, []string{init}, []string{"PATH=/sbin:/bin:/usr/sbin:/usr/bin"})
 	return fmt.Errorf("exec %s on the new root: %w", init, err)
 }
+
+func ptr[T any](v T) *T { return &v }

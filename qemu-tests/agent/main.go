@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -199,9 +198,12 @@ func runExpecting(st agentproto.Step) (any, error) {
 func run(st agentproto.Step) (any, error) {
 	switch st.Op {
 	case agentproto.OpWait:
+		if st.Value != "" {
+			return nil, waitForText(st.Path, st.Value, time.Duration(st.TimeoutMS)*time.Millisecond)
+		}
 		return nil, waitFor(st.Path, time.Duration(st.TimeoutMS)*time.Millisecond)
 	case agentproto.OpRead:
-		return readData(st.Path)
+		return readData(st.Path, st.Size)
 	case agentproto.OpWrite:
 		if st.Data == nil && st.Seed != "" {
 			return nil, writeFile(st.Path, agentproto.PatternBytes(st.Seed, st.Size))
@@ -219,7 +221,7 @@ func run(st agentproto.Step) (any, error) {
 	case agentproto.OpReadSectors:
 		return readSectors(st)
 	case agentproto.OpExec:
-		return execute(st.Argv)
+		return execute(st)
 	case agentproto.OpMount:
 		if err := os.MkdirAll(st.Target, 0o755); err != nil {
 			return nil, err
@@ -252,6 +254,12 @@ func run(st agentproto.Step) (any, error) {
 		return rootMount(st.Device)
 	case agentproto.OpSeqWrite:
 		return seqWrite(st)
+	case agentproto.OpSpawn:
+		return spawn(st)
+	case agentproto.OpStop:
+		return stop(st)
+	case agentproto.OpVhostVerify:
+		return vhostVerify(st)
 	}
 	return nil, fmt.Errorf("unknown op %q", st.Op)
 }
@@ -294,14 +302,39 @@ func present(path string) error {
 	return f.Close()
 }
 
-func readData(path string) (agentproto.ReadData, error) {
+// waitForText waits until the file at path holds text: a program spawned
+// in the background says so in its log once it is ready (nvblk serve
+// prints its "# attach" block only when every socket listens).
+func waitForText(path, text string, timeout time.Duration) error {
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil && bytes.Contains(b, []byte(text)) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not say %q within %v (err %v): %q", path, text, timeout, err, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// readData reports a file's size and digest, and its text when it is at
+// most limit bytes (4096 when zero).
+func readData(path string, limit int) (agentproto.ReadData, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return agentproto.ReadData{}, err
 	}
 	sum := sha256.Sum256(b)
 	d := agentproto.ReadData{Size: len(b), SHA256: hex.EncodeToString(sum[:])}
-	if len(b) <= 4096 {
+	if limit == 0 {
+		limit = 4096
+	}
+	if len(b) <= limit {
 		d.Text = string(b)
 	}
 	return d, nil
@@ -473,20 +506,6 @@ func readSectors(st agentproto.Step) ([]agentproto.SectorDigest, error) {
 			Zero: bytes.Equal(buf, zero), Head: hex.EncodeToString(buf[:16])})
 	}
 	return out, nil
-}
-
-func execute(argv []string) (agentproto.ExecData, error) {
-	if len(argv) == 0 {
-		return agentproto.ExecData{}, errors.New("exec without argv")
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = []string{"PATH=/sbin:/bin:/usr/sbin:/usr/bin"}
-	out, err := cmd.CombinedOutput()
-	d := agentproto.ExecData{Exit: cmd.ProcessState.ExitCode(), Output: string(out)}
-	if err != nil {
-		return d, fmt.Errorf("%s: %w", strings.Join(argv, " "), err)
-	}
-	return d, nil
 }
 
 func uptime() float64 {

@@ -25,14 +25,14 @@ const ReportPrefix = "NVBLK-AGENT "
 
 // Ops the agent understands.
 const (
-	OpWait         = "wait"          // Path appears within TimeoutMS
-	OpRead         = "read"          // Path's content -> ReadData
+	OpWait         = "wait"          // Path appears (holds Value, when given) within TimeoutMS
+	OpRead         = "read"          // Path's content -> ReadData, with its text up to Size bytes (4096 when zero)
 	OpWrite        = "write"         // Data, or else Value, into Path (sysfs/proc attribute, or file fsynced)
 	OpList         = "list"          // Path's directory entries -> []string
 	OpMakeBTT      = "make-btt"      // kernel BTT on Namespace through sysfs -> MakeBTTData
 	OpWriteSectors = "write-sectors" // Data at LBA*SectorSize of Device, fsynced
 	OpReadSectors  = "read-sectors"  // Count sectors from LBA -> []SectorDigest
-	OpExec         = "exec"          // Argv -> ExecData; fails on a non-zero exit
+	OpExec         = "exec"          // Argv, stdout to Stdout if given -> ExecData; fails on a non-zero exit
 	OpMount        = "mount"         // Source on Target as FSType with Options
 	OpUmount       = "umount"        // Target
 	OpSync         = "sync"          // sync(2)
@@ -54,6 +54,19 @@ const (
 
 	// Reliability steps.
 	OpSeqWrite = "seq-write" // Count sectors of Pattern(Seed) from LBA, each once, by Workers O_DIRECT writers -> SeqWriteData
+
+	// A back-end serving from inside the guest.
+	OpSpawn = "spawn" // start Argv in the background as Name, stdout and stderr to Path -> SpawnData
+	OpStop  = "stop"  // send signal Value (TERM, INT, KILL) to spawned Name, wait for its exit -> ExecData
+	// OpVhostVerify drives a vhost-user-blk back-end's socket (Path) from
+	// inside the guest, as QEMU would: Count sectors of Pattern(Seed)
+	// from LBA written (unless ReadOnly) Chunk sectors per request,
+	// Workers requests in flight, a FLUSH if the device offers one, then
+	// every sector read back and compared -> VerifyData. With Name and
+	// KillAt it SIGKILLs the spawned back-end Name once KillAt (a
+	// fraction) of the sectors were acknowledged, with writes in flight,
+	// and stops there.
+	OpVhostVerify = "vhost-verify"
 )
 
 // Ops that only appear in reports.
@@ -92,13 +105,29 @@ type Step struct {
 	// small and the host can compute the same bytes. write-sectors and
 	// write use it when Data is empty.
 	Seed    string `json:"seed,omitempty"`
-	Size    int    `json:"size,omitempty"`    // write with Seed: bytes of Pattern(Seed, 0..)
+	Size    int    `json:"size,omitempty"`    // write with Seed: bytes of Pattern(Seed, 0..); read: the most bytes of text reported
 	Workers int    `json:"workers,omitempty"` // parallel-write goroutines, worker i pinned to CPU i mod NumCPU; seq-write writers
 	Chunk   int    `json:"chunk,omitempty"`   // parallel-write sectors per write; 1 when zero; seq-write writes per fsync
 	// Pin pins seq-write's writer i to CPU i mod NumCPU, as parallel-write
 	// always does: blk-mq maps the submitting CPU to a hardware queue, so
 	// with as many queues as CPUs every queue carries writes.
 	Pin bool `json:"pin,omitempty"`
+	// OldSeed: check-sectors counts a sector holding Pattern(OldSeed)
+	// as old rather than as a mismatch, for a write that may have been
+	// cut short: every sector must be wholly one or the other.
+	OldSeed string `json:"old_seed,omitempty"`
+	// Name is the handle of a spawned program, for stop and for
+	// vhost-verify's kill.
+	Name string `json:"name,omitempty"`
+	// Stdout sends exec's standard output to a guest file (a program's
+	// binary output, too big for a report); without it, it is reported.
+	Stdout string `json:"stdout,omitempty"`
+	// KillAt times vhost-verify's SIGKILL of Name by the writes'
+	// progress, not by the clock, so that it lands among the writes
+	// however fast the emulated CPU runs today.
+	KillAt float64 `json:"kill_at,omitempty"`
+	// ReadOnly makes vhost-verify only read and compare.
+	ReadOnly bool `json:"read_only,omitempty"`
 	// ExpectError turns a step inside out: it succeeds only by failing
 	// with an error containing one of these strings (case-insensitive),
 	// which is reported as ExpectedErrorData.
@@ -150,6 +179,31 @@ type ExecData struct {
 	Output string `json:"output"`
 }
 
+// SpawnData names a program started in the background.
+type SpawnData struct {
+	PID int `json:"pid"`
+}
+
+// VerifyData is what vhost-verify did through the socket.
+type VerifyData struct {
+	Written  int  `json:"written"`  // sectors written and acknowledged
+	Verified int  `json:"verified"` // sectors read back equal to their pattern
+	Requests int  `json:"requests"`
+	Flushed  bool `json:"flushed"` // a FLUSH followed the writes (the device offered one)
+	// Killed says the back-end was SIGKILLed among the writes: then
+	// nothing was flushed or read back, AckedPrefix sectors from LBA
+	// had all been acknowledged, InFlight requests were submitted but
+	// not acknowledged, and no sector from LBA+Submitted on was sent.
+	Killed      bool   `json:"killed,omitempty"`
+	Submitted   int    `json:"submitted,omitempty"`
+	AckedPrefix int    `json:"acked_prefix,omitempty"`
+	InFlight    int    `json:"in_flight,omitempty"`
+	Log         string `json:"log,omitempty"` // the killed back-end's log
+	Capacity    uint64 `json:"capacity"`      // the device's, in 512-byte sectors
+	WriteMS     int64  `json:"write_ms"`
+	ReadMS      int64  `json:"read_ms"`
+}
+
 // ExpectedErrorData is what a step with ExpectError reports when it failed
 // as expected.
 type ExpectedErrorData struct {
@@ -158,7 +212,12 @@ type ExpectedErrorData struct {
 
 // CheckData is what check-sectors found.
 type CheckData struct {
-	Checked    int      `json:"checked"`
+	Checked int `json:"checked"`
+	Old     int `json:"old,omitempty"` // sectors holding Pattern(OldSeed)
+	// With OldSeed: the first sector holding the old pattern and the
+	// last holding the new one, which place a cut-short sequential write.
+	FirstOld   *uint64  `json:"first_old,omitempty"`
+	LastNew    *uint64  `json:"last_new,omitempty"`
 	Differ     int      `json:"differ,omitempty"`
 	Mismatches []uint64 `json:"mismatches,omitempty"` // LBAs, at most 32
 	Heads      []string `json:"heads,omitempty"`      // first 16 bytes of each mismatch, hex

@@ -23,7 +23,7 @@ import (
 )
 
 // InstallHint ends every error about a missing kernel or QEMU.
-const InstallHint = "run scripts/install-deps.sh to install QEMU, the Debian kernel and e2fsprogs"
+const InstallHint = "run scripts/install-deps.sh to install QEMU, the Debian kernel, e2fsprogs and ndctl"
 
 // guestModules are the modules the agent loads, by name; their
 // dependencies from modules.dep come first. Built-in ones are skipped.
@@ -77,7 +77,7 @@ func NewKit(dir string) (*Kit, error) {
 		return nil, fmt.Errorf("build initramfs: %w", err)
 	}
 	k.Modules = mods
-	if err := k.writeInitramfs(k.Initramfs, mods, guestPrograms); err != nil {
+	if err := k.writeInitramfs(k.Initramfs, mods, guestPrograms, nil); err != nil {
 		return nil, fmt.Errorf("build initramfs: %w", err)
 	}
 	return k, nil
@@ -262,6 +262,35 @@ func sharedObjects(path string) ([]string, error) {
 	return out, walk(path)
 }
 
+// Extras are what some tests' guests need on top of the base archive.
+type Extras struct {
+	// Modules are loaded after the base ones, with their dependencies.
+	Modules []string
+	// Programs maps a guest path to a host program, found on PATH or in
+	// /usr/sbin and /sbin, copied with its shared libraries and loader.
+	Programs map[string]string
+	// Files maps a guest path to a host file copied as it is (mode 0755):
+	// a static binary, a configuration file.
+	Files map[string]string
+}
+
+// InitramfsWith writes to path a base archive holding everything the
+// kit's own holds plus extras. Boot it with Config.Initramfs.
+func (k *Kit) InitramfsWith(path string, x Extras) error {
+	mods, err := moduleOrder(k.Release, append(append([]string(nil), guestModules...), x.Modules...))
+	if err != nil {
+		return err
+	}
+	programs := map[string]string{}
+	for g, h := range guestPrograms {
+		programs[g] = h
+	}
+	for g, h := range x.Programs {
+		programs[g] = h
+	}
+	return k.writeInitramfs(path, mods, programs, x.Files)
+}
+
 // MinimalInitramfs writes to path a base archive holding only the agent
 // and the named modules with their dependencies: no programs, nothing for
 // NVDIMMs. Boot it with Config.Initramfs.
@@ -270,11 +299,14 @@ func (k *Kit) MinimalInitramfs(path string, modules ...string) error {
 	if err != nil {
 		return err
 	}
-	return k.writeInitramfs(path, mods, nil)
+	return k.writeInitramfs(path, mods, nil, nil)
 }
 
-func (k *Kit) writeInitramfs(path string, mods []string, programs map[string]string) error {
+func (k *Kit) writeInitramfs(path string, mods []string, programs, extraFiles map[string]string) error {
 	files := map[string]string{"/init": k.Agent} // guest path -> host path
+	for g, h := range extraFiles {
+		files[g] = h
+	}
 	for _, m := range mods {
 		files[m] = m
 	}

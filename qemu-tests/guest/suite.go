@@ -21,7 +21,15 @@ type Suite struct {
 	cliOnce sync.Once
 	cli     string
 	cliErr  error
+
+	guestCLIOnce sync.Once
+	guestCLI     string
+	guestCLIErr  error
 }
+
+// Dir is the suite's temporary directory, where the kit lives; it is
+// removed after the tests unless Keep says otherwise.
+func (s *Suite) Dir() string { return s.dir }
 
 // Main builds the kit in a new temporary directory named after prefix,
 // runs the tests and returns their exit code, for TestMain to os.Exit
@@ -64,6 +72,25 @@ func (s *Suite) CLI(t testing.TB) string {
 		t.Fatal(s.cliErr)
 	}
 	return s.cli
+}
+
+// GuestCLI is the nvblk CLI built to run inside a guest: static
+// (CGO_ENABLED=0), as the guest has no C library for it, and without the
+// caller's GOFLAGS (-race needs cgo). Built on first use.
+func (s *Suite) GuestCLI(t testing.TB) string {
+	t.Helper()
+	s.guestCLIOnce.Do(func() {
+		s.guestCLI = filepath.Join(s.dir, "nvblk-static")
+		build := exec.Command("go", "build", "-trimpath", "-o", s.guestCLI, "github.com/nvblk/nvblk/cmd/nvblk")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOFLAGS=-buildvcs=false")
+		if out, err := build.CombinedOutput(); err != nil {
+			s.guestCLIErr = fmt.Errorf("build static nvblk CLI: %w\n%s", err, out)
+		}
+	})
+	if s.guestCLIErr != nil {
+		t.Fatal(s.guestCLIErr)
+	}
+	return s.guestCLI
 }
 
 // NVBLK runs the CLI with stdin and returns stdout; a non-zero exit is an
