@@ -63,7 +63,14 @@
 // Durability is the medium's: the engine calls Medium.Persist after the data
 // block, after each flog half and after the map entry, in that order, once
 // per arena over the map entries a WriteZeroes stored, and Medium.Flush on
-// Device.Flush. See docs/DURABILITY.md in the repository and
+// Device.Flush. On a medium whose Persist waits for Flush (DeferredMedium:
+// the page cache, written back in any order) a writable device instead
+// writes into blocks nothing on the medium names, keeps the new mappings in
+// a pending table that readers consult first (kept in a ProcessLogMedium's
+// region, so a killed process's writes are replayed), and commits them on
+// Flush, on Close and when every free block is taken: Flush, flog entries,
+// Flush, map entries (deferred.go). Lock order there: lane -> the device's
+// commit gate -> map lock -> the arena's pending-table lock. See docs/DURABILITY.md in the repository and
 // package pmem for what each durability mode promises, and why the order
 // matters to recovery.
 package btt
