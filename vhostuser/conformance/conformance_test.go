@@ -86,6 +86,21 @@ func TestNvblkPassesEveryCheckDestructively(t *testing.T) {
 	}
 }
 
+// Four queues write 4 KiB each 32 times, more than the 256 KiB scratch
+// range holds: each must keep to its own part of it, or one queue's
+// read-back meets another's write.
+func TestMultiqueueCheckPassesAgainstFourQueues(t *testing.T) {
+	sock, _ := startNvblk(t, serverOpts{queues: 4, lbaSize: 4096})
+	for range 2 {
+		rep := run(t, sock, conformance.Options{Destructive: true})
+		for _, r := range rep.Results {
+			if r.Name == "ring/multiqueue" && (r.Verdict != conformance.Pass || !strings.HasPrefix(r.Detail, "4 queues")) {
+				t.Fatalf("ring/multiqueue: %s: %s", r.Verdict, r.Detail)
+			}
+		}
+	}
+}
+
 func TestWithoutDestructiveNothingIsWritten(t *testing.T) {
 	sock, img := startNvblk(t, serverOpts{queues: 2})
 	before, err := os.ReadFile(img)
