@@ -544,15 +544,21 @@ func (d *Device) writeOn(l *lane, lba, n uint64, iov [][]byte) (err error) {
 			err = d.writeFault(faultAddr(r), l, lba+i)
 		}
 	}()
-	write := d.writeSector
-	if d.def != nil {
+	deferred := d.def != nil
+	if deferred {
 		d.def.gate.RLock()
 		defer d.def.gate.RUnlock()
-		write = d.writeSectorDeferred
 	}
 	for ; i < n; i++ {
 		a, premap := d.locate(lba + i)
-		if err := write(l, a, premap, &cur); err != nil {
+		// A branch, not a method value: binding one allocates per request.
+		var err error
+		if deferred {
+			err = d.writeSectorDeferred(l, a, premap, &cur)
+		} else {
+			err = d.writeSector(l, a, premap, &cur)
+		}
+		if err != nil {
 			return fmt.Errorf("btt: write LBA %d: %w", lba+i, err)
 		}
 	}
