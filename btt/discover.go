@@ -105,11 +105,23 @@ func discoverArena(m Medium, off, remaining, size int64) (discoveredArena, error
 	span := min(remaining, ArenaMaxSize)
 	span -= span % pageSize
 	backupOff := off + span - InfoSize
-	in2, err := readInfo(m, backupOff)
-	if err == nil {
-		g, gerr := geometryFromInfo(&in2, off, size)
-		if gerr == nil && g.info2Off == backupOff {
-			return discoveredArena{Info: in2, arenaGeometry: g, fromInfo2: true, infoErr: primaryErr}, nil
+	if da, ok := backupAt(m, off, backupOff, size); ok {
+		da.infoErr = primaryErr
+		return da, nil
+	}
+	// An arena Grow chained more arenas after does not span the rest of
+	// the medium: its backup is where its own end was. A damaged primary
+	// with no backup at the computed place (a grow torn while relinking
+	// it) has it on a page boundary below; look for it there.
+	if !errors.Is(primaryErr, errNoSignature) {
+		for cand := backupOff - pageSize; cand >= off+ArenaMinSize-InfoSize; cand -= pageSize {
+			if b, err := m.Slice(cand, int64(len(Signature))); err != nil || [16]byte(b) != Signature {
+				continue
+			}
+			if da, ok := backupAt(m, off, cand, size); ok {
+				da.infoErr = primaryErr
+				return da, nil
+			}
 		}
 	}
 	if errors.Is(primaryErr, errNoSignature) {
@@ -120,4 +132,18 @@ func discoverArena(m Medium, off, remaining, size int64) (discoveredArena, error
 		return discoveredArena{}, fmt.Errorf("info block at %#x: %w; backup at %#x unusable", off, primaryErr, backupOff)
 	}
 	return discoveredArena{}, fmt.Errorf("%w: info block at %#x: %v; backup at %#x unusable", ErrCorrupt, off, primaryErr, backupOff)
+}
+
+// backupAt reads a backup info block at backupOff for the arena at off:
+// valid, and placing its own info2 at backupOff.
+func backupAt(m Medium, off, backupOff, size int64) (discoveredArena, bool) {
+	in2, err := readInfo(m, backupOff)
+	if err != nil {
+		return discoveredArena{}, false
+	}
+	g, err := geometryFromInfo(&in2, off, size)
+	if err != nil || g.info2Off != backupOff {
+		return discoveredArena{}, false
+	}
+	return discoveredArena{Info: in2, arenaGeometry: g, fromInfo2: true}, true
 }
