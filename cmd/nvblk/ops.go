@@ -73,6 +73,7 @@ type opsListeners struct {
 	metrics net.Listener
 	ctrl    *control.Server
 	http    *http.Server
+	closed  bool // by close; serve's goroutine alone uses o
 }
 
 // listenOps opens the endpoints asked for; the caller closes them. The
@@ -113,11 +114,25 @@ func listenOps(controlPath string, byDefault bool, metricsAddr string) (*opsList
 
 // serve answers on the endpoints for srv until close.
 func (o *opsListeners) serve(srv *vhost.Server, lg logrus.FieldLogger) {
+	o.start(func() *control.Server { return control.NewServer(srv, control.DefaultInterval) },
+		func() *http.Server { return control.NewMetricsServer(srv, control.MetricsOptions{}) }, lg)
+}
+
+// serveDisks answers on the endpoints for every disk of d until close:
+// status and metrics labelled by disk, and the disk commands.
+func (o *opsListeners) serveDisks(d control.Disks, lg logrus.FieldLogger) {
+	o.start(func() *control.Server { return control.NewDisksServer(d, control.Options{Logger: lg}) },
+		func() *http.Server { return control.NewDisksMetricsServer(d, control.MetricsOptions{}) }, lg)
+}
+
+// start serves the endpoints that listen, with the servers made by
+// newCtrl and newMetrics.
+func (o *opsListeners) start(newCtrl func() *control.Server, newMetrics func() *http.Server, lg logrus.FieldLogger) {
 	if o.skipped != nil {
 		lg.Warn(o.skipped.Error())
 	}
 	if o.control != nil {
-		o.ctrl = control.NewServer(srv, control.DefaultInterval)
+		o.ctrl = newCtrl()
 		go func() {
 			if err := o.ctrl.Serve(o.control); err != nil {
 				lg.WithError(err).Error("control socket stopped")
@@ -126,7 +141,7 @@ func (o *opsListeners) serve(srv *vhost.Server, lg logrus.FieldLogger) {
 		lg.WithField("control_socket", o.controlPath).Info("control socket listening")
 	}
 	if o.metrics != nil {
-		o.http = control.NewMetricsServer(srv, control.MetricsOptions{})
+		o.http = newMetrics()
 		go func() {
 			if err := o.http.Serve(o.metrics); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				lg.WithError(err).Error("metrics endpoint stopped")
@@ -136,8 +151,13 @@ func (o *opsListeners) serve(srv *vhost.Server, lg logrus.FieldLogger) {
 	}
 }
 
-// close stops the endpoints; the control socket file is removed.
+// close stops the endpoints; the control socket file is removed. A
+// second close does nothing.
 func (o *opsListeners) close() {
+	if o.closed {
+		return
+	}
+	o.closed = true
 	if o.ctrl != nil {
 		o.ctrl.Close() // closes o.control
 	} else if o.control != nil {

@@ -31,6 +31,7 @@ import (
 func init() {
 	register(&command{name: "serve", summary: "serve the BTT on FILE to QEMU as a vhost-user-blk device (also: nvblk --socket-path ...)",
 		usage: "--socket-path PATH | --fd N | (systemd socket)  --blk-file FILE [--read-only] [--num-queues N] [--poll-us N] " +
+			"| --disk name=NAME,blk-file=FILE,socket-path=PATH[,num-queues=N][,read-only=on][,serial=S][,durability=MODE] ... " +
 			"[--socket-mode 0600] [--socket-group GROUP] [--durability MODE] [--serial S] [--control-socket PATH|none] [--metrics-addr HOST:PORT] [--guest-memory 1G] " +
 			"[--log-level LEVEL] [--log-format text|json] | --print-capabilities",
 		run: runServe})
@@ -71,6 +72,8 @@ type serveArgs struct {
 	control    string
 	metrics    string
 	guestMem   string
+	disks      diskList        // --disk, repeated: many disks in one serve
+	given      map[string]bool // the flags on the command line
 }
 
 func serveFlags() (*flag.FlagSet, *serveArgs) {
@@ -95,6 +98,9 @@ func serveFlags() (*flag.FlagSet, *serveArgs) {
 	fs.StringVar(&a.control, "control-socket", "", "answer nvblk status / nvblk detach on this unix socket (JSON lines, mode 0600); "+
 		"by default --socket-path + \""+controlSuffix+"\" (with --fd: none unless given); "+controlNone+": open none")
 	fs.StringVar(&a.metrics, "metrics-addr", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
+	fs.Var(&a.disks, "disk", "serve this disk, name=NAME,blk-file=FILE,socket-path=PATH[,num-queues=N][,read-only=on][,serial=S][,durability=MODE] "+
+		"(a comma in a value written ,,); repeat for more disks, and add or remove disks at run time with nvblk disk over --control-socket. "+
+		"Instead of --socket-path/--fd, --blk-file, --read-only, --num-queues, --serial and --durability")
 	fs.StringVar(&a.guestMem, "guest-memory", "1G", "the guest's RAM in the QEMU options serve prints (size= and -m), a multiple of 1M such as 4G or 1536M; "+
 		"nothing else depends on it")
 	return fs, a
@@ -146,6 +152,13 @@ func runServe(env *environment, args []string) error {
 	// instead of killing it by the default action.
 	ctx, stop := serveContext()
 	defer stop()
+	if len(a.disks) > 0 {
+		set, err := a.checkDisks(env.stderr)
+		if err != nil {
+			return err
+		}
+		return runServeDisks(ctx, env, a, set)
+	}
 	set, err := a.check(env.stderr, controlSet)
 	if err != nil {
 		return err
@@ -162,7 +175,7 @@ func runServe(env *environment, args []string) error {
 		serial = defaultSerial(d.UUID())
 	}
 	s, err := blkserve.New(d, m.Durability(), blkserve.Config{NumQueues: uint16(a.numQueues), ReadOnly: a.readOnly, Serial: serial,
-		Server: vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: set.log}})
+		Server: serverOptions(a, set)})
 	if err != nil {
 		return err
 	}
@@ -209,8 +222,86 @@ func parseServeArgs(args []string) (a *serveArgs, controlSet bool, err error) {
 	if len(pos) > 0 {
 		return nil, false, usagef("unexpected arguments %q (the image is given with --blk-file)", pos)
 	}
-	fs.Visit(func(f *flag.Flag) { controlSet = controlSet || f.Name == "control-socket" })
-	return a, controlSet, nil
+	a.given = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { a.given[f.Name] = true })
+	return a, a.given["control-socket"], nil
+}
+
+// serverOptions are the vhost server's settings every disk shares.
+func serverOptions(a *serveArgs, set serveSettings) vhost.Options {
+	return vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: set.log}
+}
+
+// perDiskFlags are the serve flags that describe the one disk of a serve
+// without --disk; with --disk each disk's spec says them.
+var perDiskFlags = []struct{ flag, key string }{
+	{"socket-path", "socket-path"}, {"fd", ""}, {"blk-file", "blk-file"}, {"read-only", "read-only"},
+	{"num-queues", "num-queues"}, {"serial", "serial"}, {"durability", "durability"},
+}
+
+// checkDisks validates serve --disk's flags before anything is opened:
+// no flag of the one-disk serve, no two disks with a name, socket or
+// image in common, a control socket only where --control-socket says.
+func (a *serveArgs) checkDisks(stderr io.Writer) (serveSettings, error) {
+	var set serveSettings
+	for _, f := range perDiskFlags {
+		switch {
+		case !a.given[f.flag]:
+		case f.key == "":
+			return set, usagef("--%s: with --disk each disk has its own socket, given by socket-path= in its spec", f.flag)
+		default:
+			return set, usagef("--%s: with --disk each disk's spec gives it (%s=)", f.flag, f.key)
+		}
+	}
+	mode, err := strconv.ParseUint(a.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return set, usagef("--socket-mode %q: want octal permissions such as 0600 or 0660", a.socketMode)
+	}
+	set.socketMode = os.FileMode(mode)
+	if set.socketGID, err = lookupGroup(a.socketGrp); err != nil {
+		return set, err
+	}
+	if a.pollUS > 1_000_000 {
+		return set, usagef("--poll-us %d: want at most 1000000 (one second)", a.pollUS)
+	}
+	switch {
+	case a.control == controlNone, !a.given["control-socket"]:
+		// Without a control socket the disks are the ones given; there is
+		// no S.ctl default, as no disk's socket is the process's.
+	case a.control == "":
+		return set, usagef("--control-socket \"\": want a path, or %s to open no control socket", controlNone)
+	default:
+		set.controlPath = a.control
+	}
+	seen := map[string]string{} // name, socket path and image -> the disk that has it
+	claim := func(what, key, name string) error {
+		if other, ok := seen[what+key]; ok {
+			return usagef("--disk %s: %s %s is disk %s's too", name, what, key, other)
+		}
+		seen[what+key] = name
+		return nil
+	}
+	for _, d := range a.disks {
+		if err := claim("name", d.Name, d.Name); err != nil {
+			return set, usagef("--disk %s: two disks are named %s", d.Name, d.Name)
+		}
+		if err := claim("socket", absPath(d.Socket), d.Name); err != nil {
+			return set, err
+		}
+		if err := claim("image", absPath(d.Image), d.Name); err != nil {
+			return set, err
+		}
+		if set.controlPath != "" && samePath(set.controlPath, d.Socket) {
+			return set, usagef("--control-socket %q is disk %s's socket-path: the control socket needs a path of its own", a.control, d.Name)
+		}
+	}
+	if set.guestMemory, err = qemuMemorySize(a.guestMem); err != nil {
+		return set, err
+	}
+	if set.log, err = newLogger(stderr, a.logLevel, a.logFormat); err != nil {
+		return set, err
+	}
+	return set, nil
 }
 
 // serveSettings are the flags that needed more than parsing, checked.

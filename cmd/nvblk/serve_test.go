@@ -78,8 +78,9 @@ func servingInProcess(t *testing.T, args ...string) (stop func() int, stdout, st
 	exited := make(chan struct{})
 	go func() { code <- run(env, args); close(exited) }()
 	for _, a := range args {
-		if a == "--socket-path" {
+		if a == "--socket-path" || a == "--disk" {
 			waitListening(t, stdout, exited)
+			break
 		}
 	}
 	var once sync.Once

@@ -18,7 +18,7 @@ func init() {
 	register(&command{name: "status", summary: "show a running serve's queues, totals, IOPS and latency (over its control socket)",
 		usage: "--socket-path S | --control-socket PATH  [--json]", run: runStatus})
 	register(&command{name: "detach", summary: "make a running serve drop its vhost-user front-end and accept the next",
-		usage: "--socket-path S | --control-socket PATH", run: runDetach})
+		usage: "--socket-path S | --control-socket PATH  [DISK (of a serve --disk)]", run: runDetach})
 	flagSets["status"] = func() *flag.FlagSet { fs, _ := statusFlags("status"); return fs }
 	flagSets["detach"] = func() *flag.FlagSet { fs, _ := statusFlags("detach"); return fs }
 }
@@ -30,6 +30,7 @@ type statusArgs struct {
 	socketPath string // serve's vhost-user socket: ask its default control socket
 	control    string // or this control socket
 	json       bool
+	disk       string // detach: the disk of a serve --disk
 }
 
 func statusFlags(name string) (*flag.FlagSet, *statusArgs) {
@@ -49,6 +50,9 @@ func parseStatusArgs(name string, args []string) (*statusArgs, error) {
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return nil, err
+	}
+	if name == "detach" && len(pos) == 1 {
+		a.disk, pos = pos[0], nil
 	}
 	if len(pos) > 0 {
 		return nil, usagef("unexpected arguments %q", pos)
@@ -70,7 +74,7 @@ func (a *statusArgs) call(cmd string) (*control.Reply, error) {
 	if a.socketPath != "" {
 		path = defaultControlSocket(a.socketPath)
 	}
-	r, err := control.Call(path, cmd, controlTimeout)
+	r, err := control.Do(path, control.Request{Cmd: cmd, Disk: a.disk}, controlTimeout)
 	// EINVAL: S.ctl does not fit a unix socket address, so serve opened
 	// none there (it says so in its log).
 	if err != nil && a.socketPath != "" && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EINVAL)) {
@@ -89,6 +93,38 @@ func runStatus(env *environment, args []string) error {
 	r, err := a.call("status")
 	if err != nil {
 		return err
+	}
+	if r.Status == nil { // a serve --disk: every disk, each its status
+		disks := r.Disks
+		if disks == nil {
+			disks = []control.DiskInfo{}
+		}
+		if a.json {
+			enc := json.NewEncoder(env.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(disks)
+		}
+		if len(disks) == 0 {
+			fmt.Fprintln(env.stdout, "no disks: add one with nvblk disk add")
+		}
+		for i, d := range disks {
+			if i > 0 {
+				fmt.Fprintln(env.stdout)
+			}
+			ro := ""
+			if d.ReadOnly {
+				ro = ", read-only"
+			}
+			fmt.Fprintf(env.stdout, "disk %s: %s on %s, %d sectors of %d bytes, durability %s%s\n", d.Name, d.Image, d.Socket,
+				d.Sectors, d.SectorSize, d.Durability, ro)
+			if d.Error != "" {
+				fmt.Fprintf(env.stdout, "stopped serving: %s\n", d.Error)
+			}
+			if d.Status != nil {
+				printStatus(env.stdout, d.Status)
+			}
+		}
+		return nil
 	}
 	if a.json {
 		enc := json.NewEncoder(env.stdout)

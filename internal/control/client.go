@@ -11,13 +11,19 @@ import (
 // Call sends one request to the control socket at path and returns the
 // reply; a reply with ok false is returned as an error.
 func Call(path, cmd string, timeout time.Duration) (*Reply, error) {
+	return Do(path, Request{Cmd: cmd}, timeout)
+}
+
+// Do is Call with a whole request: the disk commands' fields.
+func Do(path string, req Request, timeout time.Duration) (*Reply, error) {
+	cmd := req.Cmd
 	c, err := net.DialTimeout("unix", path, timeout)
 	if err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))
-	if err := json.NewEncoder(c).Encode(Request{Cmd: cmd}); err != nil {
+	if err := json.NewEncoder(c).Encode(req); err != nil {
 		return nil, fmt.Errorf("control socket %s: sending %s: %w", path, cmd, err)
 	}
 	line, err := bufio.NewReader(c).ReadBytes('\n')

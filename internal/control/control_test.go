@@ -2,6 +2,7 @@ package control
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/http/httptest"
@@ -236,5 +237,100 @@ func TestMetricsAreValidPrometheusText(t *testing.T) {
 		if got, ok := m[key]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", key, got, ok, want)
 		}
+	}
+}
+
+// fakeDisks is a Disks of fake targets; Add takes "name=N" and nothing
+// else.
+type fakeDisks struct {
+	mu    sync.Mutex // guards disks
+	disks []Disk
+}
+
+func (f *fakeDisks) Add(spec string) (DiskInfo, error) {
+	name, ok := strings.CutPrefix(spec, "name=")
+	if !ok {
+		return DiskInfo{}, fmt.Errorf("fake: bad spec %q", spec)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d := Disk{Info: DiskInfo{Name: name}, Target: newFake()}
+	f.disks = append(f.disks, d)
+	return d.Info, nil
+}
+
+func (f *fakeDisks) Remove(ctx context.Context, name string, mode RemoveMode) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, d := range f.disks {
+		if d.Info.Name == name {
+			f.disks = append(f.disks[:i], f.disks[i+1:]...)
+			return nil
+		}
+	}
+	return fmt.Errorf("fake: no disk %s", name)
+}
+
+func (f *fakeDisks) List() []Disk {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Disk(nil), f.disks...)
+}
+
+func TestDisksMetricsLabelEverySampleWithItsDisk(t *testing.T) {
+	f := &fakeDisks{}
+	f.Add("name=vm1")
+	f.Add("name=vm2")
+	f.disks[1].Target.(*fakeTarget).add(0, 5)
+	rec := httptest.NewRecorder()
+	DisksMetricsHandler(f).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	m := parseExposition(t, rec.Body.String())
+	for key, want := range map[string]float64{
+		`nvblk_frontend_connected{disk="vm1"}`:                       1,
+		`nvblk_requests_total{disk="vm1",queue="0",op="read"}`:       0,
+		`nvblk_requests_total{disk="vm2",queue="0",op="read"}`:       5,
+		`nvblk_request_duration_seconds_count{disk="vm2",queue="0"}`: 5,
+	} {
+		if got, ok := m[key]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", key, got, ok, want)
+		}
+	}
+	if _, ok := m[`nvblk_frontend_connected`]; ok {
+		t.Error("an unlabelled sample among the disks'")
+	}
+}
+
+func TestDisksStatusListsEveryDiskAndDiskCommandsChangeThem(t *testing.T) {
+	f := &fakeDisks{}
+	f.Add("name=vm1")
+	s := NewDisksServer(f, Options{Interval: 50 * time.Millisecond})
+	defer s.Close()
+	sock := listen(t, s)
+	if _, err := Do(sock, Request{Cmd: "disk-add", Spec: "name=vm2"}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Call(sock, "status", time.Second)
+	if err != nil || len(r.Disks) != 2 || r.Disks[1].Name != "vm2" || r.Disks[1].Status == nil || !r.Disks[1].Attached {
+		t.Fatalf("status of two disks: %+v, %v", r, err)
+	}
+	if _, err := Do(sock, Request{Cmd: "disk-remove", Disk: "vm1", Mode: RemoveForce}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := Call(sock, "disk-list", time.Second); err != nil || len(r.Disks) != 1 || r.Disks[0].Name != "vm2" {
+		t.Fatalf("list after remove: %+v, %v", r, err)
+	}
+	if _, err := Do(sock, Request{Cmd: "detach"}, time.Second); err == nil || !strings.Contains(err.Error(), "which disk") {
+		t.Errorf("detach without a disk: %v", err)
+	}
+}
+
+func TestARequestWithAnUnknownFieldIsRefused(t *testing.T) {
+	s := NewServer(newFake(), 0)
+	defer s.Close()
+	if r := s.Handle([]byte(`{"cmd":"detach","disk_name":"vm1"}`)); r.OK || !strings.Contains(r.Error, `unknown field "disk_name"`) {
+		t.Errorf("reply %+v", r)
+	}
+	if r := s.Handle([]byte(`{"cmd":"disk-list"}`)); r.OK || !strings.Contains(r.Error, "--disk") {
+		t.Errorf("disk-list on a one-disk server: %+v", r)
 	}
 }

@@ -12,6 +12,13 @@
 //   - detach: drops the current vhost-user front-end; the backend then
 //     accepts the next one.
 //
+// A serve with many disks (NewDisksServer over a Disks) answers status for
+// every disk, takes {"disk":"NAME"} on stats and detach, and adds
+// disk-add {"spec":"name=...,blk-file=...,socket-path=..."}, disk-remove
+// {"disk":"NAME","mode":"force"|"drain","timeout":"30s"} and disk-list;
+// its metrics label every sample disk="NAME". A request field the server
+// does not know is refused.
+//
 // The metrics endpoint serves the same counters in the Prometheus text
 // exposition format (version 0.0.4) at /metrics (NewMetricsServer).
 //
@@ -22,6 +29,7 @@
 // write and idle timeouts, and one over MetricsOptions.MaxConns is closed
 // when accepted. Failed accepts (out of descriptors, an aborted connection)
 // are retried with a growing pause, never returned, on both. No request
+// but a disk-remove drain (bounded by MaxDrainTimeout, ended by Close)
 // waits for the guest: status, stats and detach use vhost.Server.Stats and
 // Detach, which never wait for a request in flight, and the control server
 // holds no lock of its own while calling them.

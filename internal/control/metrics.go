@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,27 @@ func MetricsHandler(t Target) http.Handler {
 		w.Header().Set("Content-Type", ContentType)
 		WritePrometheus(w, t.Stats())
 	})
+}
+
+// DisksMetricsHandler serves the counters of every disk of d, each sample
+// labelled disk="NAME".
+func DisksMetricsHandler(d Disks) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", ContentType)
+		disks := d.List()
+		all := make([]labelledStats, len(disks))
+		for i, dk := range disks {
+			all[i] = labelledStats{label: diskLabel(dk.Info.Name), st: dk.Target.Stats()}
+		}
+		writePrometheus(w, all)
+	})
+}
+
+// diskLabel is the disk="NAME" label, NAME escaped as the exposition format
+// wants (names the CLI accepts need none; the control socket's caller may
+// not be the CLI).
+func diskLabel(name string) string {
+	return `disk="` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(name) + `"`
 }
 
 // Defaults of MetricsOptions.
@@ -60,6 +82,16 @@ type MetricsOptions struct {
 // the process's descriptors. Serve it with its Serve method; its accept
 // loop retries temporary errors such as running out of descriptors.
 func NewMetricsServer(t Target, o MetricsOptions) *http.Server {
+	return newMetricsServer(MetricsHandler(t), o)
+}
+
+// NewDisksMetricsServer is NewMetricsServer for every disk of d
+// (DisksMetricsHandler).
+func NewDisksMetricsServer(d Disks, o MetricsOptions) *http.Server {
+	return newMetricsServer(DisksMetricsHandler(d), o)
+}
+
+func newMetricsServer(h http.Handler, o MetricsOptions) *http.Server {
 	if o.ReadTimeout <= 0 {
 		o.ReadTimeout = DefaultMetricsReadTimeout
 	}
@@ -73,7 +105,7 @@ func NewMetricsServer(t Target, o MetricsOptions) *http.Server {
 		o.MaxConns = DefaultMetricsMaxConns
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", MetricsHandler(t))
+	mux.Handle("/metrics", h)
 	lim := &connLimit{max: o.MaxConns, admitted: map[net.Conn]struct{}{}}
 	return &http.Server{
 		Handler:           mux,
@@ -116,6 +148,19 @@ func (l *connLimit) track(c net.Conn, st http.ConnState) {
 // family per counter, labelled by queue, with latency as a histogram in
 // seconds whose buckets are the log2 ones.
 func WritePrometheus(w io.Writer, st vhost.Stats) error {
+	return writePrometheus(w, []labelledStats{{st: st}})
+}
+
+// labelledStats are one disk's counters and the label its samples carry
+// ("" for none).
+type labelledStats struct {
+	label string
+	st    vhost.Stats
+}
+
+// writePrometheus writes the counters of every disk of all, family by
+// family: the format wants a family's samples together.
+func writePrometheus(w io.Writer, all []labelledStats) error {
 	b := bufio.NewWriter(w)
 	family := func(name, typ, help string) {
 		fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
@@ -132,12 +177,29 @@ func WritePrometheus(w io.Writer, st vhost.Stats) error {
 		}
 		return 0
 	}
-	qlabel := func(q *vhost.QueueStats) string { return fmt.Sprintf(`queue="%d"`, q.Index) }
+	// eachQueue calls f for every queue of every disk with the queue's
+	// labels: the disk's, then queue="N".
+	eachQueue := func(f func(labels string, q *vhost.QueueStats)) {
+		for _, ls := range all {
+			for i := range ls.st.Queues {
+				q := &ls.st.Queues[i]
+				l := fmt.Sprintf(`queue="%d"`, q.Index)
+				if ls.label != "" {
+					l = ls.label + "," + l
+				}
+				f(l, q)
+			}
+		}
+	}
 
 	family("nvblk_frontend_connected", "gauge", "Whether a vhost-user front-end is connected.")
-	sample("nvblk_frontend_connected", "", bit(st.Connected))
+	for _, ls := range all {
+		sample("nvblk_frontend_connected", ls.label, bit(ls.st.Connected))
+	}
 	family("nvblk_frontend_connections_total", "counter", "vhost-user front-end connections accepted.")
-	sample("nvblk_frontend_connections_total", "", float64(st.Connections))
+	for _, ls := range all {
+		sample("nvblk_frontend_connections_total", ls.label, float64(ls.st.Connections))
+	}
 
 	gauges := []struct {
 		name, help string
@@ -151,50 +213,44 @@ func WritePrometheus(w io.Writer, st vhost.Stats) error {
 	}
 	for _, g := range gauges {
 		family(g.name, "gauge", g.help)
-		for i := range st.Queues {
-			sample(g.name, qlabel(&st.Queues[i]), g.v(&st.Queues[i]))
-		}
+		eachQueue(func(l string, q *vhost.QueueStats) { sample(g.name, l, g.v(q)) })
 	}
 
 	family("nvblk_requests_total", "counter", "Requests completed, by queue and operation.")
-	for i := range st.Queues {
-		q := &st.Queues[i]
+	eachQueue(func(l string, q *vhost.QueueStats) {
 		for _, op := range []struct {
 			name string
 			n    uint64
 		}{{"read", q.Reads}, {"write", q.Writes}, {"flush", q.Flushes}, {"other", q.Others}} {
-			sample("nvblk_requests_total", fmt.Sprintf(`%s,op="%s"`, qlabel(q), op.name), float64(op.n))
+			sample("nvblk_requests_total", fmt.Sprintf(`%s,op="%s"`, l, op.name), float64(op.n))
 		}
-	}
+	})
 	family("nvblk_request_status_total", "counter", "Requests completed, by queue and virtio-blk status.")
-	for i := range st.Queues {
-		q := &st.Queues[i]
+	eachQueue(func(l string, q *vhost.QueueStats) {
 		for _, s := range []struct {
 			name string
 			n    uint64
 		}{{"ok", q.OK}, {"ioerr", q.IOErrors}, {"unsupp", q.Unsupported}, {"other", q.OtherStatus}} {
-			sample("nvblk_request_status_total", fmt.Sprintf(`%s,status="%s"`, qlabel(q), s.name), float64(s.n))
+			sample("nvblk_request_status_total", fmt.Sprintf(`%s,status="%s"`, l, s.name), float64(s.n))
 		}
-	}
+	})
 	family("nvblk_bytes_total", "counter", "Data bytes moved, by queue and direction (read: to the guest).")
-	for i := range st.Queues {
-		q := &st.Queues[i]
-		sample("nvblk_bytes_total", qlabel(q)+`,direction="read"`, float64(q.BytesRead))
-		sample("nvblk_bytes_total", qlabel(q)+`,direction="write"`, float64(q.BytesWritten))
-	}
+	eachQueue(func(l string, q *vhost.QueueStats) {
+		sample("nvblk_bytes_total", l+`,direction="read"`, float64(q.BytesRead))
+		sample("nvblk_bytes_total", l+`,direction="write"`, float64(q.BytesWritten))
+	})
 	family("nvblk_request_duration_seconds", "histogram", "Request service time (taken off the ring to completed), by queue.")
-	for i := range st.Queues {
-		q := &st.Queues[i]
+	eachQueue(func(l string, q *vhost.QueueStats) {
 		var cum uint64
 		for bk := 0; bk < vhost.LatencyBuckets-1; bk++ {
 			cum += q.Latency[bk]
 			le := strconv.FormatFloat(vhost.BucketUpper(bk).Seconds(), 'g', -1, 64)
-			sample("nvblk_request_duration_seconds_bucket", fmt.Sprintf(`%s,le="%s"`, qlabel(q), le), float64(cum))
+			sample("nvblk_request_duration_seconds_bucket", fmt.Sprintf(`%s,le="%s"`, l, le), float64(cum))
 		}
 		cum += q.Latency[vhost.LatencyBuckets-1]
-		sample("nvblk_request_duration_seconds_bucket", qlabel(q)+`,le="+Inf"`, float64(cum))
-		sample("nvblk_request_duration_seconds_sum", qlabel(q), q.LatencySum.Seconds())
-		sample("nvblk_request_duration_seconds_count", qlabel(q), float64(cum))
-	}
+		sample("nvblk_request_duration_seconds_bucket", l+`,le="+Inf"`, float64(cum))
+		sample("nvblk_request_duration_seconds_sum", l, q.LatencySum.Seconds())
+		sample("nvblk_request_duration_seconds_count", l, float64(cum))
+	})
 	return b.Flush()
 }

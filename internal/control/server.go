@@ -2,6 +2,8 @@ package control
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,38 +53,59 @@ type Options struct {
 // maxRequestLine bounds one request line.
 const maxRequestLine = 4096
 
-// Request is one line sent to the control socket.
+// Request is one line sent to the control socket. A field it does not
+// know is refused, so that a misspelt one is not silently ignored.
 type Request struct {
 	Cmd string `json:"cmd"`
+	// Disk names the disk of stats, detach and disk-remove on a serve with
+	// many disks.
+	Disk string `json:"disk,omitempty"`
+	// Spec is disk-add's disk: name=NAME,blk-file=FILE,socket-path=PATH...
+	Spec string `json:"spec,omitempty"`
+	// Mode and Timeout are disk-remove's: "force", "drain" (waiting up to
+	// Timeout, a duration such as "30s") or none.
+	Mode    RemoveMode `json:"mode,omitempty"`
+	Timeout string     `json:"timeout,omitempty"`
 }
 
-// Reply is one line answered. Exactly one of Status, Stats and Detached
-// is set on success, for the status, stats and detach commands.
+// Reply is one line answered. On success Status, Stats or Detached is set
+// for the status, stats and detach commands of a one-disk serve; a serve
+// with many disks answers status and disk-list with Disks, disk-add with
+// Disk.
 type Reply struct {
 	OK       bool         `json:"ok"`
 	Error    string       `json:"error,omitempty"`
 	Status   *Status      `json:"status,omitempty"`
 	Stats    *vhost.Stats `json:"stats,omitempty"`
 	Detached *bool        `json:"detached,omitempty"`
+	Disk     *DiskInfo    `json:"disk,omitempty"`
+	Disks    []DiskInfo   `json:"disks,omitempty"`
 }
 
-// Server answers control requests for a Target.
+// Server answers control requests for a Target, or for every disk of a
+// Disks.
 type Server struct {
-	t        Target
+	t        Target // nil when disks is set
+	disks    Disks
 	interval time.Duration
 	idle     time.Duration
 	maxConns int
 	log      logrus.FieldLogger
 	start    time.Time
 	quit     chan struct{}
-	wg       sync.WaitGroup // the sampler and every connection's goroutine
+	// ctx ends at Close: a request waiting (a drain) stops waiting.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the sampler and every connection's goroutine
 
 	mu sync.Mutex // guards the fields below
-	// prev and last are the two latest samples: rates are their difference.
-	prev, last vhost.Stats
-	listeners  map[net.Listener]struct{}
-	conns      map[net.Conn]struct{}
-	closed     bool
+	// samples are each target's two latest samples, by target: rates are
+	// their difference. Keyed by the target, not a disk's name, so that a
+	// disk removed and added again under its name starts afresh.
+	samples   map[Target]*samplePair
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	closed    bool
 }
 
 // NewServer starts sampling t every interval (DefaultInterval when zero),
@@ -91,8 +114,15 @@ func NewServer(t Target, interval time.Duration) *Server {
 	return NewServerWithOptions(t, Options{Interval: interval})
 }
 
+// samplePair is a target's two latest samples.
+type samplePair struct{ prev, last vhost.Stats }
+
 // NewServerWithOptions starts sampling t as o says. Close stops it.
 func NewServerWithOptions(t Target, o Options) *Server {
+	return newServer(t, nil, o)
+}
+
+func newServer(t Target, d Disks, o Options) *Server {
 	if o.Interval <= 0 {
 		o.Interval = DefaultInterval
 	}
@@ -106,11 +136,11 @@ func NewServerWithOptions(t Target, o Options) *Server {
 	if o.Logger != nil {
 		lg = o.Logger
 	}
-	s := &Server{t: t, interval: o.Interval, idle: o.IdleTimeout, maxConns: o.MaxConns,
+	s := &Server{t: t, disks: d, interval: o.Interval, idle: o.IdleTimeout, maxConns: o.MaxConns,
 		log: lg.WithField("component", "control"), start: time.Now(), quit: make(chan struct{}),
-		listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
-	s.last = t.Stats()
-	s.prev = s.last
+		samples: map[Target]*samplePair{}, listeners: map[net.Listener]struct{}{}, conns: map[net.Conn]struct{}{}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.takeSamples()
 	s.wg.Add(1)
 	go s.sample()
 	return s
@@ -125,10 +155,33 @@ func (s *Server) sample() {
 		case <-s.quit:
 			return
 		case <-tk.C:
-			st := s.t.Stats()
-			s.mu.Lock()
-			s.prev, s.last = s.last, st
-			s.mu.Unlock()
+			s.takeSamples()
+		}
+	}
+}
+
+// takeSamples samples every target; a target's first sample is both of
+// its pair, and the pairs of targets gone (disks removed) are dropped.
+func (s *Server) takeSamples() {
+	targets := s.targets()
+	now := make([]vhost.Stats, len(targets))
+	for i, d := range targets {
+		now[i] = d.Target.Stats() // outside s.mu: Stats takes the server's locks
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := make(map[Target]bool, len(targets))
+	for i, d := range targets {
+		seen[d.Target] = true
+		if p := s.samples[d.Target]; p != nil {
+			p.prev, p.last = p.last, now[i]
+		} else {
+			s.samples[d.Target] = &samplePair{prev: now[i], last: now[i]}
+		}
+	}
+	for t := range s.samples {
+		if !seen[t] {
+			delete(s.samples, t)
 		}
 	}
 }
@@ -198,6 +251,7 @@ func (s *Server) Close() error {
 	if !s.closed {
 		s.closed = true
 		close(s.quit)
+		s.cancel()
 	}
 	for l := range s.listeners {
 		l.Close()
@@ -232,9 +286,13 @@ func (s *Server) serveConn(c net.Conn) {
 	enc := json.NewEncoder(c)
 	// Every line and every reply has its deadline: a peer that connects
 	// and says nothing, or stops reading, holds a descriptor only so long.
+	// The write deadline is set once the reply is ready: a drain may take
+	// longer than the idle timeout to answer.
 	for c.SetReadDeadline(time.Now().Add(s.idle)); sc.Scan(); c.SetReadDeadline(time.Now().Add(s.idle)) {
+		c.SetReadDeadline(time.Time{})
+		r := s.Handle(sc.Bytes())
 		c.SetWriteDeadline(time.Now().Add(s.idle))
-		if err := enc.Encode(s.Handle(sc.Bytes())); err != nil {
+		if err := enc.Encode(r); err != nil {
 			return
 		}
 	}
@@ -247,8 +305,19 @@ func (s *Server) serveConn(c net.Conn) {
 // Handle answers one request line.
 func (s *Server) Handle(line []byte) Reply {
 	var req Request
-	if err := json.Unmarshal(line, &req); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
 		return Reply{Error: fmt.Sprintf("bad request: %v", err)}
+	}
+	if dec.More() {
+		return Reply{Error: "bad request: more than one JSON value on the line"}
+	}
+	if s.disks != nil {
+		return s.handleDisks(req)
+	}
+	if req.Disk != "" || req.Spec != "" || req.Mode != "" || req.Timeout != "" {
+		return Reply{Error: fmt.Sprintf("%s: this serve has one disk, given with --blk-file: it takes no disk, spec, mode or timeout", req.Cmd)}
 	}
 	switch req.Cmd {
 	case "status":
@@ -260,6 +329,9 @@ func (s *Server) Handle(line []byte) Reply {
 	case "detach":
 		d := s.t.Detach()
 		return Reply{OK: true, Detached: &d}
+	case "disk-add", "disk-remove", "disk-list":
+		return Reply{Error: fmt.Sprintf("%s: this serve has the one disk its --blk-file gave; "+
+			"start nvblk serve with --disk to add and remove disks at run time", req.Cmd)}
 	}
 	return Reply{Error: fmt.Sprintf("unknown cmd %q: want status, stats or detach", req.Cmd)}
 }

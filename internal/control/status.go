@@ -31,11 +31,19 @@ type QueueStatus struct {
 	IntervalLatencyP99 time.Duration `json:"interval_latency_p99"`
 }
 
-// Status computes the status from the live counters and the last sample.
-func (s *Server) Status() Status {
-	now := s.t.Stats()
+// Status computes the status of a one-disk server's Target from the live
+// counters and the last sample.
+func (s *Server) Status() Status { return s.status(s.t) }
+
+func (s *Server) status(t Target) Status {
+	now := t.Stats()
 	s.mu.Lock()
-	prev, last := s.prev, s.last
+	var prev, last vhost.Stats
+	if p := s.samples[t]; p != nil {
+		prev, last = p.prev, p.last
+	} else { // added since the last tick: rates from now on
+		prev, last = now, now
+	}
 	s.mu.Unlock()
 	// Rates come from the last full interval; before the first tick, from
 	// start to now.
