@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +39,35 @@ func formatted(t *testing.T, args ...string) string {
 		t.Fatalf("format: exit %d: %s", code, stderr)
 	}
 	return img
+}
+
+func TestGrowKeepsAnImagesSectorsAndAddsAnArena(t *testing.T) {
+	img := formatted(t)
+	data := bytes.Repeat([]byte("grown"), 4096/5+1)[:4096]
+	if code, _, stderr := nvblk(t, data, "write", img, "--lba", "7"); code != 0 {
+		t.Fatalf("write: exit %d: %s", code, stderr)
+	}
+	code, out, stderr := nvblk(t, nil, "grow", img, "--size", "80M")
+	if code != 0 || !strings.Contains(out, "1 arena(s) added, 2 in all") {
+		t.Fatalf("grow: exit %d: %s%s", code, out, stderr)
+	}
+	if code, out, _ := nvblk(t, nil, "read", img, "--lba", "7"); code != 0 || out != string(data) {
+		t.Fatalf("LBA 7 after grow: exit %d, same %v", code, out == string(data))
+	}
+	code, out, _ = nvblk(t, nil, "info", img, "--json")
+	var info struct {
+		Sectors uint64 `json:"num_sectors"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &info) != nil || info.Sectors < 15000 {
+		t.Fatalf("info after grow: exit %d: %s", code, out)
+	}
+	last := fmt.Sprint(info.Sectors - 1)
+	if code, _, stderr := nvblk(t, data, "write", img, "--lba", last); code != 0 {
+		t.Fatalf("write of the new last LBA %s: exit %d: %s", last, code, stderr)
+	}
+	if code, out, stderr := nvblk(t, nil, "check", img); code != 0 || !strings.Contains(out, "2 arenas") {
+		t.Fatalf("check: exit %d: %s%s", code, out, stderr)
+	}
 }
 
 func TestFormatWriteReadCheckAnImage(t *testing.T) {
@@ -111,6 +141,9 @@ func TestWrongArgumentsAreUsageErrors(t *testing.T) {
 		{"format with a bad sector size", []string{"format", img + ".new", "--size", "32M", "--sector-size", "1000"}, "sector-size"},
 		{"format with a bad uuid", []string{"format", img + ".new", "--size", "32M", "--uuid", "xyz"}, "uuid"},
 		{"format with a bad version", []string{"format", img + ".new", "--size", "32M", "--version", "3"}, "version"},
+		{"grow without size", []string{"grow", img}, "--size"},
+		{"grow that shrinks", []string{"grow", img, "--size", "16M"}, "cannot shrink"},
+		{"grow by less than an arena", []string{"grow", img, "--size", "40M"}, "another arena needs"},
 		{"format with no free blocks", []string{"format", img + ".new", "--size", "32M", "--free-blocks", "0"}, "--free-blocks 0"},
 		{"format with too many free blocks", []string{"format", img + ".new", "--size", "32M", "--free-blocks", "70000"}, "want 1 to 65536"},
 		{"read without lba", []string{"read", img}, "--lba"},
