@@ -219,7 +219,7 @@ func (p *pendingSet) resetLocked(a *arena, lanes int) {
 // medium defers persists, replaying the pending log a killed process left.
 func (d *Device) startDeferred(dm DeferredMedium, lanes int) error {
 	slots := pendingSlots(lanes)
-	size := pendingLogSize(len(d.arenas), slots)
+	size := pendingLogSize(len(d.arenaList()), slots)
 	df := &deferredState{lanes: lanes}
 	var log []byte
 	if pm, ok := dm.(ProcessLogMedium); ok {
@@ -240,14 +240,21 @@ func (d *Device) startDeferred(dm DeferredMedium, lanes int) error {
 		}
 	}
 	uuid := d.UUID()
-	switch classifyPendingLog(log, len(d.arenas), slots, uuid) {
+	state := classifyPendingLog(log, len(d.arenaList()), slots, uuid)
+	if state == pendingLogForeign && !hasPendingEntries(log) {
+		// A device killed while it grew, after the image got its new
+		// arenas and before the log was laid out for them (or the other
+		// way round): Grow commits first, so there is nothing in it.
+		state = pendingLogBlank
+	}
+	switch state {
 	case pendingLogForeign:
 		return fmt.Errorf("%w: it was written by a device of another shape (its header %x)", ErrPendingLog, log[:pendingLogHeaderSize])
 	case pendingLogBlank:
 		clear(log)
-		copy(log, pendingLogHeader(len(d.arenas), slots, uuid))
+		copy(log, pendingLogHeader(len(d.arenaList()), slots, uuid))
 	}
-	for i, a := range d.arenas {
+	for i, a := range d.arenaList() {
 		base := pendingLogHeaderSize + i*slots*pendingSlotSize
 		a.pending = &pendingSet{
 			slots: log[base : base+slots*pendingSlotSize],
@@ -267,6 +274,51 @@ func (d *Device) startDeferred(dm DeferredMedium, lanes int) error {
 	return d.commit()
 }
 
+// hasPendingEntries reports whether any slot past the header is in use.
+func hasPendingEntries(log []byte) bool {
+	for _, b := range log[pendingLogHeaderSize:] {
+		if b != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// layPendingLog gives arenas[from:], which Grow added, their part of a
+// pending log laid out for all of arenas, and their clean blocks. The
+// caller holds the gate exclusively and has committed, so every table is
+// empty; the arenas before keep their slots, which a ProcessLogMedium's
+// larger region maps over the same pages.
+func (d *Device) layPendingLog(arenas []*arena, from int) error {
+	df := d.def
+	slots := pendingSlots(df.lanes)
+	size := pendingLogSize(len(arenas), slots)
+	var log []byte
+	if df.persistent {
+		var err error
+		if log, err = df.m.ProcessLog(size); err != nil {
+			return fmt.Errorf("pending log: %w", err)
+		}
+	} else {
+		log = make([]byte, size)
+	}
+	if len(log) < size || !aligned(log, 8) {
+		return fmt.Errorf("pending log: medium gave %d bytes, want %d, 8-byte aligned", len(log), size)
+	}
+	copy(log, pendingLogHeader(len(arenas), slots, d.UUID()))
+	for i := from; i < len(arenas); i++ {
+		a := arenas[i]
+		base := pendingLogHeaderSize + i*slots*pendingSlotSize
+		a.pending = &pendingSet{
+			slots: log[base : base+slots*pendingSlotSize],
+			mask:  uint32(slots - 1),
+			clean: make([]cleanBlock, 0, df.lanes),
+		}
+		a.pending.resetLocked(a, df.lanes)
+	}
+	return nil
+}
+
 // replayPending checks a pending log left by a killed process against the
 // image (as Open's recovery left it), loads it, and fills each arena's
 // clean blocks. An entry is either not committed at all (its lane's flog
@@ -281,8 +333,8 @@ func (d *Device) replayPending(lanes int) (replayed int, err error) {
 		lane                   int
 		flogged, trimmed       bool
 	}
-	found := make([][]entry, len(d.arenas))
-	for ai, a := range d.arenas {
+	found := make([][]entry, len(d.arenaList()))
+	for ai, a := range d.arenaList() {
 		taken := make(map[int]bool)
 		err := a.pending.each(func(premap, newRaw, oldRaw uint32, lane int) error {
 			newBlock := newRaw & mapBlockMask
@@ -322,7 +374,7 @@ func (d *Device) replayPending(lanes int) (replayed int, err error) {
 		}
 	}
 	// Every entry checked out: now change things.
-	for ai, a := range d.arenas {
+	for ai, a := range d.arenaList() {
 		p := a.pending
 		p.resetLocked(a, 0)
 		taken := make(map[int]bool)
@@ -488,7 +540,7 @@ func (d *Device) commitLocked() (err error) {
 		}
 	}()
 	pending := 0
-	for _, a := range d.arenas {
+	for _, a := range d.arenaList() {
 		pending += int(a.pending.n.Load())
 	}
 	if pending == 0 {
@@ -505,7 +557,7 @@ func (d *Device) commitLocked() (err error) {
 	// free one. Moving it through the flog would make the trim depend on
 	// a map store that recovery undoes (rolling the flog's move forward
 	// restores the block without the trim).
-	for _, a := range d.arenas {
+	for _, a := range d.arenaList() {
 		_ = a.pending.each(func(premap, newRaw, oldRaw uint32, _ int) error {
 			if isTrim(newRaw) {
 				oldBlock, _, _ := decodeMapEntry(premap, oldRaw)
@@ -521,7 +573,7 @@ func (d *Device) commitLocked() (err error) {
 		return err
 	}
 	df.gen++
-	for _, a := range d.arenas {
+	for _, a := range d.arenaList() {
 		if err := a.pending.each(func(premap, newRaw, oldRaw uint32, lane int) error {
 			if isTrim(newRaw) {
 				return nil
@@ -537,7 +589,7 @@ func (d *Device) commitLocked() (err error) {
 		// recovers from whatever the disk and the log hold.
 		return d.breakCommit(err)
 	}
-	for _, a := range d.arenas {
+	for _, a := range d.arenaList() {
 		if err := a.pending.each(func(premap, newRaw, _ uint32, _ int) error {
 			if isTrim(newRaw) {
 				return nil
@@ -550,7 +602,7 @@ func (d *Device) commitLocked() (err error) {
 			return d.breakCommit(err)
 		}
 	}
-	for _, a := range d.arenas {
+	for _, a := range d.arenaList() {
 		a.pending.mu.Lock()
 		a.pending.resetLocked(a, df.lanes)
 		a.pending.mu.Unlock()
@@ -585,7 +637,7 @@ func (a *arena) commitFlog(m Medium, lane int, premap, oldRaw, newRaw uint32) er
 // on the device takes no writes and commits nothing.
 func (d *Device) breakCommit(cause error) error {
 	err := fmt.Errorf("commit: %w", cause)
-	for _, a := range d.arenas {
+	for _, a := range d.arenaList() {
 		err = a.fail(err)
 	}
 	d.def.broken = err

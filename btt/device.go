@@ -38,12 +38,13 @@ type Options struct {
 // Device is an open BTT: a block device of NumSectors sectors of SectorSize
 // bytes, safe for concurrent use.
 type Device struct {
-	m        Medium
-	version  Version
-	arenas   []*arena
+	m       Medium
+	version Version
+	// set holds the arenas and the capacity: read by every I/O (one
+	// atomic load), replaced whole by Grow.
+	set      atomic.Pointer[arenaSet]
 	lbaSize  uint32 // external LBA size (data + metadata bytes)
 	sector   uint32 // data bytes per LBA: 512 or 4096
-	nlba     uint64
 	readOnly bool
 	// errorFlag: an arena carries InfoFlagError; writes are refused.
 	errorFlag bool
@@ -59,6 +60,9 @@ type Device struct {
 
 	lanes  chan *lane
 	closed atomic.Bool
+
+	// growMu serialises Grow.
+	growMu sync.Mutex
 
 	// laneMu serialises TryAcquireLane's check-and-take; held counts the
 	// lanes Lane values hold (AcquireLane, TryAcquireLane), which never
@@ -120,6 +124,8 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 		sector:   dataSectorSize(layout.arenas[0].ExternalLBASize),
 		readOnly: opts.ReadOnly,
 	}
+	var arenas []*arena
+	var nlba uint64
 	nlanes := maxLanes
 	// On a deferred medium every free block of an arena is a block a write
 	// may take between two commits, not only the lanes': keep them all
@@ -130,7 +136,7 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 	flogLanes := 0
 	pending := 0
 	for i, da := range layout.arenas {
-		a, err := newArena(m, i, da, d.nlba, deferred)
+		a, err := newArena(m, i, da, nlba, deferred)
 		if err != nil {
 			return nil, fmt.Errorf("btt: arena %d: %w", i, err)
 		}
@@ -155,14 +161,15 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 		if i == 0 || len(a.free) < flogLanes {
 			flogLanes = len(a.free)
 		}
-		d.arenas = append(d.arenas, a)
-		d.nlba += uint64(a.externalNLBA)
+		arenas = append(arenas, a)
+		nlba += uint64(a.externalNLBA)
 	}
+	d.set.Store(&arenaSet{arenas: arenas, nlba: nlba})
 	// One table of map locks for all arenas: lock contention between
 	// arenas is rare (an arena holds 512 GiB), and a crafted chain of
 	// many arenas then costs no lock table each.
 	locks := make([]paddedMutex, nlanes)
-	for _, a := range d.arenas {
+	for _, a := range d.arenaList() {
 		a.mapLocks = locks
 	}
 	// A device that will take writes must not have a block with two
@@ -174,7 +181,7 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 	// cannot spread through it: it opens without the check (and without
 	// reading the whole map), for nvblk check, info and read to inspect.
 	if !opts.ReadOnly && !d.errorFlag {
-		for i, a := range d.arenas {
+		for i, a := range d.arenaList() {
 			if err := a.checkOwnership(); err != nil {
 				return nil, fmt.Errorf("btt: arena %d: %w", i, err)
 			}
@@ -184,7 +191,7 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 	// fails leaves the medium as it found it. An error flag in any arena
 	// makes the whole device read-only, recovery included.
 	if pending > 0 && !opts.ReadOnly && !d.errorFlag {
-		for i, a := range d.arenas {
+		for i, a := range d.arenaList() {
 			var werr error
 			err := a.scanFlog(nil, func(p pendingMove) {
 				if werr == nil {
@@ -273,7 +280,16 @@ func (d *Device) SectorSize() uint32 { return d.sector }
 func (d *Device) LBASize() uint32 { return d.lbaSize }
 
 // NumSectors is the capacity in sectors of SectorSize.
-func (d *Device) NumSectors() uint64 { return d.nlba }
+func (d *Device) NumSectors() uint64 { return d.set.Load().nlba }
+
+// arenaSet is a device's arenas and its capacity, replaced together.
+type arenaSet struct {
+	arenas []*arena
+	nlba   uint64
+}
+
+// arenaList is the device's arenas now.
+func (d *Device) arenaList() []*arena { return d.set.Load().arenas }
 
 // ReadOnly reports whether writes are refused.
 func (d *Device) ReadOnly() bool { return d.readOnly }
@@ -283,15 +299,15 @@ func (d *Device) ReadOnly() bool { return d.readOnly }
 func (d *Device) ErrorFlag() bool { return d.errorFlag }
 
 // UUID is the BTT's uuid (the same in every arena's info block).
-func (d *Device) UUID() [16]byte { return d.arenas[0].info.UUID }
+func (d *Device) UUID() [16]byte { return d.arenaList()[0].info.UUID }
 
 // Version is the layout version found on media.
 func (d *Device) Version() Version { return d.version }
 
 // Arenas describes the arenas, for info and check.
 func (d *Device) Arenas() []ArenaInfo {
-	out := make([]ArenaInfo, len(d.arenas))
-	for i, a := range d.arenas {
+	out := make([]ArenaInfo, len(d.arenaList()))
+	for i, a := range d.arenaList() {
 		out[i] = a.describe()
 	}
 	return out
@@ -370,7 +386,7 @@ func (d *Device) release(l *lane) { d.lanes <- l }
 
 // locate maps an external LBA to its arena and premap LBA.
 func (d *Device) locate(lba uint64) (*arena, uint32) {
-	for _, a := range d.arenas {
+	for _, a := range d.arenaList() {
 		if lba < a.externalStart+uint64(a.externalNLBA) {
 			return a, uint32(lba - a.externalStart)
 		}
@@ -379,8 +395,9 @@ func (d *Device) locate(lba uint64) (*arena, uint32) {
 }
 
 func (d *Device) checkRange(lba, n uint64) error {
-	if n > d.nlba || lba > d.nlba-n {
-		return fmt.Errorf("btt: %w: LBA %d + %d sectors, capacity %d", ErrOutOfRange, lba, n, d.nlba)
+	nlba := d.NumSectors()
+	if n > nlba || lba > nlba-n {
+		return fmt.Errorf("btt: %w: LBA %d + %d sectors, capacity %d", ErrOutOfRange, lba, n, nlba)
 	}
 	return nil
 }

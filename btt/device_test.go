@@ -78,7 +78,7 @@ func TestFormatOpenWriteReadEverySectorSize(t *testing.T) {
 
 func TestOverwriteMovesTheSectorToTheLanesFreeBlock(t *testing.T) {
 	m, d := formatOpen(t, 32<<20, 4096)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	for gen := 0; gen < 5; gen++ {
 		if err := d.WriteV(7, [][]byte{pattern(4096, 7, gen)}); err != nil {
 			t.Fatal(err)
@@ -196,7 +196,7 @@ func TestReadOnlyDeviceRefusesWrites(t *testing.T) {
 func TestErrorFlagOpensReadOnly(t *testing.T) {
 	m, d := formatOpen(t, 32<<20, 512)
 	d.Close()
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	for _, off := range []int64{a.infoOff, a.info2Off} {
 		b, _ := m.Slice(off, InfoSize)
 		var in Info

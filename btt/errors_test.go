@@ -50,7 +50,7 @@ func TestEveryErrorNamesThePackageOnceAndStillMatchesItsSentinel(t *testing.T) {
 		}, ErrMisaligned},
 		{"a read of a sector marked as a media error", func(t *testing.T) error {
 			_, d := formatOpen(t, 32<<20, 512)
-			storeWord32(d.arenas[0].mapArea, 7*MapEntrySize, 7|mapErrorFlag)
+			storeWord32(d.arenaList()[0].mapArea, 7*MapEntrySize, 7|mapErrorFlag)
 			return d.ReadV(7, sector())
 		}, ErrMediaError},
 		{"a write to a read-only device", func(t *testing.T) error {
@@ -157,7 +157,7 @@ func TestEveryErrorNamesThePackageOnceAndStillMatchesItsSentinel(t *testing.T) {
 
 func TestAMediaErrorNamesTheLBAItWasReadAt(t *testing.T) {
 	_, d := formatOpen(t, 32<<20, 512)
-	storeWord32(d.arenas[0].mapArea, 7*MapEntrySize, 7|mapErrorFlag)
+	storeWord32(d.arenaList()[0].mapArea, 7*MapEntrySize, 7|mapErrorFlag)
 	err := d.ReadV(6, [][]byte{make([]byte, 3*512)})
 	if want := "btt: read LBA 7: media error"; err == nil || err.Error() != want {
 		t.Fatalf("err = %v, want %q", err, want)

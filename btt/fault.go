@@ -69,7 +69,7 @@ type faultSite struct {
 }
 
 func (d *Device) locateFault(addr uintptr) faultSite {
-	for _, a := range d.arenas {
+	for _, a := range d.arenaList() {
 		for _, w := range []struct {
 			area string
 			b    []byte
@@ -168,7 +168,7 @@ func (d *Device) writeFault(addr uintptr, l *lane, lba uint64) error {
 // Failed returns why writes are refused in an arena that failed (an error
 // wrapping ErrArenaFailed), or nil when every arena takes writes.
 func (d *Device) Failed() error {
-	for _, a := range d.arenas {
+	for _, a := range d.arenaList() {
 		if f := a.failed.Load(); f != nil {
 			return fmt.Errorf("btt: %w", *f)
 		}

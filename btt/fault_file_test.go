@@ -46,7 +46,7 @@ func TestTruncatedImageFailsIOPastItsEndAndServesTheRest(t *testing.T) {
 	fdcheck.Check(t)
 	path := filepath.Join(t.TempDir(), "disk.img")
 	_, d := fileDevice(t, path, twoArenas(t).buf)
-	a1 := d.arenas[1]
+	a1 := d.arenaList()[1]
 	inFirst, inSecond := uint64(3), a1.externalStart+3
 	for _, lba := range []uint64{inFirst, inSecond} {
 		if err := d.WriteV(lba, [][]byte{pattern(4096, lba, 1)}); err != nil {
@@ -85,7 +85,7 @@ func TestCheckOfAnImageTruncatedUnderItFailsWithAnError(t *testing.T) {
 	fdcheck.Check(t)
 	path := filepath.Join(t.TempDir(), "disk.img")
 	m, d := fileDevice(t, path, twoArenas(t).buf)
-	if err := os.Truncate(path, d.arenas[1].dataOff); err != nil {
+	if err := os.Truncate(path, d.arenaList()[1].dataOff); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Check(m, CheckOptions{}); !errors.Is(err, ErrMediaFault) {
@@ -108,7 +108,7 @@ func TestImageTruncatedThroughItsFlogFailsTheArenaForWritesOnly(t *testing.T) {
 	// The cut leaves the data and the map, takes the flog: a write gets
 	// as far as its flog entry, when the free list and the medium begin to
 	// disagree, so the arena stops taking writes.
-	if err := os.Truncate(path, d.arenas[0].logOff); err != nil {
+	if err := os.Truncate(path, d.arenaList()[0].logOff); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.WriteV(4, [][]byte{pattern(4096, 4, 1)}); !errors.Is(err, ErrMediaFault) || !errors.Is(err, ErrArenaFailed) {
@@ -136,7 +136,7 @@ func TestImageTruncatedThroughItsFlogFailsTheFlushModeCommitAndThenWrites(t *tes
 	if err := d.WriteV(3, [][]byte{pattern(4096, 3, 1)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(path, d.arenas[0].logOff); err != nil {
+	if err := os.Truncate(path, d.arenaList()[0].logOff); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.WriteV(4, [][]byte{pattern(4096, 4, 1)}); err != nil {

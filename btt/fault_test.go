@@ -96,7 +96,7 @@ func TestReadThatFaultsInTheMediumMarksTheSectorAsAMediaError(t *testing.T) {
 		t.Fatalf("read of a block that faults: %v, want ErrMediaFault", err)
 	}
 	t.Log(err)
-	if _, _, mediaErr := d.arenas[0].lookup(5); !mediaErr {
+	if _, _, mediaErr := d.arenaList()[0].lookup(5); !mediaErr {
 		t.Fatal("the sector's map entry has no error flag after its read faulted")
 	}
 	// From now on the sector reads as a media error: its block is not
@@ -169,7 +169,7 @@ func TestWriteWhoseDataCopyFaultsIsAbandonedBeforeTheFlog(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Release()
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	free := a.free[ln.l.id]
 	freeOff := a.dataOff + int64(free.block)*int64(a.internalLBASize)
 	m.protect(t, freeOff, 4096, unix.PROT_READ)
@@ -195,7 +195,7 @@ func TestWriteWhoseDataCopyFaultsIsAbandonedBeforeTheFlog(t *testing.T) {
 
 func TestWritesWhoseDataCopyFaultsGiveTheirLanesBack(t *testing.T) {
 	m, d := faultDevice(t)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	m.protect(t, a.dataOff, int64(len(a.dataArea)), unix.PROT_READ)
 
 	// More faulting writes than the device has lanes: one lane kept by a
@@ -214,7 +214,7 @@ func TestWritesWhoseDataCopyFaultsGiveTheirLanesBack(t *testing.T) {
 
 func TestWriteWhoseMapPageCannotBeStoredIsAbandonedBeforeTheFlog(t *testing.T) {
 	m, d := faultDevice(t)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	m.protect(t, a.mapOff, 4096, unix.PROT_READ) // a hole a full filesystem cannot fill
 	before := snapshot(a)
 
@@ -235,7 +235,7 @@ func TestWriteWhoseMapPageCannotBeStoredIsAbandonedBeforeTheFlog(t *testing.T) {
 
 func TestWriteWhoseFlogStoreFaultsFailsTheArenaForWritesOnly(t *testing.T) {
 	m, d := faultDevice(t)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	m.protect(t, a.logOff, int64(len(a.flogArea)), unix.PROT_READ)
 
 	err := d.WriteV(6, [][]byte{pattern(4096, 6, 1)})
@@ -288,7 +288,7 @@ func TestReadIntoABufferThatFaultsLeavesTheSectorUnmarked(t *testing.T) {
 
 func TestWriteFromABufferThatFaultsChangesNothing(t *testing.T) {
 	m, d := faultDevice(t)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	before := snapshot(a)
 	if err := d.WriteV(5, [][]byte{faultingBuffer(t, 4096)}); !errors.Is(err, ErrBufferFault) {
 		t.Fatalf("write from a buffer that faults: %v, want ErrBufferFault", err)
@@ -304,7 +304,7 @@ func TestWriteFromABufferThatFaultsChangesNothing(t *testing.T) {
 
 func TestWriteZeroesWhoseMapFaultsFailsOnlyThatRequest(t *testing.T) {
 	m, d := faultDevice(t)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	m.protect(t, a.mapOff, 4096, unix.PROT_READ)
 	if err := d.WriteZeroes(5, 1); !errors.Is(err, ErrMediaFault) {
 		t.Fatalf("write zeroes whose map store faults: %v, want ErrMediaFault", err)

@@ -203,8 +203,8 @@ func fuzzBase(t *testing.T, kind int) *fuzzImage {
 		{a.mapOff, int64(a.externalNLBA) * MapEntrySize},
 		{a.dataOff, 64 << 10},
 	}
-	if len(d.arenas) > 1 {
-		a1 := d.arenas[1]
+	if len(d.arenaList()) > 1 {
+		a1 := d.arenaList()[1]
 		img.regions = append(img.regions, [2]int64{a1.infoOff, InfoSize}, [2]int64{a1.logOff, int64(a1.nfree) * FlogGroupSize})
 	}
 	fuzzBases[kind] = img

@@ -133,3 +133,73 @@ func writeInfo(m Medium, off int64, in Info) error {
 	in.encode(b)
 	return m.Persist(off, InfoSize)
 }
+
+// Grow makes the device larger while it serves I/O: the caller has made the
+// medium larger (pmem.Medium.Extend), and Grow appends arenas over the new
+// space as the package's Grow does, crash-safe, then adds them to the
+// device. I/O goes on meanwhile; on a deferred medium writes wait while it
+// commits and lays the pending log out for the new arenas. The new
+// capacity is NumSectors once it returns; telling the guest is the
+// caller's (a virtio config change).
+func (d *Device) Grow() (res GrowResult, err error) {
+	if d.closed.Load() {
+		return res, fmt.Errorf("btt: grow: %w", ErrClosed)
+	}
+	if d.readOnly {
+		return res, fmt.Errorf("btt: grow: %w", ErrReadOnly)
+	}
+	d.growMu.Lock()
+	defer d.growMu.Unlock()
+	df := d.def
+	if df != nil {
+		df.gate.Lock()
+		defer df.gate.Unlock()
+		// The pending log is laid out per arena: empty it first.
+		if err := d.commitLocked(); err != nil {
+			return res, fmt.Errorf("btt: grow: %w", err)
+		}
+	}
+	if res, err = Grow(d.m); err != nil {
+		return res, err
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("btt: grow: %w", faultError(faultAddr(r)))
+		}
+	}()
+	layout, err := discover(d.m)
+	if err != nil {
+		return res, fmt.Errorf("btt: grow: %w", err)
+	}
+	cur := d.set.Load()
+	arenas := append([]*arena(nil), cur.arenas...)
+	nlba := cur.nlba
+	lanes := cap(d.lanes)
+	for i := len(cur.arenas); i < len(layout.arenas); i++ {
+		a, err := newArena(d.m, i, layout.arenas[i], nlba, df != nil)
+		if err != nil {
+			return res, fmt.Errorf("btt: grow: arena %d: %w", i, err)
+		}
+		if err := a.scanFlog(func(lane int, fe freeEntry) {
+			if lane < len(a.free) {
+				a.free[lane] = fe
+			}
+		}, nil); err != nil {
+			return res, fmt.Errorf("btt: grow: arena %d: %w", i, err)
+		}
+		if len(a.rtt) < lanes || df != nil && len(a.free) < df.lanes {
+			return res, fmt.Errorf("btt: grow: arena %d: %w: %d free blocks, the device uses %d lanes", i, ErrCorrupt, a.nfree, lanes)
+		}
+		a.mapLocks = cur.arenas[0].mapLocks
+		arenas = append(arenas, a)
+		nlba += uint64(a.externalNLBA)
+	}
+	if df != nil {
+		if err := d.layPendingLog(arenas, len(cur.arenas)); err != nil {
+			return res, fmt.Errorf("btt: grow: %w", err)
+		}
+	}
+	d.set.Store(&arenaSet{arenas: arenas, nlba: nlba})
+	return res, nil
+}

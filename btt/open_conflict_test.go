@@ -26,7 +26,7 @@ func conflictImage(t *testing.T) (*memMedium, *arena) {
 		}
 	}
 	interruptedWrite(t, d, 9, pattern(4096, 9, 2), afterFlog)
-	return m, d.arenas[0]
+	return m, d.arenaList()[0]
 }
 
 // giveFreeBlock makes block the free block of lane, as a flog entry that
@@ -104,7 +104,7 @@ func TestOpenRefusesTwoLBAsMappedToOneBlock(t *testing.T) {
 // block another LBA already maps is a conflict only once it is completed.
 func TestOpenRefusesAPendingMoveOntoABlockAnotherLBAMaps(t *testing.T) {
 	m, d := formatOpen(t, 32<<20, 4096)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	target := a.free[0].block
 	interruptedWrite(t, d, 9, pattern(4096, 9, 2), afterFlog) // LBA 9 -> target, pending
 	storeWord32(a.mapArea, 300*MapEntrySize, target|mapNormal)

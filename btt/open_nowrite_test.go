@@ -23,7 +23,7 @@ func twoArenas(t *testing.T) *memMedium {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, off := range []int64{v11Offset, d.arenas[0].info2Off} {
+	for _, off := range []int64{v11Offset, d.arenaList()[0].info2Off} {
 		b := m.buf[off : off+InfoSize]
 		binary.LittleEndian.PutUint64(b[80:], arena) // nextoff
 		binary.LittleEndian.PutUint64(b[infoChecksumOff:], infoChecksum(b))
@@ -39,14 +39,14 @@ func TestOpenWritesNothingWhenALaterArenaIsCorrupt(t *testing.T) {
 	if err != nil {
 		t.Fatalf("two-arena medium: %v", err)
 	}
-	if len(d.arenas) != 2 {
-		t.Fatalf("%d arenas, want 2", len(d.arenas))
+	if len(d.arenaList()) != 2 {
+		t.Fatalf("%d arenas, want 2", len(d.arenaList()))
 	}
 	if err := d.WriteV(3, [][]byte{pattern(4096, 3, 1)}); err != nil {
 		t.Fatal(err)
 	}
 	interruptedWrite(t, d, 3, pattern(4096, 3, 2), afterFlog) // arena 0: pending
-	a1 := d.arenas[1]
+	a1 := d.arenaList()[1]
 	e := FlogEntry{LBA: 3, OldMap: a1.externalNLBA + 3, NewMap: a1.externalNLBA + 3, Seq: 2}
 	e.encode(a1.flogArea[3*FlogGroupSize:])
 	e.encode(a1.flogArea[3*FlogGroupSize+FlogEntrySize:])

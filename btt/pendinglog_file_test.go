@@ -164,3 +164,45 @@ func TestAProcessLogThatNoLongerMatchesTheImageIsRefusedAndChangesNothing(t *tes
 		t.Fatal("the refused open changed the image")
 	}
 }
+
+// A device grown while serving keeps its pending log for every arena: a
+// kill after writes to the new arena finds them in the log.
+func TestWritesToAnArenaGrownOnlineComeBackAfterAKill(t *testing.T) {
+	fdcheck.Check(t)
+	path, logDir := flushModeImage(t)
+	m, d, err := openFlushMode(t, path, logDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRange(t, d, 1, 4, 1)
+	if err := m.Extend(64 << 20); err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.Grow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := res.SectorsBefore // the new arena's first LBA
+	writeRange(t, d, first, first+8, 2)
+	writeRange(t, d, 2, 3, 3)
+	if err := m.Close(); err != nil { // the kill
+		t.Fatal(err)
+	}
+	m, d, err = openFlushMode(t, path, logDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if d.NumSectors() != res.SectorsAfter || d.Replayed() != 9 {
+		t.Fatalf("reopened: %d sectors (want %d), %d writes replayed (want 9)", d.NumSectors(), res.SectorsAfter, d.Replayed())
+	}
+	expectRange(t, d, 1, 2, 1)
+	expectRange(t, d, 2, 3, 3)
+	expectRange(t, d, first, first+8, 2)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := Check(m, CheckOptions{}); err != nil || !rep.Consistent {
+		t.Fatalf("check: %v %+v", err, rep)
+	}
+}

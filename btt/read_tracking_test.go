@@ -15,7 +15,7 @@ import (
 // returns, whether it failed or not.
 func quiescent(t *testing.T, d *Device) {
 	t.Helper()
-	for i, a := range d.arenas {
+	for i, a := range d.arenaList() {
 		for lane := range a.rtt {
 			if v := a.rtt[lane].Load(); v != 0 {
 				t.Fatalf("arena %d lane %d: rtt slot still holds %#x", i, lane, v)
@@ -87,7 +87,7 @@ func TestFailedMultiSectorReadReleasesReadTracking(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	block, _, _ := a.lookup(5)
 	storeWord32(a.mapArea, 5*MapEntrySize, block|mapErrorFlag)
 	err := d.ReadV(2, [][]byte{make([]byte, 6*4096)})
@@ -112,7 +112,7 @@ func TestFailedMultiSectorReadReleasesReadTracking(t *testing.T) {
 // once it has. Lane 70 stands for a queue that has read before.
 func TestWriterWaitsForAReaderOnAnyLaneThatPublishedItsFreeBlock(t *testing.T) {
 	_, d := formatOpen(t, 32<<20, 4096)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	if len(a.rtt) <= 70 {
 		t.Fatalf("arena has %d lanes, the test needs 71", len(a.rtt))
 	}

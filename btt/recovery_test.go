@@ -185,7 +185,7 @@ func TestDamagedInfoBlockFallsBackToInfo2(t *testing.T) {
 
 func TestDamagedInfo2IsReportedAndRepaired(t *testing.T) {
 	m, d := formatOpen(t, 32<<20, 512)
-	damageInfo(t, m, d.arenas[0].info2Off)
+	damageInfo(t, m, d.arenaList()[0].info2Off)
 	rep, err := Check(m, CheckOptions{})
 	if err != nil || rep.Consistent || rep.Problems[0].Kind != ProblemInfo2 {
 		t.Fatalf("check: %v %+v", err, rep)
@@ -197,8 +197,8 @@ func TestDamagedInfo2IsReportedAndRepaired(t *testing.T) {
 
 func TestBothInfoBlocksDamagedIsRefusedWithoutWriting(t *testing.T) {
 	m, d := formatOpen(t, 32<<20, 512)
-	damageInfo(t, m, d.arenas[0].infoOff)
-	damageInfo(t, m, d.arenas[0].info2Off)
+	damageInfo(t, m, d.arenaList()[0].infoOff)
+	damageInfo(t, m, d.arenaList()[0].info2Off)
 	before := bytes.Clone(m.buf)
 	if _, err := Open(m, Options{}); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("open: %v, want ErrCorrupt", err)
@@ -220,7 +220,7 @@ func TestBlankMediumHasNoBTT(t *testing.T) {
 
 func TestMapEntryPastTheArenaIsReportedAndReadFails(t *testing.T) {
 	m, d := formatOpen(t, 32<<20, 4096)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	storeWord32(a.mapArea, 5*MapEntrySize, (a.internalNLBA+10)|mapNormal)
 	rep, err := Check(m, CheckOptions{})
 	if err != nil || rep.Consistent {
@@ -239,7 +239,7 @@ func TestMapEntryPastTheArenaIsReportedAndReadFails(t *testing.T) {
 
 func TestDuplicatePostmapBlockIsReported(t *testing.T) {
 	m, d := formatOpen(t, 32<<20, 4096)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	storeWord32(a.mapArea, 5*MapEntrySize, 6|mapNormal) // LBA 5 -> block 6, which LBA 6 owns
 	rep, err := Check(m, CheckOptions{})
 	if err != nil || rep.Consistent {
@@ -257,7 +257,7 @@ func TestDuplicatePostmapBlockIsReported(t *testing.T) {
 
 func TestFlogWithImpossibleSequenceNumbersIsRefused(t *testing.T) {
 	m, d := formatOpen(t, 32<<20, 4096)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	// Lane 3: both slots claim sequence 2.
 	e := FlogEntry{LBA: 3, OldMap: a.externalNLBA + 3, NewMap: a.externalNLBA + 3, Seq: 2}
 	e.encode(a.flogArea[3*FlogGroupSize:])
@@ -278,7 +278,7 @@ func TestFlogWithImpossibleSequenceNumbersIsRefused(t *testing.T) {
 // Kernels before 4.15 kept a lane's two flog entries in slots 0 and 2.
 func TestPre415FlogLayoutIsDetectedAndKept(t *testing.T) {
 	m, d := formatOpen(t, 32<<20, 4096)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	// What an old kernel leaves after one write of LBA 0 through lane 0:
 	// slot 2 holds {lba 0, old = free block, new... } — here: LBA 0 moved
 	// from its identity block 0 to the lane's free block.
@@ -290,7 +290,7 @@ func TestPre415FlogLayoutIsDetectedAndKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := d2.arenas[0].logIndex; got != [2]int{0, 2} {
+	if got := d2.arenaList()[0].logIndex; got != [2]int{0, 2} {
 		t.Fatalf("log index %v, want [0 2]", got)
 	}
 	if got := readSector(t, d2, 0); !bytes.Equal(got, pattern(4096, 0, 7)) {
@@ -303,7 +303,7 @@ func TestPre415FlogLayoutIsDetectedAndKept(t *testing.T) {
 		}
 	}
 	for lane := 0; lane < int(a.nfree); lane++ {
-		g := d2.arenas[0].flogGroup(lane)
+		g := d2.arenaList()[0].flogGroup(lane)
 		if !g[1].isPadding() || !g[3].isPadding() {
 			t.Fatalf("lane %d: wrote into a padding slot of the old layout: %+v", lane, g)
 		}
@@ -315,7 +315,7 @@ func TestPre415FlogLayoutIsDetectedAndKept(t *testing.T) {
 
 func TestFreshFormatUsesTheCurrentFlogLayout(t *testing.T) {
 	_, d := formatOpen(t, 32<<20, 512)
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	if a.logIndex != [2]int{0, 1} {
 		t.Fatalf("log index %v", a.logIndex)
 	}

@@ -16,7 +16,7 @@ func TestWriteZeroesPersistsTheMapEntriesOfAnArenaTogether(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	boundary := d.arenas[1].externalStart
+	boundary := d.arenaList()[1].externalStart
 	before := m.persists.Load()
 	if err := d.WriteZeroes(boundary-1000, 2000); err != nil {
 		t.Fatal(err)
@@ -25,7 +25,7 @@ func TestWriteZeroesPersistsTheMapEntriesOfAnArenaTogether(t *testing.T) {
 		t.Fatalf("write zeroes of 2000 sectors over two arenas: %d persists, want 2", n)
 	}
 	buf := make([]byte, 4096)
-	if _, trim, _ := d.arenas[0].lookup(uint32(boundary - 1001)); trim {
+	if _, trim, _ := d.arenaList()[0].lookup(uint32(boundary - 1001)); trim {
 		t.Fatal("write zeroes reached a sector before its range")
 	}
 	for _, lba := range []uint64{boundary - 1000, boundary - 1, boundary, boundary + 999} {
@@ -37,7 +37,7 @@ func TestWriteZeroesPersistsTheMapEntriesOfAnArenaTogether(t *testing.T) {
 			t.Fatalf("LBA %d is not zeroed", lba)
 		}
 	}
-	if _, trim, _ := d.arenas[1].lookup(1000); trim {
+	if _, trim, _ := d.arenaList()[1].lookup(1000); trim {
 		t.Fatal("write zeroes reached a sector past its range")
 	}
 	mustBeConsistent(t, m)
@@ -59,7 +59,7 @@ func BenchmarkWriteZeroes64KiSectorsSync(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	a := d.arenas[0]
+	a := d.arenaList()[0]
 	for range b.N {
 		b.StopTimer()
 		// Back to the unwritten identity mapping, so every entry is

@@ -40,11 +40,11 @@ func (m *Medium) Allocate() error {
 	// error only.
 	if hole, err := unix.Seek(fd, 0, unix.SEEK_HOLE); err != nil {
 		return fmt.Errorf("pmem: %s: lseek(SEEK_HOLE): %w", m.path, err)
-	} else if hole >= m.size {
+	} else if hole >= m.Size() {
 		m.keepAllocated.Store(true)
 		return nil
 	}
-	err := unix.Fallocate(fd, 0, 0, m.size)
+	err := unix.Fallocate(fd, 0, 0, m.Size())
 	switch {
 	case err == nil:
 		m.keepAllocated.Store(true)
@@ -52,17 +52,17 @@ func (m *Medium) Allocate() error {
 	case errors.Is(err, unix.EOPNOTSUPP):
 		return nil
 	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
-		missing, herr := holeBytes(fd, m.size)
+		missing, herr := holeBytes(fd, m.Size())
 		var fs unix.Statfs_t
 		serr := unix.Fstatfs(fd, &fs)
 		if herr != nil || serr != nil {
-			return fmt.Errorf("pmem: %s: allocating its %d bytes: %w: %w", m.path, m.size, ErrNoSpace, err)
+			return fmt.Errorf("pmem: %s: allocating its %d bytes: %w: %w", m.path, m.Size(), ErrNoSpace, err)
 		}
 		free := int64(fs.Bavail) * fs.Bsize
 		return fmt.Errorf("pmem: %s: %d bytes (%s) of the image's %s are holes to allocate, and the filesystem has %d bytes (%s) free: %w: %w",
-			m.path, missing, humanBytes(missing), humanBytes(m.size), free, humanBytes(free), ErrNoSpace, err)
+			m.path, missing, humanBytes(missing), humanBytes(m.Size()), free, humanBytes(free), ErrNoSpace, err)
 	}
-	return fmt.Errorf("pmem: %s: fallocate %d bytes: %w", m.path, m.size, err)
+	return fmt.Errorf("pmem: %s: fallocate %d bytes: %w", m.path, m.Size(), err)
 }
 
 // holeBytes counts the bytes of the file's first size bytes that are holes.
@@ -112,8 +112,9 @@ func (m *Medium) zeroAllocated(off, n int64) error {
 		err := unix.Fallocate(m.claim.fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, lo, hi-lo)
 		switch {
 		case err == nil:
-			clear(m.data[off:lo])
-			clear(m.data[hi:end])
+			data := m.mapped()
+			clear(data[off:lo])
+			clear(data[hi:end])
 			return nil
 		case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EINVAL):
 			m.zeroRange.Store(false)
@@ -121,6 +122,6 @@ func (m *Medium) zeroAllocated(off, n int64) error {
 			return fmt.Errorf("pmem: %s: zero [%d, +%d): fallocate(ZERO_RANGE): %w", m.path, off, n, err)
 		}
 	}
-	clear(m.data[off:end])
+	clear(m.mapped()[off:end])
 	return nil
 }

@@ -95,7 +95,6 @@ type Options struct {
 type Medium struct {
 	path       string
 	kind       Kind
-	size       int64
 	readOnly   bool
 	mapSync    bool
 	durability Durability
@@ -105,9 +104,14 @@ type Medium struct {
 	ident      [2]uint64
 	processLog processLog
 
-	// data is the whole mapping. It is never reassigned after Open, so the hot path reads it
-	// without a lock; closed is checked first so nothing is handed out after munmap.
-	data []byte
+	// data is the mapping Open made; live is the current one, which Extend replaces by a
+	// longer mapping of the same file (the hot path loads it once per call). The mappings it
+	// replaced stay mapped until Close, in extended: slices handed out before still point into
+	// them.
+	// closed is checked first so nothing is handed out after munmap.
+	data     []byte
+	live     atomic.Pointer[[]byte]
+	extended [][]byte // guarded by closeMu
 
 	// punchHoles starts true for regular files and is cleared the first time the filesystem
 	// refuses FALLOC_FL_PUNCH_HOLE, so Zero does not keep asking.
@@ -173,14 +177,15 @@ func openClaimed(path string, opts Options, c *claim) (*Medium, error) {
 		return nil, fmt.Errorf("pmem: %s: mmap %d bytes: %w", path, size, err)
 	}
 	m := &Medium{
-		path:     path,
-		kind:     kind,
-		size:     size,
+		path: path,
+		kind: kind,
+
 		readOnly: opts.ReadOnly,
 		mapSync:  mapSync,
 		claim:    c,
 		data:     data,
 	}
+	m.live.Store(&m.data)
 	m.ident = [2]uint64{uint64(st.Dev), uint64(st.Ino)}
 	if kind != KindFile {
 		m.ident = [2]uint64{uint64(st.Rdev), 0}
@@ -227,7 +232,10 @@ func (m *Medium) resolveDurability(asked Durability) (Durability, error) {
 func (m *Medium) Path() string { return m.path }
 
 // Size is the medium's length in bytes.
-func (m *Medium) Size() int64 { return m.size }
+func (m *Medium) Size() int64 { return int64(len(m.mapped())) }
+
+// mapped is the current mapping of the whole medium.
+func (m *Medium) mapped() []byte { return *m.live.Load() }
 
 // Kind is what the path turned out to be.
 func (m *Medium) Kind() Kind { return m.kind }
@@ -255,8 +263,8 @@ func (m *Medium) checkRange(op string, off, n int64) error {
 	if m.closed.Load() {
 		return fmt.Errorf("pmem: %s: %s: %w", m.path, op, ErrClosed)
 	}
-	if off < 0 || n < 0 || off > m.size || n > m.size-off {
-		return fmt.Errorf("pmem: %s: %s [%d, +%d) outside medium of %d bytes: %w", m.path, op, off, n, m.size, ErrOutOfRange)
+	if off < 0 || n < 0 || off > m.Size() || n > m.Size()-off {
+		return fmt.Errorf("pmem: %s: %s [%d, +%d) outside medium of %d bytes: %w", m.path, op, off, n, m.Size(), ErrOutOfRange)
 	}
 	return nil
 }
@@ -268,7 +276,8 @@ func (m *Medium) Slice(off, n int64) ([]byte, error) {
 	if err := m.checkRange("slice", off, n); err != nil {
 		return nil, err
 	}
-	return m.data[off : off+n : off+n], nil
+	data := m.mapped()
+	return data[off : off+n : off+n], nil
 }
 
 // Persist makes the stores to [off, off+n) as durable as the mode promises before it returns
@@ -289,7 +298,7 @@ func (m *Medium) Persist(off, n int64) error {
 			return fmt.Errorf("pmem: %s: persist [%d, +%d): %w", m.path, off, n, err)
 		}
 	case DurabilitySync:
-		if err := msyncRange(m.data, off, n); err != nil {
+		if err := msyncRange(m.mapped(), off, n); err != nil {
 			return fmt.Errorf("pmem: %s: msync [%d, +%d): %w", m.path, off, n, err)
 		}
 	}
@@ -311,7 +320,7 @@ func (m *Medium) Flush() error {
 			return fmt.Errorf("pmem: %s: flush: %w", m.path, err)
 		}
 	default:
-		if err := msyncRange(m.data, 0, m.size); err != nil {
+		if err := msyncRange(m.mapped(), 0, m.Size()); err != nil {
 			return fmt.Errorf("pmem: %s: msync whole mapping: %w", m.path, err)
 		}
 	}
@@ -343,8 +352,9 @@ func (m *Medium) Zero(off, n int64) error {
 		err := punchHole(m.claim.fd, lo, hi-lo)
 		switch {
 		case err == nil:
-			clear(m.data[off:lo])
-			clear(m.data[hi:end])
+			data := m.mapped()
+			clear(data[off:lo])
+			clear(data[hi:end])
 			return nil
 		case errors.Is(err, errPunchNotSupported):
 			m.punchHoles.Store(false)
@@ -352,7 +362,7 @@ func (m *Medium) Zero(off, n int64) error {
 			return fmt.Errorf("pmem: %s: zero [%d, +%d): %w", m.path, off, n, err)
 		}
 	}
-	clear(m.data[off:end])
+	clear(m.mapped()[off:end])
 	return nil
 }
 
@@ -367,8 +377,10 @@ func (m *Medium) Close() error {
 	}
 	m.closed.Store(true)
 	var errs []error
-	if err := unmapMedium(m.data); err != nil {
-		errs = append(errs, fmt.Errorf("munmap: %w", err))
+	for _, data := range append(m.extended, m.mapped()) {
+		if err := unmapMedium(data); err != nil {
+			errs = append(errs, fmt.Errorf("munmap: %w", err))
+		}
 	}
 	// The process log stays for the next Open: Close is what a process that did not drop it
 	// (a device that failed to close cleanly) leaves behind.

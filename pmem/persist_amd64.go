@@ -31,7 +31,7 @@ func chooseWriteBack() (func(p []byte, line uintptr), string) {
 // writeBackCacheLines makes [off, off+n) durable on a DAX mapping: the write-backs, then a
 // fence so the next store the caller makes cannot become durable before them.
 func (m *Medium) writeBackCacheLines(off, n int64) error {
-	writeBack(m.data[off:off+n], cacheLine)
+	writeBack(m.mapped()[off:off+n], cacheLine)
 	storeFence()
 	return nil
 }

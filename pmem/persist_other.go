@@ -11,11 +11,11 @@ package pmem
 const writeBackName = "msync"
 
 func (m *Medium) writeBackCacheLines(off, n int64) error {
-	return msyncRange(m.data, off, n)
+	return msyncRange(m.mapped(), off, n)
 }
 
 func (m *Medium) fenceWriteBacks() error {
-	return msyncRange(m.data, 0, m.size)
+	return msyncRange(m.mapped(), 0, m.Size())
 }
 
 func cacheLineStride() uintptr { return 0 }

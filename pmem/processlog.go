@@ -52,6 +52,10 @@ type processLog struct {
 	dir  string
 	path string
 	data []byte // the whole mapping, stamp page included; nil when not mapped
+	// retired are the mappings a larger ProcessLog replaced: the caller may
+	// still hold regions in them (the same file pages as the new one's
+	// start), so they stay mapped until Close or DropProcessLog.
+	retired [][]byte
 }
 
 const (
@@ -100,8 +104,16 @@ func (m *Medium) ProcessLog(n int) ([]byte, error) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	if pl.data != nil {
-		if len(pl.data)-processLogStamp < n {
-			return nil, fmt.Errorf("pmem: %s: process log already mapped with %d bytes, asked %d: %w", m.path, len(pl.data)-processLogStamp, n, ErrInvalidOptions)
+		if have := len(pl.data) - processLogStamp; have < n {
+			// Larger, as for a device that grew: the same file, longer,
+			// its first bytes kept (regions the caller holds in the old
+			// mapping see the same pages).
+			data, err := m.growProcessLog(pl.data, n)
+			if err != nil {
+				return nil, fmt.Errorf("pmem: %s: process log %s: growing to %d bytes: %w", m.path, pl.path, n, err)
+			}
+			pl.retired = append(pl.retired, pl.data)
+			pl.data = data
 		}
 		return pl.data[processLogStamp : processLogStamp+n : processLogStamp+n], nil
 	}
@@ -162,6 +174,30 @@ func (m *Medium) mapProcessLog(path string, n int) ([]byte, error) {
 	return data, nil
 }
 
+// growProcessLog extends the mapped log file to hold n bytes and maps it whole again.
+func (m *Medium) growProcessLog(old []byte, n int) ([]byte, error) {
+	boot, err := bootID()
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open(m.processLog.path, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	page := int64(unix.Getpagesize())
+	size := processLogStamp + (int64(n)+page-1)/page*page
+	if err := unix.Ftruncate(fd, size); err != nil {
+		return nil, fmt.Errorf("size to %d bytes: %w", size, err)
+	}
+	data, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mmap: %w", err)
+	}
+	copy(data, m.processLogStamp(boot, n))
+	return data, nil
+}
+
 // DropProcessLog unmaps the process log and removes its file: the caller closed cleanly and
 // the log holds nothing a later process needs.
 func (m *Medium) DropProcessLog() error {
@@ -171,8 +207,7 @@ func (m *Medium) DropProcessLog() error {
 	if pl.data == nil {
 		return nil
 	}
-	err := unix.Munmap(pl.data)
-	pl.data = nil
+	err := pl.unmapLocked()
 	if rerr := os.Remove(pl.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		err = errors.Join(err, rerr)
 	}
@@ -186,10 +221,18 @@ func (m *Medium) DropProcessLog() error {
 func (pl *processLog) unmap() error {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	if pl.data == nil {
-		return nil
+	return pl.unmapLocked()
+}
+
+func (pl *processLog) unmapLocked() error {
+	var errs []error
+	for _, b := range append(pl.retired, pl.data) {
+		if b != nil {
+			if err := unix.Munmap(b); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
-	err := unix.Munmap(pl.data)
-	pl.data = nil
-	return err
+	pl.data, pl.retired = nil, nil
+	return errors.Join(errs...)
 }
