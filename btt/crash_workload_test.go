@@ -238,6 +238,24 @@ func startRecording(t *testing.T, w workload) (*recording, *btt.Device) {
 	if err := btt.Format(plain, btt.FormatOptions{LBASize: w.lbaSize}); err != nil {
 		t.Fatalf("%v: format: %v", w, err)
 	}
+	rec := runSetup(t, w, plain)
+	var err error
+	var d *btt.Device
+	if rec.m, err = crashmedium.NewFrom(plain.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// A reopened device starts its lanes over; the flog carries on where
+	// the setup left each lane.
+	if d, err = btt.Open(rec.m, btt.Options{}); err != nil {
+		t.Fatalf("%v: reopen: %v", w, err)
+	}
+	return rec, d
+}
+
+// runSetup runs a workload's unrecorded setup writes on a formatted
+// medium, closes the device, and returns the history holding them.
+func runSetup(t *testing.T, w workload, plain btt.Medium) *recording {
+	t.Helper()
 	d, err := btt.Open(plain, btt.Options{})
 	if err != nil {
 		t.Fatalf("%v: open: %v", w, err)
@@ -256,15 +274,7 @@ func startRecording(t *testing.T, w workload) (*recording, *btt.Device) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if rec.m, err = crashmedium.NewFrom(plain.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	// A reopened device starts its lanes over; the flog carries on where
-	// the setup left each lane.
-	if d, err = btt.Open(rec.m, btt.Options{}); err != nil {
-		t.Fatalf("%v: reopen: %v", w, err)
-	}
-	return rec, d
+	return rec
 }
 
 // hotLBA draws from a handful of LBAs so writes overlap: two that share an

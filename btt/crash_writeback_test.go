@@ -42,24 +42,9 @@ func recordWriteback(t *testing.T, w workload, nfree uint32) *wbRecording {
 	if err := btt.Format(plain, btt.FormatOptions{LBASize: w.lbaSize, NFree: nfree}); err != nil {
 		t.Fatalf("%v: format: %v", w, err)
 	}
-	d, err := btt.Open(plain, btt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := &recording{w: w, h: newHistory(d.SectorSize()), nlba: d.NumSectors(), sector: d.SectorSize()}
-	rng := rand.New(rand.NewPCG(w.seed, 1))
-	for i := 0; i < w.setup; i++ {
-		lba := rec.hotLBA(rng)
-		if i%3 == 0 {
-			lba = rng.Uint64N(rec.nlba)
-		}
-		if err := rec.issue(d, opWrite, lba, 1, 0); err != nil {
-			t.Fatalf("%v: setup: %v", w, err)
-		}
-	}
-	if err := d.Close(); err != nil {
-		t.Fatal(err)
-	}
+	rec := runSetup(t, w, plain)
+	var err error
+	var d *btt.Device
 	wb := &wbRecording{w: w, nfree: nfree, h: rec.h, setup: len(rec.h.ops), nlba: rec.nlba, sector: rec.sector}
 	if wb.m, err = crashmedium.NewWritebackFrom(plain.Bytes(), nil); err != nil {
 		t.Fatal(err)
@@ -67,7 +52,7 @@ func recordWriteback(t *testing.T, w workload, nfree uint32) *wbRecording {
 	if d, err = btt.Open(wb.m, btt.Options{}); err != nil {
 		t.Fatalf("%v: reopen: %v", w, err)
 	}
-	rng = rand.New(rand.NewPCG(w.seed, 2))
+	rng := rand.New(rand.NewPCG(w.seed, 2))
 	for i := 0; i < w.ops; i++ {
 		kind, lba, n := rec.randomOp(rng)
 		o := wb.h.begin(kind, lba, n, wb.m.Points())
