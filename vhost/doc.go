@@ -1,10 +1,22 @@
-// Package vhost is nvblk's vhost-user back-end server: it accepts a
-// front-end (QEMU) on a unix socket, keeps what the front-end hands over
-// (guest memory, vring addresses, eventfds, the inflight region) and runs one
-// worker goroutine per started queue. It implements the back-end's side of
-// QEMU's docs/interop/vhost-user.rst: "Starting and stopping rings", "Memory
-// region description", "Inflight I/O tracking" and the front-end message
-// types; the wire format itself is package vhostuser.
+// Package vhost is nvblk's vhost-user back-end server: it accepts
+// front-ends (QEMU) on a unix socket, keeps what each hands over (guest
+// memory, vring addresses, eventfds, the inflight region, the dirty log)
+// and runs one worker goroutine per started queue. It implements the
+// back-end's side of QEMU's docs/interop/vhost-user.rst: "Starting and
+// stopping rings", "Memory region description", "Inflight I/O tracking",
+// "Migration" (dirty logging, log.go) and the front-end message types; the
+// wire format itself is package vhostuser.
+//
+// Sessions: each connection is a session (session.go) with its own memory
+// table, rings, inflight region, dirty log and counters, served on its own
+// goroutine, up to Options.MaxSessions at once (DefaultMaxSessions, 4); one
+// more is accepted, logged and closed. A live migration needs two at once:
+// the destination QEMU (-incoming) connects at start-up and waits for the
+// handshake's replies while the source still runs the guest. Sessions share
+// the Backend, whose handlers are per queue and per session (vhost/blk's
+// each hold a BTT lane while there are enough). Server.Sessions lists
+// them (SessionInfo), DetachSession drops one, Detach all; Stats sums
+// their counters with those of the sessions that ended.
 //
 // The server knows no device. A Backend supplies the virtio features, the
 // config space and one Handler per queue (vhost/blk is nvblk's one device);
@@ -42,9 +54,10 @@
 //
 // Shared memory the front-end takes away never kills the process
 // (fault.go). A front-end can truncate the files behind guest memory and
-// behind an inflight region it made itself (SET_INFLIGHT_FD), and touching
-// the pages that went raises SIGBUS. A queue worker that faults there (in
-// the rings, in a request's buffers, in the inflight records) stops that
+// behind an inflight region it made itself (SET_INFLIGHT_FD) or a dirty log
+// (SET_LOG_BASE), and touching the pages that went raises SIGBUS. A queue
+// worker that faults there (in the rings, in a request's buffers, in the
+// inflight records, in the log) stops that
 // queue as for a corrupt ring: DEVICE_NEEDS_RESET, the error eventfd
 // signalled, one log line; GET_VRING_BASE still answers and the handler is
 // closed. A fault while handling a message (starting a ring reads its used
@@ -61,16 +74,18 @@
 // handling waits for a stuck guest request (stopping a queue waits for the
 // request it runs). The session tears down once that request completes.
 //
-// Locks: Server.mu guards the listeners and the current session; a
-// session's mu guards its memory table and vrings and is held while one
-// request is handled. They are never held together (the Server copies the
+// Locks: Server.mu guards the listeners, the sessions being served and the
+// ended sessions' counters; a session's mu guards its memory table, vrings
+// and dirty log and is held while one request is handled. They are never held together (the Server copies the
 // session pointer out before calling into it), so there is no order to
 // keep. A function whose name ends in Locked is called with session.mu
 // held. A queue worker takes no lock on the data path: it alone uses its
 // ring and handler, and stops (returning its ring index) before the session
 // changes what it uses.
 //
-// Only inflight_unsafe.go and fault_unsafe.go import unsafe: the inflight
-// region's fields are shared with the front-end and touched through
-// sync/atomic, and a fault's address is compared with the mappings'.
+// Only inflight_unsafe.go, fault_unsafe.go and log_unsafe.go import
+// unsafe: the inflight region's fields and the dirty log's words are shared
+// with the front-end and touched through sync/atomic, a fault's address is
+// compared with the mappings', and a segment's address is looked up in the
+// memory table to log it by guest address.
 package vhost

@@ -6,8 +6,8 @@ import (
 	"runtime"
 )
 
-// Faults in shared memory. Guest memory and the inflight region are
-// mappings of files the front-end holds: it can truncate them under us (a
+// Faults in shared memory. Guest memory, the inflight region and the dirty
+// log are mappings of files the front-end holds: it can truncate them under us (a
 // memfd the front-end made is not sealed), and a load or store past the
 // file's new end raises SIGBUS. Go makes such a fault fatal unless the
 // goroutine asked for a panic instead (runtime/debug.SetPanicOnFault): the
@@ -36,9 +36,9 @@ func faultAddr(r any) (uintptr, bool) {
 	return a.Addr(), true
 }
 
-// faultSite names the shared mapping of mem or inf that holds addr, or ""
-// if neither does.
-func faultSite(addr uintptr, mem *memTable, inf *inflightRegion) string {
+// faultSite names the shared mapping of mem, inf or lg that holds addr, or
+// "" if none does.
+func faultSite(addr uintptr, mem *memTable, inf *inflightRegion, lg *dirtyLog) string {
 	if mem != nil {
 		for _, g := range mem.regions {
 			if holds(g.mapping, addr) {
@@ -49,17 +49,20 @@ func faultSite(addr uintptr, mem *memTable, inf *inflightRegion) string {
 	if inf != nil && holds(inf.mapping, addr) {
 		return "the inflight region"
 	}
+	if lg != nil && holds(lg.mapping, addr) {
+		return "the dirty log"
+	}
 	return ""
 }
 
 // sharedFault turns r, a value recovered from a panic, into an error if it
-// is a fault in mem or inf; any other panic goes on.
-func sharedFault(r any, mem *memTable, inf *inflightRegion) error {
+// is a fault in mem, inf or lg; any other panic goes on.
+func sharedFault(r any, mem *memTable, inf *inflightRegion, lg *dirtyLog) error {
 	addr, ok := faultAddr(r)
 	if !ok {
 		panic(r)
 	}
-	site := faultSite(addr, mem, inf)
+	site := faultSite(addr, mem, inf, lg)
 	if site == "" {
 		panic(r)
 	}

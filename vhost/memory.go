@@ -15,6 +15,8 @@ var (
 	ErrBadRegion = errors.New("vhost: bad memory region")
 	// ErrBadAddress: an address range not inside one mapped region.
 	ErrBadAddress = errors.New("vhost: address not in guest memory")
+	// ErrBadLog: a dirty log (SET_LOG_BASE) we cannot use (log.go).
+	ErrBadLog = errors.New("vhost: bad dirty log")
 )
 
 // guestRegion is one mmapped region. It is shared between successive
@@ -59,6 +61,7 @@ func checkRange(start, size uint64) error {
 // session stops every worker before it retires a table.
 type memTable struct {
 	regions []*guestRegion // sorted by GuestAddr, non-overlapping
+	byHost  []*guestRegion // the same, sorted by the address of their mapping (hostToGuest)
 }
 
 // newMemTable sorts regions and checks that neither their guest nor their
@@ -80,7 +83,40 @@ func newMemTable(regions []*guestRegion) (*memTable, error) {
 				ErrBadRegion, byUser[i-1].UserAddr, byUser[i-1].Size, byUser[i].UserAddr, byUser[i].Size)
 		}
 	}
-	return &memTable{regions: rs}, nil
+	byHost := append([]*guestRegion(nil), rs...)
+	sort.Slice(byHost, func(i, j int) bool { return hostAddr(byHost[i].data) < hostAddr(byHost[j].data) })
+	return &memTable{regions: rs, byHost: byHost}, nil
+}
+
+// hostToGuest returns the guest-physical address of b, a window into one of
+// the table's regions (a chain's segment), or false if it is none of theirs.
+// Dirty logging (log.go) marks by guest address, and virtq's segments carry
+// only the window; the lookup is paid only while logging.
+func (t *memTable) hostToGuest(b []byte) (uint64, bool) {
+	if t == nil || len(b) == 0 {
+		return 0, false
+	}
+	p := hostAddr(b)
+	i := sort.Search(len(t.byHost), func(i int) bool { return hostAddr(t.byHost[i].data) > p }) - 1
+	if i < 0 {
+		return 0, false
+	}
+	r := t.byHost[i]
+	off := uint64(p - hostAddr(r.data))
+	if off >= r.Size || uint64(len(b)) > r.Size-off {
+		return 0, false
+	}
+	return r.GuestAddr + off, true
+}
+
+// end is the guest-physical address just past the highest region, 0
+// without regions: what a dirty log has to cover.
+func (t *memTable) end() uint64 {
+	if t.len() == 0 {
+		return 0
+	}
+	r := t.regions[len(t.regions)-1]
+	return r.GuestAddr + r.Size // newGuestRegion refused a region that wraps
 }
 
 // Translate implements virtq.Memory: it returns the guest memory at

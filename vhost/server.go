@@ -1,11 +1,13 @@
 package vhost
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,29 +29,44 @@ type Options struct {
 	// MessageTimeout bounds a vhost-user message once its first byte has
 	// arrived; zero means DefaultMessageTimeout.
 	MessageTimeout time.Duration
+	// MaxSessions bounds the front-ends served at once; zero means
+	// DefaultMaxSessions. One more is refused (accepted, logged and
+	// closed) rather than left waiting unanswered.
+	MaxSessions int
 }
 
-// Server serves one vhost-user front-end connection at a time for one
-// Backend. Later connections wait in the listen backlog until the current
-// one ends.
+// DefaultMaxSessions is how many front-ends a Server serves at once unless
+// Options.MaxSessions says otherwise. A live migration needs two: the
+// destination QEMU (-incoming) connects and waits for the handshake's
+// replies while the source still runs the guest; the others leave room for
+// a reconnecting front-end whose old connection has not yet been seen to
+// close, and for an operator's tools.
+const DefaultMaxSessions = 4
+
+// Server serves vhost-user front-ends for one Backend, each connection a
+// session with its own memory table, rings, inflight region and dirty
+// log, up to Options.MaxSessions at once. The sessions share the Backend:
+// each queue of each session gets its own Handler.
 type Server struct {
-	be      Backend
-	opts    Options
-	log     *logrus.Entry
-	connSeq atomic.Uint64
-	// counters are each queue's statistics (stats.go), kept across
-	// connections; only the queue's worker writes them.
-	counters []queueCounters
-	// slot holds a token while no connection is being served: the
-	// vhost-user model is one front-end per device.
-	slot chan struct{}
+	be          Backend
+	opts        Options
+	maxSessions int
+	log         *logrus.Entry
+	connSeq     atomic.Uint64
 	// quit is closed by Shutdown.
 	quit chan struct{}
+	// serving counts the sessions' goroutines, for Shutdown. Add is
+	// called under mu while !closed, so before Shutdown's Wait.
+	serving sync.WaitGroup
 
 	mu        sync.Mutex // guards the fields below
 	listeners map[net.Listener]struct{}
-	cur       *session
-	closed    bool
+	sessions  map[*session]struct{} // those being served
+	// retired are each queue's statistics (stats.go) of the sessions
+	// that ended, so that counts accumulate over the server's life;
+	// written under mu only, when a session ends.
+	retired []queueCounters
+	closed  bool
 }
 
 // NewServer returns a server for be.
@@ -58,14 +75,17 @@ func NewServer(be Backend, opts Options) *Server {
 	if opts.Logger != nil {
 		lg = opts.Logger
 	}
-	s := &Server{
-		be: be, opts: opts, log: lg.WithField("component", "vhost"),
-		slot: make(chan struct{}, 1), quit: make(chan struct{}),
-		counters:  make([]queueCounters, be.NumQueues()),
-		listeners: map[net.Listener]struct{}{},
+	maxSessions := opts.MaxSessions
+	if maxSessions <= 0 {
+		maxSessions = DefaultMaxSessions
 	}
-	s.slot <- struct{}{}
-	return s
+	return &Server{
+		be: be, opts: opts, maxSessions: maxSessions, log: lg.WithField("component", "vhost"),
+		quit:      make(chan struct{}),
+		retired:   make([]queueCounters, be.NumQueues()),
+		listeners: map[net.Listener]struct{}{},
+		sessions:  map[*session]struct{}{},
+	}
 }
 
 // FileListener adopts an already-listening unix socket passed as fd (--fd).
@@ -88,10 +108,12 @@ func FileListener(fd int) (*net.UnixListener, error) {
 	return ul, nil
 }
 
-// Serve accepts front-ends on l and serves them one after another until
-// Shutdown (ErrServerClosed) or until l is closed by someone else (an error
-// wrapping net.ErrClosed). A connection that fails or is dropped for a
-// malformed message does not stop it, nor does any other accept error:
+// Serve accepts front-ends on l and serves each on its own goroutine, up
+// to Options.MaxSessions at once (one more is closed at once, with a
+// warning), until Shutdown (ErrServerClosed) or until l is closed by
+// someone else (an error wrapping net.ErrClosed). A connection that fails
+// or is dropped for a malformed message does not stop it, nor does any
+// other accept error:
 // running out of file descriptors (EMFILE, ENFILE), a connection aborted
 // before it was accepted and the like are retried after a pause that
 // doubles from 5 ms to 1 s while they last, as net/http does, and logged
@@ -116,13 +138,12 @@ func (s *Server) Serve(l net.Listener) error {
 	retry := acceptretry.Retry{Prefix: "vhost"}
 	for {
 		select {
-		case <-s.slot:
 		case <-s.quit:
 			return ErrServerClosed
+		default:
 		}
 		c, err := l.Accept()
 		if err != nil {
-			s.slot <- struct{}{}
 			select {
 			case <-s.quit:
 				return ErrServerClosed
@@ -142,32 +163,71 @@ func (s *Server) Serve(l net.Listener) error {
 		uc, ok := c.(*net.UnixConn)
 		if !ok {
 			c.Close()
-			s.slot <- struct{}{}
 			continue
 		}
-		s.serveConn(uc)
-		s.slot <- struct{}{}
+		s.startSession(uc)
 	}
 }
 
-func (s *Server) serveConn(c *net.UnixConn) {
-	sess := newSession(s, c)
+// startSession serves c on a goroutine of its own, or closes it when the
+// server is shutting down or already serves MaxSessions front-ends.
+func (s *Server) startSession(c *net.UnixConn) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		c.Close()
 		return
 	}
-	s.cur = sess
+	if n := len(s.sessions); n >= s.maxSessions {
+		s.mu.Unlock()
+		lg := s.log
+		if p := peerOf(c); p.known {
+			lg = lg.WithField("peer_pid", p.pid)
+		}
+		// Refused, not left in the backlog: a front-end waiting there
+		// hangs on its first reply without a word on either side.
+		lg.WithField("sessions", n).Warnf("vhost: refusing a front-end: %d already served, the most at once (MaxSessions)", n)
+		c.Close()
+		return
+	}
+	sess := newSession(s, c)
+	s.sessions[sess] = struct{}{}
+	s.serving.Add(1)
 	s.mu.Unlock()
-	sess.serve()
+	go func() {
+		defer s.serving.Done()
+		sess.serve()
+		s.mu.Lock()
+		delete(s.sessions, sess)
+		// Its workers have stopped (serve closed the session): its
+		// counts are final, and move to the totals with the session gone
+		// in one step, so Stats counts them once.
+		for i := range s.retired {
+			s.retired[i].add(&sess.counters[i])
+		}
+		s.mu.Unlock()
+	}()
+}
+
+// liveSessions returns the sessions being served, oldest first.
+func (s *Server) liveSessions() []*session {
 	s.mu.Lock()
-	s.cur = nil
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	return s.liveSessionsLocked()
+}
+
+// The caller holds s.mu.
+func (s *Server) liveSessionsLocked() []*session {
+	out := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		out = append(out, sess)
+	}
+	slices.SortFunc(out, func(a, b *session) int { return cmp.Compare(a.id, b.id) })
+	return out
 }
 
 // Shutdown stops accepting, stops the queue workers after their in-flight
-// requests complete, closes the connection and flushes the backend.
+// requests complete, closes the connections and flushes the backend.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.closed {
@@ -177,21 +237,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for l := range s.listeners {
 		l.Close()
 	}
-	cur := s.cur
+	live := s.liveSessionsLocked()
 	s.mu.Unlock()
 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if cur != nil {
-			cur.close()
+		var wg sync.WaitGroup
+		for _, sess := range live {
+			wg.Go(sess.close) // each waits for its own requests
 		}
-		// Wait for the serving goroutine to let go of the slot.
-		select {
-		case <-s.slot:
-			s.slot <- struct{}{}
-		case <-ctx.Done():
-		}
+		wg.Wait()
+		s.serving.Wait() // and for the sessions' goroutines to finish
 	}()
 	select {
 	case <-done:
@@ -236,17 +293,28 @@ func (s *Server) ServeContext(ctx context.Context, l net.Listener, grace time.Du
 	return errors.Join(serveErr, err)
 }
 
-// Detach drops the current front-end, if any, as if it had disconnected:
-// the connection closes at once, its queues finish the requests they took,
-// then the server accepts the next front-end. It reports whether one was
-// connected. It returns without waiting for any of that: a guest request
-// that never completes cannot hold up the operator.
+// Detach drops every front-end being served, as if each had disconnected:
+// the connections close at once, their queues finish the requests they
+// took. It reports whether one was connected. It returns without waiting
+// for any of that: a guest request that never completes cannot hold up the
+// operator. DetachSession drops one.
 func (s *Server) Detach() bool {
-	s.mu.Lock()
-	cur := s.cur
-	s.mu.Unlock()
-	if cur == nil {
-		return false
+	dropped := false
+	for _, sess := range s.liveSessions() {
+		if sess.detach() {
+			dropped = true
+		}
 	}
-	return cur.detach()
+	return dropped
+}
+
+// DetachSession drops the front-end of session id (SessionInfo.ID) as
+// Detach drops them all, and reports whether it was being served.
+func (s *Server) DetachSession(id uint64) bool {
+	for _, sess := range s.liveSessions() {
+		if sess.id == id {
+			return sess.detach()
+		}
+	}
+	return false
 }

@@ -206,15 +206,15 @@ func TestProtocol(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if f&vhostuser.FeatureProtocolFeatures == 0 || f&virtio.FVersion1 == 0 {
-				t.Fatalf("features %#x lack PROTOCOL_FEATURES or VERSION_1", f)
+			if f&vhostuser.FeatureProtocolFeatures == 0 || f&virtio.FVersion1 == 0 || f&vhostuser.FeatureLogAll == 0 {
+				t.Fatalf("features %#x lack PROTOCOL_FEATURES, VERSION_1 or LOG_ALL", f)
 			}
 			p, err := c.GetU64(vhostuser.ReqGetProtocolFeatures)
 			if err != nil {
 				t.Fatal(err)
 			}
 			want := vhostuser.ProtoMQ | vhostuser.ProtoReplyAck | vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots | vhostuser.ProtoResetDevice | vhostuser.ProtoStatus |
-				vhostuser.ProtoInflightSHMFD
+				vhostuser.ProtoInflightSHMFD | vhostuser.ProtoLogSHMFD
 			if p != want {
 				t.Fatalf("protocol features %#x, want %#x", p, want)
 			}

@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/virtio"
@@ -23,12 +24,16 @@ var (
 	ErrBadVring    = errors.New("vhost: bad vring request")
 	ErrBadFeatures = errors.New("vhost: feature bits not offered")
 	ErrBadConfig   = errors.New("vhost: bad config access")
+	// errDrop ends the connection after a request that failed in a way
+	// the front-end would not see otherwise (a log refused mid-migration).
+	errDrop = errors.New("vhost: the front-end would not see this refusal; dropping the connection")
 )
 
 // supportedProtocolFeatures are the protocol features the server offers.
 const supportedProtocolFeatures = vhostuser.ProtoMQ | vhostuser.ProtoReplyAck |
 	vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots |
-	vhostuser.ProtoResetDevice | vhostuser.ProtoStatus | vhostuser.ProtoInflightSHMFD
+	vhostuser.ProtoResetDevice | vhostuser.ProtoStatus | vhostuser.ProtoInflightSHMFD |
+	vhostuser.ProtoLogSHMFD
 
 // vringState is the part of a vring that describes the guest's ring rather
 // than this connection: it is what a reconnecting front-end (INFLIGHT_SHMFD)
@@ -61,16 +66,25 @@ type vring struct {
 
 // session serves one front-end connection.
 type session struct {
-	srv  *Server
-	conn *net.UnixConn
-	log  *logrus.Entry
-	// view is what Server.Stats shows of the rings, published after each
-	// request so that Stats never takes mu, which a request can hold for
-	// as long as a stuck guest request takes (stopping a queue waits for
-	// it). closing is set once the connection is going (Detach, close):
-	// Stats then reports no front-end.
-	view    atomic.Pointer[[]ringView]
+	srv   *Server
+	conn  *net.UnixConn
+	log   *logrus.Entry
+	id    uint64    // the "conn" of its log lines (SessionInfo.ID)
+	peer  peerCred  // who connected, as the kernel says (SO_PEERCRED)
+	since time.Time // when it was accepted
+	// counters are this session's queues' statistics (stats.go), folded
+	// into the server's totals when it ends. Only the queue's worker
+	// writes them, and a session runs at most one worker per queue.
+	counters []queueCounters
+	// view is what Server.Stats and Sessions show of the session,
+	// published after each request so that neither takes mu, which a
+	// request can hold for as long as a stuck guest request takes
+	// (stopping a queue waits for it). closing is set once the connection
+	// is going (Detach, close): Stats then reports it gone.
+	view    atomic.Pointer[sessionView]
 	closing atomic.Bool
+	// logOutside counts dirty-log marks dropped past a log's end (log.go).
+	logOutside atomic.Uint64
 
 	mu       sync.Mutex // guards everything below; held while one request is handled
 	features uint64     // SET_FEATURES
@@ -79,15 +93,29 @@ type session struct {
 	vrings   []*vring
 	status   uint8           // SET_STATUS
 	inflight *inflightRegion // GET/SET_INFLIGHT_FD; nil: no tracking (inflight.go)
-	closed   bool
-	ready    bool // a queue has started: the handshake is done (logged once)
+	// dlog is the dirty log of SET_LOG_BASE (log.go), nil without one;
+	// it is marked while features has VHOST_F_LOG_ALL. logRefused is set
+	// when the last SET_LOG_BASE was refused: QEMU does not look at that
+	// reply, so SET_FEATURES turning logging on is refused instead, which
+	// QEMU does see, and the migration fails rather than copy a guest
+	// whose writes went unlogged.
+	dlog       *dirtyLog
+	logRefused bool
+	closed     bool
+	ready      bool // a queue has started: the handshake is done (logged once)
 	// lastRequest is the last request handled (0: none yet), for
 	// the log when the front-end leaves before the handshake is done.
 	lastRequest vhostuser.Request
 }
 
 func newSession(srv *Server, conn *net.UnixConn) *session {
-	s := &session{srv: srv, conn: conn, log: srv.log.WithField("conn", srv.connSeq.Add(1))}
+	id := srv.connSeq.Add(1)
+	s := &session{srv: srv, conn: conn, id: id, peer: peerOf(conn), since: time.Now(),
+		counters: make([]queueCounters, srv.be.NumQueues())}
+	s.log = srv.log.WithField("conn", id)
+	if s.peer.known {
+		s.log = s.log.WithField("peer_pid", s.peer.pid)
+	}
 	s.vrings = make([]*vring, srv.be.NumQueues())
 	for i := range s.vrings {
 		s.vrings[i] = &vring{index: i}
@@ -96,25 +124,36 @@ func newSession(srv *Server, conn *net.UnixConn) *session {
 	return s
 }
 
-// ringView is one ring in a session's published view (Stats).
+// sessionView is a session's state as last published (Stats, Sessions).
+type sessionView struct {
+	rings              []ringView
+	features, protocol uint64
+	logSize            uint64 // bytes of the dirty log; 0 without one
+	ready              bool
+}
+
+// ringView is one ring in a session's published view.
 type ringView struct {
 	enabled, running bool
 	base             uint16 // the ring's base while no worker runs it
 }
 
-// publishViewLocked publishes the rings' state for Stats.
+// publishViewLocked publishes the session's state for Stats and Sessions.
 //
 // The caller holds s.mu.
 func (s *session) publishViewLocked() {
-	v := make([]ringView, len(s.vrings))
+	v := &sessionView{rings: make([]ringView, len(s.vrings)), features: s.features, protocol: s.protocol, ready: s.ready}
+	if s.dlog != nil {
+		v.logSize = s.dlog.size
+	}
 	for i, vr := range s.vrings {
-		v[i] = ringView{
+		v.rings[i] = ringView{
 			enabled: vr.enabled || (vr.started && s.features&vhostuser.FeatureProtocolFeatures == 0),
 			running: vr.w != nil,
 			base:    vr.base,
 		}
 	}
-	s.view.Store(&v)
+	s.view.Store(v)
 }
 
 // detach closes the connection without waiting for s.mu: the request
@@ -198,14 +237,15 @@ func (s *session) dispatch(m vhostuser.Message, fds []int) (err error) {
 	// (starting a ring reads its used index, starting a queue recovers
 	// its inflight records): a fault there, in a file the front-end
 	// shrank, ends this connection instead of the process (fault.go).
-	// The goroutine is the server's accept loop: the setting is restored.
+	// The goroutine is the session's, which has no other use for the
+	// setting; it is restored all the same.
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer s.publishViewLocked()
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%v: %w", m.Hdr.Request, sharedFault(r, s.mem, s.inflight))
+			err = fmt.Errorf("%v: %w", m.Hdr.Request, sharedFault(r, s.mem, s.inflight, s.dlog))
 		}
 	}()
 	if s.closed {
@@ -220,7 +260,7 @@ func (s *session) dispatch(m vhostuser.Message, fds []int) (err error) {
 	}
 	reply, err := s.handleLocked(m, fds)
 	if err != nil {
-		if errors.Is(err, vhostuser.ErrMalformed) {
+		if errors.Is(err, vhostuser.ErrMalformed) || errors.Is(err, errDrop) {
 			return err
 		}
 		if errors.Is(err, ErrUnsupported) {
@@ -231,6 +271,9 @@ func (s *session) dispatch(m vhostuser.Message, fds []int) (err error) {
 	} else {
 		log.Debug("vhost: request done")
 	}
+	// Published before the reply, not only when dispatch returns: a
+	// front-end that has its reply may look at Stats or Sessions next.
+	s.publishViewLocked()
 	if reply != nil {
 		return s.replyLocked(m.Hdr.Request, reply)
 	}
@@ -276,7 +319,20 @@ func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, er
 		if m.U64&^s.offeredFeatures() != 0 {
 			return nil, fmt.Errorf("%w: %#x", ErrBadFeatures, m.U64&^s.offeredFeatures())
 		}
+		if m.U64&vhostuser.FeatureLogAll != 0 && s.logRefused {
+			return nil, fmt.Errorf("%w: VHOST_F_LOG_ALL: the dirty log (SET_LOG_BASE) was refused", ErrBadFeatures)
+		}
+		// Workers take the features (and so whether they log) when they
+		// start: QEMU turns logging on and off with the rings running,
+		// and they restart on the new features after their requests.
 		running := s.stopAllLocked()
+		if (s.features^m.U64)&vhostuser.FeatureLogAll != 0 {
+			msg := "vhost: dirty logging off"
+			if m.U64&vhostuser.FeatureLogAll != 0 {
+				msg = "vhost: dirty logging on" // a migration starts
+			}
+			s.log.WithField("dirty_log_bytes", s.logSizeLocked()).Info(msg)
+		}
 		s.features = m.U64
 		return nil, s.startLocked(running)
 	case vhostuser.ReqGetProtocolFeatures:
@@ -352,6 +408,8 @@ func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, er
 		return nil, nil
 	case vhostuser.ReqSetInflightFD:
 		return nil, s.setInflightFDLocked(m.Inflight, fds[0])
+	case vhostuser.ReqSetLogBase:
+		return s.setLogBaseLocked(m.Log, fds)
 	case vhostuser.ReqGetStatus:
 		st := s.status
 		for _, vr := range s.vrings {
@@ -366,7 +424,75 @@ func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, er
 }
 
 func (s *session) offeredFeatures() uint64 {
-	return s.srv.be.Features() | vhostuser.FeatureProtocolFeatures
+	return s.srv.be.Features() | vhostuser.FeatureProtocolFeatures | vhostuser.FeatureLogAll
+}
+
+// setLogBaseLocked maps the dirty log of SET_LOG_BASE (log.go) in place of
+// the one before, which it unmaps, and closes fds. The reply, which QEMU
+// waits for once LOG_SHMFD is negotiated, is a u64: 0, or 1 when the log
+// was refused (QEMU does not read it; see session.logRefused). A refused
+// log leaves none: the old one is the front-end's no longer. A log refused
+// while logging is on ends the connection instead (errDrop).
+//
+// The caller holds s.mu.
+func (s *session) setLogBaseLocked(l vhostuser.Log, fds []int) ([]byte, error) {
+	defer vhostuser.CloseFDs(fds) // the mapping, if any, keeps the log
+	if s.protocol&vhostuser.ProtoLogSHMFD == 0 {
+		// Without LOG_SHMFD the front-end waits for no reply, and there
+		// is no log we could share.
+		return nil, fmt.Errorf("%w: without VHOST_USER_PROTOCOL_F_LOG_SHMFD", ErrUnsupported)
+	}
+	var d *dirtyLog
+	var err error
+	if len(fds) == 0 {
+		err = fmt.Errorf("%w: no fd", ErrBadLog)
+	} else {
+		d, err = newDirtyLog(l, fds[0], s.mem.end(), s.log, &s.logOutside)
+	}
+	// Workers logging into the old log stop (after their requests) before
+	// it is unmapped, and restart on the new one.
+	logging := s.features&vhostuser.FeatureLogAll != 0
+	var running []*vring
+	if logging {
+		running = s.stopAllLocked()
+	}
+	old := s.dlog
+	s.dlog, s.logRefused = d, err != nil
+	if uerr := old.unmap(); uerr != nil {
+		s.log.WithError(uerr).Warn("vhost: munmap of the old dirty log")
+	}
+	serr := s.startLocked(running)
+	if err != nil && logging {
+		// A new log while logging is on (QEMU resizing it as memory
+		// grows mid-migration): QEMU goes on without looking at the
+		// reply and would copy a guest whose writes go unlogged, so
+		// the refusal is the connection's end, which it does see.
+		return nil, fmt.Errorf("%w: %w", errDrop, errors.Join(err, serr))
+	}
+	if err != nil {
+		return vhostuser.EncodeU64(1), errors.Join(err, serr)
+	}
+	s.log.WithFields(logrus.Fields{"bytes": l.MmapSize, "covers": fmt.Sprintf("%#x", l.MmapSize*8*vhostuser.LogPageSize)}).
+		Info("vhost: dirty log set")
+	return vhostuser.EncodeU64(0), serr
+}
+
+// The caller holds s.mu.
+func (s *session) logSizeLocked() uint64 {
+	if s.dlog == nil {
+		return 0
+	}
+	return s.dlog.size
+}
+
+// loggingLocked is the dirty log the workers mark, nil when not logging.
+//
+// The caller holds s.mu.
+func (s *session) loggingLocked() *dirtyLog {
+	if s.features&vhostuser.FeatureLogAll == 0 {
+		return nil
+	}
+	return s.dlog
 }
 
 // The caller holds s.mu.
@@ -420,11 +546,12 @@ func (s *session) setVringAddrLocked(a vhostuser.VringAddr) error {
 	if err != nil {
 		return err
 	}
-	if a.Flags&^1 != 0 {
+	if a.Flags&^vhostuser.VringFLog != 0 {
 		return fmt.Errorf("%w: vring flags %#x", ErrBadVring, a.Flags)
 	}
-	if a.Flags != 0 {
-		return fmt.Errorf("%w: dirty logging (VHOST_VRING_F_LOG)", ErrUnsupported)
+	if a.Flags&vhostuser.VringFLog != 0 && a.Log%4 != 0 {
+		// The spec's vhost_vring_addr: "Address must be 32 bit aligned".
+		return fmt.Errorf("%w: log_guest_addr %#x not 4-aligned", ErrBadVring, a.Log)
 	}
 	if err := virtq.CheckAlignment(a.Desc, a.Avail, a.Used); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadVring, err)
@@ -770,6 +897,8 @@ func (s *session) close() {
 		s.inflight.unmap() // QEMU keeps the memory for the next back-end
 		s.inflight = nil
 	}
+	s.dlog.unmap()
+	s.dlog = nil
 	s.conn.Close()
 }
 

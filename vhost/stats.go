@@ -101,10 +101,11 @@ func (h *LatencyHistogram) Add(o *LatencyHistogram) {
 	}
 }
 
-// queueCounters are one queue's counters, kept by the Server across
-// connections. Only the queue's worker writes them, and a queue has at most
-// one worker at a time (a new one starts after the old one's done channel
-// closed), so each update is a plain load and store, not a locked
+// queueCounters are one queue's counters, a session's own (the Server
+// adds those of the sessions that ended into its retired totals). Only
+// the queue's worker writes a session's, and a session has at most one
+// worker per queue at a time (a new one starts after the old one's done
+// channel closed), so each update is a plain load and store, not a locked
 // read-modify-write; readers (Server.Stats) load atomically. The pads keep
 // two queues' workers off each other's cache lines.
 type queueCounters struct {
@@ -121,6 +122,25 @@ type queueCounters struct {
 	latency      [LatencyBuckets]atomic.Uint64
 	latencySum   atomic.Uint64 // nanoseconds
 	_            cpu.CacheLinePad
+}
+
+// add adds o's counts (not its ring state) to c: a session's final counts
+// to the Server's totals. The caller is c's only writer (Server.mu held)
+// and o's workers have stopped.
+func (c *queueCounters) add(o *queueCounters) {
+	inc(&c.requests, o.requests.Load())
+	inc(&c.bytesRead, o.bytesRead.Load())
+	inc(&c.bytesWritten, o.bytesWritten.Load())
+	inc(&c.latencySum, o.latencySum.Load())
+	for i := range c.ops {
+		inc(&c.ops[i], o.ops[i].Load())
+	}
+	for i := range c.status {
+		inc(&c.status[i], o.status[i].Load())
+	}
+	for i := range c.latency {
+		inc(&c.latency[i], o.latency[i].Load())
+	}
 }
 
 // setRing records the ring's next avail index and in-flight count.
@@ -190,12 +210,16 @@ func (b *counterBatch) flushTo(c *queueCounters) {
 }
 
 // QueueStats is one queue in a Stats snapshot. Counters accumulate over
-// the server's life, across front-end connections.
+// the server's life, across front-end connections; in a SessionInfo they
+// are that session's alone.
 type QueueStats struct {
 	Index int `json:"index"`
-	// Enabled, Running and Broken describe the ring of the current
-	// connection (all false without one): enabled by the front-end, served
-	// by a worker, stopped on a malformed ring until a device reset.
+	// Enabled, Running and Broken describe the ring of the connections
+	// being served (all false without one): enabled by the front-end,
+	// served by a worker, stopped on a malformed ring until a device
+	// reset. With several sessions (Server.Sessions) each is true if it
+	// is for one of them; LastAvail is that of the oldest session whose
+	// ring runs (else the oldest's), InFlight their sum.
 	Enabled bool `json:"enabled"`
 	Running bool `json:"running"`
 	Broken  bool `json:"broken"`
@@ -223,7 +247,7 @@ type QueueStats struct {
 type Stats struct {
 	Time time.Time `json:"time"`
 	// Connected says whether a front-end is being served; Connections
-	// counts those accepted so far.
+	// counts those accepted so far. Server.Sessions tells them apart.
 	Connected   bool         `json:"connected"`
 	Connections uint64       `json:"connections"`
 	Queues      []QueueStats `json:"queues"`
@@ -268,38 +292,101 @@ func (c *queueCounters) snapshot(q *QueueStats) {
 	q.LatencySum = time.Duration(c.latencySum.Load())
 }
 
-// Stats returns a snapshot of every queue's counters and, while a
-// front-end is connected, its rings' state.
+// Stats returns a snapshot of every queue's counters, summed over the
+// sessions being served and those that ended, and, while front-ends are
+// connected, their rings' state (QueueStats says how several sessions'
+// rings are merged). Like Sessions, it never waits for a request.
 func (s *Server) Stats() Stats {
-	st := Stats{Time: time.Now(), Connections: s.connSeq.Load(), Queues: make([]QueueStats, len(s.counters))}
-	for i := range s.counters {
-		st.Queues[i].Index = i
-		s.counters[i].snapshot(&st.Queues[i])
-	}
+	st := Stats{Time: time.Now(), Connections: s.connSeq.Load(), Queues: make([]QueueStats, len(s.retired))}
 	s.mu.Lock()
-	cur := s.cur
-	s.mu.Unlock()
-	if cur != nil {
-		st.Connected = cur.ringStates(st.Queues)
+	// Under mu, so that a session that ends meanwhile is counted once:
+	// either live here or in retired.
+	for i := range s.retired {
+		st.Queues[i].Index = i
+		s.retired[i].snapshot(&st.Queues[i])
 	}
-	if !st.Connected {
+	live := s.liveSessionsLocked()
+	sq := make([][]QueueStats, 0, len(live))
+	for _, sess := range live {
+		qs, ok := sess.queueStats()
+		if ok {
+			sq = append(sq, qs)
+		} else {
+			// Going: its counts still go in the totals, not its rings.
+			qs = sess.counterStats()
+		}
 		for i := range st.Queues {
-			st.Queues[i].LastAvail, st.Queues[i].InFlight = 0, 0 // no ring
+			st.Queues[i].addCounters(&qs[i])
+		}
+	}
+	s.mu.Unlock()
+	st.Connected = len(sq) > 0
+	for i := range st.Queues {
+		q := &st.Queues[i]
+		q.LastAvail, q.InFlight = 0, 0 // no ring without a session
+		from := -1                     // the session whose LastAvail is shown
+		for k, qs := range sq {
+			r := &qs[i]
+			q.Enabled, q.Running, q.Broken = q.Enabled || r.Enabled, q.Running || r.Running, q.Broken || r.Broken
+			q.InFlight += r.InFlight
+			if from < 0 || (r.Running && !sq[from][i].Running) {
+				from = k
+			}
+		}
+		if from >= 0 {
+			q.LastAvail = sq[from][i].LastAvail
 		}
 	}
 	return st
 }
 
-// ringStates fills in the current connection's view of each ring. It
-// returns false once the connection is going. It takes no lock: the view is
-// the one published after the last request (publishViewLocked), so a request
-// that waits for a stuck guest request does not hold up Stats.
-func (s *session) ringStates(qs []QueueStats) bool {
+// addCounters adds o's counters (not its ring state) to q.
+func (q *QueueStats) addCounters(o *QueueStats) {
+	q.Requests += o.Requests
+	q.Reads += o.Reads
+	q.Writes += o.Writes
+	q.Flushes += o.Flushes
+	q.Others += o.Others
+	q.BytesRead += o.BytesRead
+	q.BytesWritten += o.BytesWritten
+	q.OK += o.OK
+	q.IOErrors += o.IOErrors
+	q.Unsupported += o.Unsupported
+	q.OtherStatus += o.OtherStatus
+	q.Latency.Add(&o.Latency)
+	q.LatencySum += o.LatencySum
+}
+
+// counterStats returns the session's counters per queue, ring state zero.
+func (s *session) counterStats() []QueueStats {
+	qs := make([]QueueStats, len(s.counters))
+	for i := range s.counters {
+		qs[i].Index = i
+		s.counters[i].snapshot(&qs[i])
+		qs[i].LastAvail, qs[i].InFlight = 0, 0
+	}
+	return qs
+}
+
+// queueStats returns the session's queues: its counters and its rings'
+// state. ok is false once the connection is going; the rings are then
+// reported stopped. It takes no lock: the view is the one published after
+// the last request (publishViewLocked), so a request that waits for a stuck
+// guest request does not hold it up.
+func (s *session) queueStats() (qs []QueueStats, ok bool) {
+	qs = make([]QueueStats, len(s.counters))
+	for i := range s.counters {
+		qs[i].Index = i
+		s.counters[i].snapshot(&qs[i])
+	}
 	v := s.view.Load()
 	if s.closing.Load() || v == nil {
-		return false
+		for i := range qs {
+			qs[i].LastAvail, qs[i].InFlight = 0, 0
+		}
+		return qs, false
 	}
-	for i, r := range *v {
+	for i, r := range v.rings {
 		if i >= len(qs) {
 			break
 		}
@@ -310,5 +397,5 @@ func (s *session) ringStates(qs []QueueStats) bool {
 			q.LastAvail, q.InFlight = r.base, 0
 		}
 	}
-	return true
+	return qs, true
 }

@@ -115,12 +115,11 @@ func TestStatsAndDetachDoNotWaitBehindAStuckRequest(t *testing.T) {
 func waitSessionBusy(t *testing.T, srv *Server) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		srv.mu.Lock()
-		cur := srv.cur
-		srv.mu.Unlock()
-		if cur == nil {
+		live := srv.liveSessions()
+		if len(live) == 0 {
 			continue
 		}
+		cur := live[0]
 		if !cur.mu.TryLock() {
 			return
 		}

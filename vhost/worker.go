@@ -9,6 +9,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/virtio"
 	"github.com/nvblk/nvblk/virtq"
 )
@@ -100,6 +101,13 @@ type worker struct {
 	// the session keeps until it stopped: a fault in them ends the queue.
 	mem      *memTable
 	inflight *inflightRegion
+	// dlog is the dirty log to mark the chains' writable buffers in
+	// (log.go), nil when not logging: fixed for the worker's life, since
+	// the session stops the worker before it turns logging on or off or
+	// replaces the log. unlogged counts writable segments not found in
+	// the memory table (none expected), the first logged.
+	dlog     *dirtyLog
+	unlogged uint64
 	kickLog  logLimiter // failed kick reads
 
 	stopping atomic.Bool // set by stop, read by the worker
@@ -109,14 +117,21 @@ type worker struct {
 // startWorker maps the ring at the guest addresses a and starts serving it
 // from vr.base.
 func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
-	q, err := virtq.New(s.mem, virtq.Config{
+	cfg := virtq.Config{
 		Size:         uint16(vr.num), // SET_VRING_NUM checked 1..32768
 		DescAddr:     a.desc,
 		AvailAddr:    a.avail,
 		UsedAddr:     a.used,
 		EventIdx:     s.features&virtio.FRingEventIdx != 0,
 		IndirectDesc: s.features&virtio.FRingIndirectDesc != 0,
-	})
+	}
+	dlog := s.loggingLocked()
+	if dlog != nil && vr.addr.Flags&vhostuser.VringFLog != 0 {
+		// Only a ring the front-end asked for has its used ring logged,
+		// and at the address it gave ("Migration").
+		cfg.UsedLog, cfg.UsedLogAddr = dlog, vr.addr.Log
+	}
+	q, err := virtq.New(s.mem, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -135,8 +150,8 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 		done: make(chan struct{}),
 	}
 	w.track, w.resub = track, resub
-	w.mem, w.inflight = s.mem, s.inflight
-	w.stats = &s.srv.counters[vr.index]
+	w.mem, w.inflight, w.dlog = s.mem, s.inflight, dlog
+	w.stats = &s.counters[vr.index]
 	w.stats.setRing(base, 0)
 	go w.run()
 	return w, nil
@@ -293,9 +308,35 @@ func (w *worker) handle(c *virtq.Chain) uint32 {
 		start = time.Now()
 	}
 	o := w.h.Handle(c)
+	if w.dlog != nil {
+		w.logChain(c)
+	}
 	w.lastEnd = time.Now()
 	w.batch.record(o, w.lastEnd.Sub(start))
 	return o.Written
+}
+
+// logChain marks every device-writable segment of c in the dirty log: all
+// the handler may have written (IN data, status byte, GET_ID's answer),
+// whatever it reports having written; marking more is allowed. It runs
+// after the handler returned, so after the writes, and before the chain is
+// pushed, so before the used.idx that completes it (log.go, "Ordering").
+func (w *worker) logChain(c *virtq.Chain) {
+	for i := range c.Segments {
+		seg := &c.Segments[i]
+		if !seg.Writable || len(seg.Buf) == 0 {
+			continue
+		}
+		gpa, ok := w.mem.hostToGuest(seg.Buf)
+		if !ok {
+			// virtq makes segments from this table only: a bug if seen.
+			if w.unlogged++; w.unlogged == 1 {
+				w.log.WithField("bytes", len(seg.Buf)).Error("vhost: a writable segment is not in the memory table; not logged")
+			}
+			continue
+		}
+		w.dlog.LogWrite(gpa, uint64(len(seg.Buf)))
+	}
 }
 
 // badChain completes a malformed chain: the handler may still put an error
@@ -304,6 +345,9 @@ func (w *worker) badChain(c *virtq.Chain, err error) {
 	var n uint32
 	if bh, ok := w.h.(BadChainHandler); ok {
 		n = bh.HandleBadChain(c)
+	}
+	if w.dlog != nil {
+		w.logChain(c)
 	}
 	w.q.Push(c.Head, n)
 	w.bad.warn(w.log.WithError(err).WithField("written", n), "malformed_chains", "vhost: completed a malformed chain")
@@ -356,7 +400,7 @@ func (w *worker) recoverFault() {
 	if r == nil {
 		return
 	}
-	err := sharedFault(r, w.mem, w.inflight)
+	err := sharedFault(r, w.mem, w.inflight, w.dlog)
 	w.batch.flushTo(w.stats)
 	w.markBroken(err)
 }

@@ -22,7 +22,7 @@ var oobSize = unix.CmsgSpace((MaxFDs + 1) * 4)
 // DefaultMessageTimeout bounds how long the rest of a message may take once
 // its first byte has arrived. A front-end may sit idle between messages for
 // as long as it likes, but one that stops half-way through a message would
-// otherwise hold the backend (which serves one front-end at a time) forever.
+// otherwise hold one of the backend's few sessions forever.
 const DefaultMessageTimeout = 30 * time.Second
 
 // ReadMessage reads one message (header, payload and the descriptors that

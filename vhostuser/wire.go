@@ -105,6 +105,21 @@ const (
 // GET/SET_PROTOCOL_FEATURES. The virtio bits themselves are package virtio's.
 const FeatureProtocolFeatures uint64 = 1 << 30
 
+// FeatureLogAll is VHOST_F_LOG_ALL, the vhost feature bit (in the same
+// word as the virtio features) a back-end offers when it can mark the
+// guest memory it writes in a dirty log during live migration ("Migration";
+// the front-end turns logging on and off with SET_FEATURES).
+const FeatureLogAll uint64 = 1 << 26
+
+// Dirty logging ("Migration"): the log is a bitmap with one bit per
+// LogPageSize bytes of guest-physical memory, page p at byte p/8, bit p%8.
+const (
+	LogPageSize = 0x1000 // VHOST_LOG_PAGE
+	// VringFLog is VHOST_VRING_F_LOG, bit 0 of SET_VRING_ADDR's flags:
+	// writes to the used ring are logged at log_guest_addr.
+	VringFLog uint32 = 1 << 0
+)
+
 // Protocol feature bits (GET/SET_PROTOCOL_FEATURES).
 const (
 	ProtoMQ                uint64 = 1 << 0
@@ -153,6 +168,7 @@ const (
 	singleRegSize  = 8 + memRegionSize
 	configHdrSize  = 12
 	inflightSize   = 24
+	logSize        = 16
 )
 
 // ErrMalformed reports a message that violates the wire format; the server
@@ -385,6 +401,29 @@ func DecodeInflight(b []byte) (Inflight, error) {
 	return Inflight{le.Uint64(b[0:]), le.Uint64(b[8:]), le.Uint16(b[16:]), le.Uint16(b[18:])}, nil
 }
 
+// Log is the log description of SET_LOG_BASE: where in the fd that comes
+// with it the dirty log lies.
+//
+//	offset 0   u64 mmap size (bytes of log)
+//	offset 8   u64 mmap offset into the fd
+type Log struct {
+	MmapSize   uint64
+	MmapOffset uint64
+}
+
+// Encode returns the 16-byte payload.
+func (l Log) Encode() []byte {
+	return le.AppendUint64(le.AppendUint64(make([]byte, 0, logSize), l.MmapSize), l.MmapOffset)
+}
+
+// DecodeLog decodes exactly 16 bytes.
+func DecodeLog(b []byte) (Log, error) {
+	if len(b) != logSize {
+		return Log{}, fmt.Errorf("%w: log description of %d bytes", ErrMalformed, len(b))
+	}
+	return Log{le.Uint64(b[0:]), le.Uint64(b[8:])}, nil
+}
+
 // Message is one decoded front-end request. Exactly the fields for Hdr's
 // request type are meaningful.
 type Message struct {
@@ -395,6 +434,7 @@ type Message struct {
 	Regions  []MemRegion // SET_MEM_TABLE; ADD/REM_MEM_REG use Regions[0]
 	Config   ConfigSpace
 	Inflight Inflight // GET/SET_INFLIGHT_FD
+	Log      Log      // SET_LOG_BASE
 	Known    bool     // false: a request this package does not decode; payload ignored
 }
 
@@ -472,6 +512,11 @@ func DecodeMessage(hdr Header, payload []byte, nfds int) (Message, error) {
 	case ReqSetInflightFD:
 		m.Inflight, err = DecodeInflight(payload)
 		wantFDs = 1
+	case ReqSetLogBase:
+		// The fd is the log; one that is missing is the back-end's to
+		// refuse (with the reply QEMU waits for), not a broken stream.
+		m.Log, err = DecodeLog(payload)
+		wantFDs = min(nfds, 1)
 	default:
 		m.Known = false
 		wantFDs = nfds // owned by nobody; the caller closes them

@@ -81,6 +81,12 @@ func TestDecodeMessage(t *testing.T) {
 		{"get inflight with fd", hdr(ReqGetInflightFD, 24), make([]byte, 24), 1, true},
 		{"set inflight", hdr(ReqSetInflightFD, 24), Inflight{MmapSize: 4096, NumQueues: 1, QueueSize: 128}.Encode(), 1, false},
 		{"set inflight no fd", hdr(ReqSetInflightFD, 24), make([]byte, 24), 0, true},
+		{"set log base", hdr(ReqSetLogBase, 16), Log{MmapSize: 4096}.Encode(), 1, false},
+		// The missing fd is the session's to refuse, with the reply
+		// QEMU waits for.
+		{"set log base no fd", hdr(ReqSetLogBase, 16), Log{MmapSize: 4096}.Encode(), 0, false},
+		{"set log base two fds", hdr(ReqSetLogBase, 16), Log{MmapSize: 4096}.Encode(), 2, true},
+		{"set log base short", hdr(ReqSetLogBase, 8), EncodeU64(4096), 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := DecodeMessage(tc.hdr, tc.payload, tc.nfds)
@@ -101,6 +107,7 @@ func FuzzDecodeMessage(f *testing.F) {
 	f.Add(EncodeMessage(ReqSetVringKick, FlagVersion, EncodeU64(VringNoFD)), uint8(0))
 	f.Add(EncodeMessage(ReqAddMemReg, FlagVersion, EncodeSingleRegion(MemRegion{})), uint8(1))
 	f.Add(EncodeMessage(ReqSetInflightFD, FlagVersion, Inflight{MmapSize: 4096, NumQueues: 1, QueueSize: 64}.Encode()), uint8(1))
+	f.Add(EncodeMessage(ReqSetLogBase, FlagVersion, Log{MmapSize: 4096, MmapOffset: 8}.Encode()), uint8(1))
 	f.Fuzz(func(t *testing.T, b []byte, nfds uint8) {
 		hdr, err := DecodeHeader(b)
 		if err != nil {
@@ -127,6 +134,11 @@ func FuzzDecodeMessage(f *testing.F) {
 			again = m.Addr.Encode()
 		case ReqGetConfig, ReqSetConfig:
 			again = m.Config.Encode()
+		case ReqSetLogBase:
+			if nfds > 1 {
+				t.Fatalf("SET_LOG_BASE accepted with %d fds", nfds)
+			}
+			again = m.Log.Encode()
 		case ReqGetInflightFD, ReqSetInflightFD:
 			again = m.Inflight.Encode()
 			copy(again[20:], payload[20:]) // padding is not kept

@@ -21,6 +21,10 @@
 //     rewrites them concurrently can only hurt itself, never make us act on
 //     two different values.
 //   - used ring elements: written by us before the used.idx store (release).
+//   - with a DirtyLogger (Config.UsedLog: vhost-user live migration), every
+//     store to the used ring is reported right after it is made, at its
+//     offset from Config.UsedLogAddr: an element before the used.idx store
+//     that publishes it, used.idx after its own store.
 //
 // Guest memory may come in several regions. A ring area (descriptor table,
 // avail ring, used ring) is accessed in place and must lie inside one

@@ -33,12 +33,26 @@ type Memory interface {
 	Translate(gpa, n uint64) ([]byte, error)
 }
 
+// DirtyLogger records guest memory the device wrote, for live migration
+// (vhost-user dirty logging). It must mark the pages after the write: the
+// caller calls it once the bytes are stored.
+type DirtyLogger interface {
+	// LogWrite marks the guest-physical range [gpa, gpa+n) written.
+	LogWrite(gpa, n uint64)
+}
+
 // Config describes a queue as the driver laid it out (vhost-user
 // SET_VRING_NUM / SET_VRING_ADDR) plus the negotiated ring features.
 type Config struct {
 	Size                          uint16
 	DescAddr, AvailAddr, UsedAddr uint64
 	EventIdx, IndirectDesc        bool
+	// UsedLog, if set, is told of every store to the used ring (elements,
+	// flags and index, avail_event), right after it, at the ring's offset
+	// from UsedLogAddr (vhost-user's log_guest_addr, which need not be
+	// UsedAddr). Nil: nothing is logged, at the cost of one nil test.
+	UsedLog     DirtyLogger
+	UsedLogAddr uint64
 }
 
 // Ring flag bits (virtio 1.2 §2.7.5, §2.7.6, §2.7.8).
@@ -128,6 +142,13 @@ type Queue struct {
 	// casRace, set by tests only, runs between setAvailEvent's load and
 	// its compare-and-swap: where a guest's store makes the swap fail.
 	casRace func()
+
+	// usedLog is told of each used ring store (Config.UsedLog); nil
+	// when not logging. usedLogAddr is where the used ring's first byte
+	// is logged. Last, so that the fields every request touches keep
+	// their places.
+	usedLog     DirtyLogger
+	usedLogAddr uint64
 }
 
 // CheckSize reports whether size may be a split virtqueue's size (virtio 1.2
@@ -166,7 +187,8 @@ func New(mem Memory, cfg Config) (*Queue, error) {
 	if err := CheckAlignment(cfg.DescAddr, cfg.AvailAddr, cfg.UsedAddr); err != nil {
 		return nil, err
 	}
-	q := &Queue{mem: mem, size: uint16(size), eventIdx: cfg.EventIdx, indirect: cfg.IndirectDesc}
+	q := &Queue{mem: mem, size: uint16(size), eventIdx: cfg.EventIdx, indirect: cfg.IndirectDesc,
+		usedLog: cfg.UsedLog, usedLogAddr: cfg.UsedLogAddr}
 	var err error
 	if q.desc, err = translate(mem, cfg.DescAddr, uint64(descSize*size)); err != nil {
 		return nil, fmt.Errorf("%w: descriptor table: %w", ErrConfig, err)
@@ -307,6 +329,9 @@ func (q *Queue) storeUsedHdr() {
 	binary.LittleEndian.PutUint16(b[0:], q.usedFlags)
 	binary.LittleEndian.PutUint16(b[2:], q.published)
 	atomic.StoreUint32(q.usedHdr, binary.NativeEndian.Uint32(b[:]))
+	if q.usedLog != nil {
+		q.usedLog.LogWrite(q.usedLogAddr, 4) // used.flags and used.idx
+	}
 }
 
 // Next pops the next available chain into c, reusing c.Segments.
@@ -358,6 +383,11 @@ func (q *Queue) Push(head uint16, written uint32) {
 	// and Publish's store of used.idx is a release.
 	binary.LittleEndian.PutUint32(e[0:], uint32(head))
 	binary.LittleEndian.PutUint32(e[4:], written)
+	if q.usedLog != nil {
+		// Before Publish stores used.idx: the element's page is marked
+		// before the index that makes it the driver's.
+		q.usedLog.LogWrite(q.usedLogAddr+4+uint64(off), usedElemSize)
+	}
 	q.usedIdx++
 }
 
@@ -441,10 +471,22 @@ func (q *Queue) setAvailEvent(v uint16) {
 		if q.casRace != nil {
 			q.casRace()
 		}
-		if old == nw || atomic.CompareAndSwapUint32(q.availEvent, old, nw) {
+		if old == nw {
+			return // unchanged: nothing stored, nothing to log
+		}
+		if atomic.CompareAndSwapUint32(q.availEvent, old, nw) {
+			q.logAvailEvent()
 			return
 		}
 	}
 	storeLow16(q.availEvent, v)
 	atomic.AddUint32(&q.fence, 1)
+	q.logAvailEvent()
+}
+
+// logAvailEvent tells the dirty log, if any, of a store to avail_event.
+func (q *Queue) logAvailEvent() {
+	if q.usedLog != nil {
+		q.usedLog.LogWrite(q.usedLogAddr+4+usedElemSize*uint64(q.size), 2)
+	}
 }

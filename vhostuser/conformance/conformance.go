@@ -4,7 +4,8 @@
 // and feature negotiation, the config space, every request type with its
 // data verified, the error statuses the virtio 1.2 spec (§5.2.6) demands,
 // descriptor layouts a guest may use, indirect tables, EVENT_IDX,
-// multiqueue, stopping a running ring, read-only behaviour and reconnects.
+// multiqueue, stopping a running ring, read-only behaviour, reconnects and
+// the dirty log of a live migration.
 //
 // Each case has a name, the clause of the vhost-user spec (QEMU's
 // docs/interop/vhost-user.rst) or of the virtio 1.2 spec it holds the
@@ -16,7 +17,8 @@
 // protocol features), config (the virtio-blk config space), requests (every
 // request type, read-only devices), zeroing (discard and write zeroes),
 // layouts (descriptor chains), rings (notifications, multiqueue, stopping
-// and restarting), memory (memory tables) and session (reconnects); scratch
+// and restarting), memory (memory tables), session (reconnects) and
+// migration (dirty logging); scratch
 // saves and restores what a destructive run writes.
 //
 // What it writes: nothing unless Options.Destructive. Then writes go only to
@@ -139,6 +141,7 @@ var areas = []area{
 	{stopRingCases, checkStopRing},
 	{readOnlyCases, checkReadOnly},
 	{sessionCases, checkSession},
+	{migrationCases, checkMigration},
 }
 
 // Cases lists every case the suite may report, in the order it runs them.

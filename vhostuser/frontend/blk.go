@@ -33,6 +33,11 @@ type Request struct {
 	Status  byte   // device's status byte (0xff if it wrote none)
 	Written uint32 // used element length
 
+	// DataAddr and StatusAddr are the guest addresses of the request's
+	// data buffer (len(Data) bytes, page aligned) and status byte, set by
+	// Submit: where a device's writes land (dirty-log tests).
+	DataAddr, StatusAddr uint64
+
 	slot  int
 	descs []uint16
 }
@@ -153,6 +158,7 @@ func (q *Queue) Submit(r *Request) error {
 	}
 	q.free = q.free[:len(q.free)-1]
 	r.slot, r.Done, r.Status, r.Written = si, false, statusUnset, 0
+	r.DataAddr, r.StatusAddr = s.gpa+s.data, s.gpa+slotStatus
 	r.descs = append(r.descs[:0], q.freeDesc[len(q.freeDesc)-need:]...)
 	q.freeDesc = q.freeDesc[:len(q.freeDesc)-need]
 	if need == 1 && len(els) > 1 {
@@ -306,6 +312,9 @@ type Options struct {
 	// kicked and enabled instead of before: the back-end has to start
 	// them when the memory comes.
 	MemoryLast bool
+	// DirtyLog negotiates PROTOCOL_F_LOG_SHMFD when offered, so that
+	// StartLogging can share a dirty log as QEMU does for a migration.
+	DirtyLog bool
 }
 
 // Device is a connected vhost-user-blk back-end with its rings running.
@@ -321,6 +330,10 @@ type Device struct {
 	// the Device and -1 without one.
 	Inflight   vhostuser.Inflight
 	InflightFD int
+	// Log is the dirty log StartLogging shared, owned by the Device; nil
+	// without one. logging says the rings were last set up to log.
+	Log     *DirtyLog
+	logging bool
 }
 
 // wantedProtocol is every protocol feature this front-end can use.
@@ -382,6 +395,9 @@ func (d *Device) start(o Options) error {
 		d.Protocol = p & wantedProtocol
 		if o.Inflight {
 			d.Protocol |= p & vhostuser.ProtoInflightSHMFD
+		}
+		if o.DirtyLog {
+			d.Protocol |= p & vhostuser.ProtoLogSHMFD
 		}
 		if err := c.SetU64(vhostuser.ReqSetProtocolFeatures, d.Protocol); err != nil {
 			return err
@@ -507,8 +523,21 @@ func (d *Device) SendRing(q *Queue, base uint32) error {
 	if err := c.SetVringState(vhostuser.ReqSetVringBase, idx, base); err != nil {
 		return err
 	}
-	var a vhostuser.VringAddr
-	a.Index = idx
+	if err := d.sendVringAddr(q, d.logging); err != nil {
+		return err
+	}
+	if err := c.SetVringFD(vhostuser.ReqSetVringCall, idx, r.Call); err != nil {
+		return err
+	}
+	return c.SetVringFD(vhostuser.ReqSetVringKick, idx, r.Kick)
+}
+
+// sendVringAddr sends SET_VRING_ADDR for q, with VHOST_VRING_F_LOG and the
+// used ring's guest address as log_guest_addr when log is set, as QEMU
+// does while migrating.
+func (d *Device) sendVringAddr(q *Queue, log bool) error {
+	r := q.Ring
+	a := vhostuser.VringAddr{Index: uint32(q.Index)}
 	var err error
 	if a.Desc, err = d.Mem.UserAddr(r.DescAddr); err != nil {
 		return err
@@ -519,13 +548,11 @@ func (d *Device) SendRing(q *Queue, base uint32) error {
 	if a.Used, err = d.Mem.UserAddr(r.UsedAddr); err != nil {
 		return err
 	}
-	if _, err := c.Call(vhostuser.ReqSetVringAddr, a.Encode(), nil); err != nil {
-		return err
+	if log {
+		a.Flags, a.Log = vhostuser.VringFLog, r.UsedAddr
 	}
-	if err := c.SetVringFD(vhostuser.ReqSetVringCall, idx, r.Call); err != nil {
-		return err
-	}
-	return c.SetVringFD(vhostuser.ReqSetVringKick, idx, r.Kick)
+	_, err = d.Conn.Call(vhostuser.ReqSetVringAddr, a.Encode(), nil)
+	return err
 }
 
 // Capacity is the disk size in 512-byte sectors (from the config space).
@@ -569,5 +596,9 @@ func (d *Device) release() {
 	if d.InflightFD >= 0 {
 		unix.Close(d.InflightFD)
 		d.InflightFD = -1
+	}
+	if d.Log != nil {
+		d.Log.Close()
+		d.Log = nil
 	}
 }

@@ -93,12 +93,17 @@ func (c *Conn) recvLocked() (vhostuser.Header, []byte, error) {
 	return hdr, payload, err
 }
 
-// hasReply lists requests whose reply is their own payload, not an ack.
-func hasReply(req vhostuser.Request) bool {
+// hasReply lists requests whose reply is their own payload, not an ack:
+// SET_LOG_BASE's once LOG_SHMFD is negotiated (QEMU waits for it).
+//
+// The caller holds c.mu.
+func (c *Conn) hasReplyLocked(req vhostuser.Request) bool {
 	switch req {
 	case vhostuser.ReqGetFeatures, vhostuser.ReqGetProtocolFeatures, vhostuser.ReqGetVringBase,
 		vhostuser.ReqGetQueueNum, vhostuser.ReqGetConfig, vhostuser.ReqGetMaxMemSlots, vhostuser.ReqGetStatus:
 		return true
+	case vhostuser.ReqSetLogBase:
+		return c.protocol&vhostuser.ProtoLogSHMFD != 0
 	}
 	return false
 }
@@ -116,14 +121,15 @@ func (c *Conn) CallFlags(req vhostuser.Request, flags uint32, payload []byte, fd
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	flags |= vhostuser.FlagVersion
-	wantAck := !hasReply(req) && c.protocol&vhostuser.ProtoReplyAck != 0
+	hasReply := c.hasReplyLocked(req)
+	wantAck := !hasReply && c.protocol&vhostuser.ProtoReplyAck != 0
 	if wantAck {
 		flags |= vhostuser.FlagNeedReply
 	}
 	if err := vhostuser.WriteMessage(c.c, vhostuser.EncodeMessage(req, flags, payload), fds); err != nil {
 		return nil, fmt.Errorf("frontend: %v: %w", req, err)
 	}
-	if !hasReply(req) && flags&vhostuser.FlagNeedReply == 0 {
+	if !hasReply && flags&vhostuser.FlagNeedReply == 0 {
 		return nil, nil
 	}
 	hdr, reply, err := c.recvLocked()
@@ -133,7 +139,7 @@ func (c *Conn) CallFlags(req vhostuser.Request, flags uint32, payload []byte, fd
 	if hdr.Request != req || hdr.Flags != vhostuser.FlagVersion|vhostuser.FlagReply {
 		return nil, fmt.Errorf("%w: %v answered by %v flags %#x", ErrBadReply, req, hdr.Request, hdr.Flags)
 	}
-	if hasReply(req) {
+	if hasReply {
 		return reply, nil
 	}
 	ack, err := vhostuser.DecodeU64(reply)

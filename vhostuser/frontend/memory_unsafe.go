@@ -59,3 +59,16 @@ func store16(b []byte, off int, v uint16) {
 		}
 	}
 }
+
+// load8 loads the byte at b[off] atomically, through its aligned word: the
+// dirty log is written by the back-end while we read it.
+func load8(b []byte, off int) uint8 {
+	w, shift := word(b, off)
+	return uint8(atomic.LoadUint32(w) >> (8 * shift))
+}
+
+// swap32 stores v in the aligned word at b[off:off+4] with an atomic swap,
+// returning what it held.
+func swap32(b []byte, off int, v uint32) uint32 {
+	return atomic.SwapUint32((*uint32)(unsafe.Pointer(&b[off])), v)
+}
