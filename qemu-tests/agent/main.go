@@ -260,6 +260,8 @@ func run(st agentproto.Step) (any, error) {
 		return stop(st)
 	case agentproto.OpVhostVerify:
 		return vhostVerify(st)
+	case agentproto.OpStreamWrite:
+		return streamWrite(st)
 	}
 	return nil, fmt.Errorf("unknown op %q", st.Op)
 }

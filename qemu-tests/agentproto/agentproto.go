@@ -6,6 +6,7 @@ package agentproto
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -67,6 +68,24 @@ const (
 	// fraction) of the sectors were acknowledged, with writes in flight,
 	// and stops there.
 	OpVhostVerify = "vhost-verify"
+
+	// Live-migration steps.
+	//
+	// OpStreamWrite streams O_DSYNC writes while the machine runs, and
+	// migrates: Workers writers (1 when zero), writer w owning the ring
+	// of Count/Workers sectors from LBA + w*Count/Workers, write their
+	// sequence numbers 0, 1, 2, ... in turn, seq n into ring slot n mod
+	// the ring's size as StreamSector(Seed, w, n, lba), each write read
+	// back (O_DIRECT) and compared at once, and again a ring later just
+	// before it is overwritten. After every Chunk writes (64
+	// when zero) a writer reports OpStreamProgress. With Path the
+	// writers stop once the number at the start of that file grows
+	// (/sys/firmware/acpi/interrupts/ff_pwr_btn counts ACPI power-button
+	// presses: QMP system_powerdown), and TimeoutMS passing first is an
+	// error; without Path they stop after TimeoutMS. Then every ring
+	// slot written is read back and must hold its last write; any I/O
+	// error or mismatch fails the step -> StreamData.
+	OpStreamWrite = "stream-write"
 )
 
 // Ops that only appear in reports.
@@ -79,6 +98,9 @@ const (
 	// step's own report stays the only one with its index); data is
 	// ProgressData.
 	OpProgress = "progress"
+	// OpStreamProgress is a stream-write writer's account while it runs
+	// (Step -1); data is StreamProgressData.
+	OpStreamProgress = "stream-progress"
 )
 
 // Step is one thing for the agent to do. Which fields matter depends on Op.
@@ -253,6 +275,87 @@ type SeqWriteData struct {
 	// Writers is each writer's account: where it was pinned and the CPUs
 	// it found itself on after its writes (getcpu).
 	Writers []WorkerData `json:"writers"`
+}
+
+// StreamProgressData is one stream-write writer's progress: Writes of
+// its writes were acknowledged and read back so far.
+type StreamProgressData struct {
+	Step   int `json:"step"`
+	Worker int `json:"worker"`
+	Writes int `json:"writes"`
+}
+
+// StreamData is what stream-write did.
+type StreamData struct {
+	Writes int `json:"writes"` // acknowledged, each read back at once
+	// Rechecked is the writes read back again a ring later, just
+	// before being overwritten.
+	Rechecked int `json:"rechecked"`
+	// Verified is the ring slots read back after the last write, each
+	// found holding its writer's last write there.
+	Verified int `json:"verified"`
+	// SlowestMS is the longest write with its read-back, by the guest's
+	// clock: a back-end that stalls shows here.
+	SlowestMS int64          `json:"slowest_ms"`
+	Writers   []StreamWriter `json:"writers"`
+	// Stopped says why the writers stopped: "signal" (Path's count
+	// grew) or "time".
+	Stopped string `json:"stopped"`
+}
+
+// StreamWriter is one stream-write writer's ring and count.
+type StreamWriter struct {
+	Worker  int    `json:"worker"`
+	LBA     uint64 `json:"lba"`     // the ring's first sector
+	Sectors int    `json:"sectors"` // the ring's size
+	Writes  int    `json:"writes"`  // seq 0..Writes-1 were written
+	// Rechecked is the writes read back before being overwritten:
+	// Writes - Sectors, or none in a ring never filled.
+	Rechecked int `json:"rechecked"`
+}
+
+// StreamSlot is the sector the writer's write seq lands on.
+func (w StreamWriter) StreamSlot(seq uint64) uint64 { return w.LBA + seq%uint64(w.Sectors) }
+
+// LastSeq is the sequence number ring slot i holds after the writer's
+// Writes writes; ok is false for a slot never written.
+func (w StreamWriter) LastSeq(i int) (seq uint64, ok bool) {
+	if i >= w.Writes {
+		return 0, false
+	}
+	return uint64(i + (w.Writes-1-i)/w.Sectors*w.Sectors), true
+}
+
+// streamMagic starts every stream-write sector.
+const streamMagic = "NVBLKSEQ"
+
+// StreamHeader is the self-describing head of a stream-write sector:
+// magic, then little-endian worker, seq and lba, each 8 bytes.
+const StreamHeader = 32
+
+// StreamSector is the content of writer worker's write seq, at lba: a
+// header naming all three, so that a sector read back says which write
+// it holds, then bytes only (seed, worker, seq) produce.
+func StreamSector(seed string, worker int, seq, lba uint64, sectorSize int) []byte {
+	b := Pattern(seed+"/w"+strconv.Itoa(worker), seq, sectorSize)
+	copy(b, streamMagic)
+	binary.LittleEndian.PutUint64(b[8:], uint64(worker))
+	binary.LittleEndian.PutUint64(b[16:], seq)
+	binary.LittleEndian.PutUint64(b[24:], lba)
+	return b
+}
+
+// DescribeStreamSector says which stream-write write a sector holds,
+// for failure messages.
+func DescribeStreamSector(b []byte) string {
+	if len(b) < StreamHeader || string(b[:8]) != streamMagic {
+		if len(b) > 16 {
+			b = b[:16]
+		}
+		return fmt.Sprintf("no stream write (starts %x)", b)
+	}
+	return fmt.Sprintf("writer %d's seq %d for lba %d", binary.LittleEndian.Uint64(b[8:]),
+		binary.LittleEndian.Uint64(b[16:]), binary.LittleEndian.Uint64(b[24:]))
 }
 
 // FileDigest identifies one file of a tree.

@@ -51,15 +51,19 @@ func Keep() bool { return os.Getenv("NVBLK_GUEST_KEEP") != "" }
 
 // Machine is a running QEMU.
 type Machine struct {
-	t       testing.TB
-	dir     string
-	cmd     *exec.Cmd
-	args    []string
-	mon     *qmp.SocketMonitor
-	started time.Time
-	exited  chan struct{}
-	waitErr error
-	stderr  bytes.Buffer
+	t    testing.TB
+	dir  string
+	cmd  *exec.Cmd
+	bin  string
+	args []string
+	// incoming is the URI a machine of StartIncoming listens on for the
+	// migration stream.
+	incoming string
+	mon      *qmp.SocketMonitor
+	started  time.Time
+	exited   chan struct{}
+	waitErr  error
+	stderr   bytes.Buffer
 
 	mu        sync.Mutex
 	reports   []agentproto.Report
@@ -83,6 +87,11 @@ type Result struct {
 // and connects to its QMP socket. The machine is killed and its files
 // removed when the test ends; if the test failed, the console is logged.
 func Start(t testing.TB, kit *Kit, cfg Config) *Machine {
+	t.Helper()
+	return start(t, kit, cfg, false)
+}
+
+func start(t testing.TB, kit *Kit, cfg Config, incoming bool) *Machine {
 	t.Helper()
 	bin, err := qemuBinary()
 	if err != nil {
@@ -109,11 +118,18 @@ func Start(t testing.TB, kit *Kit, cfg Config) *Machine {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if incoming {
+		// defer: QEMU listens only when told to (migrate-incoming), so
+		// that StartIncoming returns once it does and the source never
+		// races it.
+		m.args = append(m.args, "-incoming", "defer")
+	}
 	timeout := cfg.Timeout
 	if timeout == 0 {
 		timeout = DefaultTimeout
 	}
-	t.Logf("QEMU command line:\n%s %s", bin, shellQuote(m.args))
+	m.bin = bin
+	t.Logf("QEMU command line:\n%s", m.CommandLine())
 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	m.cmd = exec.CommandContext(ctx, bin, m.args...)
@@ -224,8 +240,8 @@ func (m *Machine) connectQMP() error {
 	for {
 		mon, err := qmp.NewSocketMonitor("unix", sock, time.Second)
 		if err == nil {
-			if err := mon.Connect(); err != nil {
-				return fmt.Errorf("QMP handshake: %w", err)
+			if err := handshake(mon, qmpHandshakeTimeout); err != nil {
+				return err
 			}
 			m.mon = mon
 			// go-qemu hands events over an unbuffered channel and blocks
@@ -255,6 +271,35 @@ func (m *Machine) connectQMP() error {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// qmpHandshakeTimeout bounds QMP's greeting and qmp_capabilities. The
+// monitor greets from its own thread, but runs commands on QEMU's main
+// thread, which device set-up can hold: a vhost-user-blk device waits in
+// realize for its back-end's replies, forever if the back-end never
+// answers (a connection left in a busy back-end's listen backlog is
+// connected as far as QEMU can tell).
+const qmpHandshakeTimeout = 30 * time.Second
+
+func handshake(mon *qmp.SocketMonitor, timeout time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- mon.Connect() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("QMP handshake: %w", err)
+		}
+		return nil
+	case <-time.After(timeout):
+		// Closing the socket ends the blocked Connect.
+		_ = mon.Disconnect()
+		<-done
+		return fmt.Errorf("QMP handshake not done after %v: QEMU runs no command until its devices are set up "+
+			"(is a vhost-user back-end not answering the device's handshake?)", timeout)
+	}
+}
+
+// CommandLine is QEMU's command line, quoted for a shell.
+func (m *Machine) CommandLine() string { return m.bin + " " + shellQuote(m.args) }
 
 // QMP runs one QMP command and returns its "return" value.
 func (m *Machine) QMP(command string, arguments any) (json.RawMessage, error) {
@@ -498,7 +543,7 @@ func (m *Machine) Console() string {
 }
 
 func (m *Machine) logConsole() {
-	m.t.Logf("QEMU command line: %s", shellQuote(m.args))
+	m.t.Logf("QEMU command line: %s", m.CommandLine())
 	m.t.Logf("QEMU output:\n%s", m.stderr.String())
 	m.t.Logf("guest console:\n%s", m.Console())
 }

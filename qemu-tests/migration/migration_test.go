@@ -1,0 +1,359 @@
+package migration
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nvblk/nvblk/qemu-tests/agentproto"
+	"github.com/nvblk/nvblk/qemu-tests/guest"
+)
+
+const (
+	dev        = "/dev/vda"
+	sectorSize = 4096
+	// The stream's rings: two writers of 512 sectors (2 MiB) each. Two
+	// writers so that a request is usually in flight at the switch-over.
+	writers     = 2
+	ringSectors = 2 * 512
+	seed        = "migration-stream"
+	// powerButton counts ACPI power-button presses: the host ends the
+	// stream with QMP system_powerdown once both migrations are done.
+	powerButton = "/sys/firmware/acpi/interrupts/ff_pwr_btn"
+	streamStep  = 1
+	// phase is how long each machine carries the stream, after its
+	// writers came round their rings, before it migrates on (or, for
+	// the last, before the stream ends).
+	phase = 3 * time.Second
+	// migrateTimeout bounds one migration, 256 MiB of mostly zero RAM
+	// over a local socket: about a second.
+	migrateTimeout = 60 * time.Second
+	// stall is how long a machine may go without a progress report.
+	stall = 30 * time.Second
+)
+
+// TestGuestWritesThroughTwoLiveMigrationsOnQemuStorageDaemon runs the
+// migrations on qemu-storage-daemon: its vhost-user-blk export serves one
+// front-end at a time, so two daemons export the same raw file (locking
+// off; both go through the host's page cache, so each sees the other's
+// writes), the first QEMU and the third on daemon A, the second on B.
+func TestGuestWritesThroughTwoLiveMigrationsOnQemuStorageDaemon(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(raw, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(raw, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	a := storageDaemon(t, "qemu-storage-daemon A", raw, filepath.Join(dir, "qsd-a.sock"))
+	b := storageDaemon(t, "qemu-storage-daemon B", raw, filepath.Join(dir, "qsd-b.sock"))
+
+	ws := migrateUnderWrites(t, [3]string{a.Socket, b.Socket, a.Socket})
+
+	for _, d := range []*guest.Backend{a, b} {
+		d.StopClean(t)
+	}
+	img, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRings(t, "the raw file", ws, img[:ringSectors*sectorSize])
+}
+
+// TestGuestWritesThroughTwoLiveMigrationsOnNvblkServe runs the migrations
+// on one `nvblk serve`, both QEMUs of each migration connected to its
+// socket at once, as an operator would run it.
+func TestGuestWritesThroughTwoLiveMigrationsOnNvblkServe(t *testing.T) {
+	img := suite.FormatImage(t, "64M", sectorSize)
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	srv := suite.Serve(t, "nvblk serve", sock, img.Path, "--num-queues", "1")
+
+	ws := migrateUnderWrites(t, [3]string{sock, sock, sock})
+
+	srv.StopClean(t)
+	suite.CheckImage(t, img.Path)
+	checkRings(t, "the image (nvblk read)", ws, suite.ReadImage(t, img, 0, ringSectors))
+}
+
+// storageDaemon starts a qemu-storage-daemon exporting raw on sock, and
+// returns once it listens.
+func storageDaemon(t *testing.T, name, raw, sock string) *guest.Backend {
+	t.Helper()
+	const qsd = "/usr/bin/qemu-storage-daemon"
+	if _, err := os.Stat(qsd); err != nil {
+		t.Fatalf("qemu-storage-daemon not installed (%v): run scripts/install-deps.sh", err)
+	}
+	// locking=off: the other daemon holds the file too.
+	cmd := exec.Command(qsd,
+		"--blockdev", "driver=file,node-name=f,locking=off,filename="+raw,
+		"--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path="+sock+",writable=on,num-queues=1")
+	return guest.StartBackend(t, name, sock, cmd, "")
+}
+
+// config is one machine of the migration, its disk on the vhost-user
+// socket sock. All three are the same machine but for that path: RAM in
+// a shared memfd of -m's size (the back-end maps it), one vCPU, one
+// queue, reconnect=1 so that a back-end's hiccup is retried rather than
+// fatal.
+func config(t *testing.T, sock string) guest.Config {
+	t.Helper()
+	return guest.Config{
+		MemoryMiB:    256,
+		CPUs:         1,
+		SharedMemory: true,
+		Initramfs:    initramfs(t),
+		Args: []string{
+			"-chardev", "socket,id=c0,path=" + sock + ",reconnect=1",
+			"-device", "vhost-user-blk-pci,id=disk0,chardev=c0,num-queues=1",
+		},
+		Steps: []agentproto.Step{
+			{Op: agentproto.OpWait, Path: dev, TimeoutMS: 30000},
+			{Op: agentproto.OpStreamWrite, Device: dev, SectorSize: sectorSize, LBA: 0, Count: ringSectors,
+				Workers: writers, Chunk: 16, Seed: seed, Path: powerButton, TimeoutMS: 170_000},
+		},
+	}
+}
+
+// migrateUnderWrites boots the guest on socks[0], lets it stream, migrates
+// it to a QEMU on socks[1], quits the source, migrates on to a QEMU on
+// socks[2], quits that source, ends the stream with the power button and
+// returns the writers' rings as the guest reported them once it had read
+// every sector back.
+func migrateUnderWrites(t *testing.T, socks [3]string) []agentproto.StreamWriter {
+	t.Helper()
+	start := time.Now()
+	machines := []*guest.Machine{guest.Start(t, suite.Kit, config(t, socks[0]))}
+	names := []string{"source", "destination", "back again"}
+
+	// acked is, per writer, the most writes any machine reported.
+	acked := make([]int, writers)
+	// carry waits while machine k carries the stream: each writer comes
+	// round its whole ring (so every sector the previous machine left
+	// is read back here before it is overwritten), and then phase more.
+	carry := func(k int) {
+		t.Helper()
+		m := machines[k]
+		base := sum(acked)
+		want := make([]int, writers)
+		for w := range want {
+			want[w] = acked[w] + ringSectors/writers
+		}
+		// The source boots first; a destination resumes a running guest.
+		first := stall
+		if k == 0 {
+			first = 90 * time.Second
+		}
+		t0 := time.Now()
+		got := waitWrites(t, names[k], m, want, first)
+		time.Sleep(phase)
+		for w := range want {
+			want[w] = got[w] + 1
+		}
+		got = waitWrites(t, names[k], m, want, stall)
+		for w := range acked {
+			acked[w] = max(acked[w], got[w])
+		}
+		t.Logf("%s: the guest's writes flow (%d acknowledged and read back so far, %d here in %v)",
+			names[k], sum(acked), sum(acked)-base, time.Since(t0).Round(100*time.Millisecond))
+	}
+
+	carry(0)
+	for k := 1; k <= 2; k++ {
+		src := machines[k-1]
+		// A device's migration blocker makes QEMU refuse migrate; QEMU
+		// names it in query-migrate before anything starts.
+		info, err := src.MigrationInfo()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(info.BlockedReasons) > 0 {
+			t.Fatalf("the %s QEMU refuses to migrate: %s", names[k-1], strings.Join(info.BlockedReasons, "; "))
+		}
+		dst := guest.StartIncoming(t, suite.Kit, config(t, socks[k]))
+		machines = append(machines, dst)
+		t0 := time.Now()
+		st, err := src.Migrate(dst, migrateTimeout)
+		if err != nil {
+			t.Fatalf("migration %d (%s -> %s): %v", k, names[k-1], names[k], err)
+		}
+		t.Logf("migration %d (%s -> %s): %v; the guest runs on the destination %v after migrate",
+			k, names[k-1], names[k], st, time.Since(t0).Round(time.Millisecond))
+		if s, err := src.Status(); err != nil || s != "postmigrate" {
+			t.Errorf("the %s after migrating: status %q (%v), want postmigrate", names[k-1], s, err)
+		}
+		// The paused source still holds its vhost-user connection (and,
+		// for qemu-storage-daemon, the only one its daemon takes).
+		if err := src.Quit(); err != nil {
+			t.Fatal(err)
+		}
+		carry(k)
+	}
+
+	last := machines[2]
+	if err := last.PowerButton(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := last.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, m := range machines {
+		if bad := guest.KernelTrouble(m.Console()); len(bad) > 0 {
+			t.Errorf("%s's guest console reports trouble:\n%s", names[k], strings.Join(bad, "\n"))
+		}
+	}
+	if err := res.Finished(); err != nil {
+		t.Fatal(err)
+	}
+	var d agentproto.StreamData
+	if err := res.Decode(streamStep, &d); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("guest: %d writes acknowledged and read back, %d read again before being overwritten, slowest %d ms; %d ring sectors verified at the end; stopped by %s; %v in all",
+		d.Writes, d.Rechecked, d.SlowestMS, d.Verified, d.Stopped, time.Since(start).Round(time.Second))
+	if d.Stopped != "signal" {
+		t.Errorf("the stream stopped by %q, want by the power button", d.Stopped)
+	}
+	if len(d.Writers) != writers {
+		t.Fatalf("guest reported %d writers, want %d", len(d.Writers), writers)
+	}
+	want := 0
+	for w, wr := range d.Writers {
+		if wr.Writes < acked[w] {
+			t.Errorf("writer %d reports %d writes at the end, fewer than the %d it reported on the way", w, wr.Writes, acked[w])
+		}
+		want += min(wr.Writes, wr.Sectors)
+		// Each write is read again before its slot is reused: a
+		// destination on another disk, or one that lost what the source
+		// acknowledged, fails there unless the ring never came round.
+		if wr.Writes <= wr.Sectors || wr.Rechecked != wr.Writes-wr.Sectors {
+			t.Errorf("writer %d: %d writes in a ring of %d, %d read again before being overwritten: want the ring to come round, every overwritten write read again",
+				w, wr.Writes, wr.Sectors, wr.Rechecked)
+		}
+	}
+	if d.Verified != want {
+		t.Errorf("guest verified %d ring sectors at the end, want %d", d.Verified, want)
+	}
+	return d.Writers
+}
+
+// waitWrites waits until the machine's agent reported, for each writer
+// w, at least want[w] writes, failing the test if the step failed, the
+// machine stopped, or timeout passed. It returns the per-writer counts.
+func waitWrites(t *testing.T, name string, m *guest.Machine, want []int, timeout time.Duration) []int {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := make([]int, writers)
+		for _, r := range m.Reports() {
+			if !r.OK {
+				t.Fatalf("%s: agent %s (step %d) failed: %s", name, r.Op, r.Step, r.Error)
+			}
+			if r.Op != agentproto.OpStreamProgress {
+				continue
+			}
+			var p agentproto.StreamProgressData
+			if err := json.Unmarshal(r.Data, &p); err != nil || p.Worker < 0 || p.Worker >= writers {
+				t.Fatalf("%s: progress report %s: %v", name, r.Data, err)
+			}
+			got[p.Worker] = max(got[p.Worker], p.Writes)
+		}
+		done := true
+		for w := range want {
+			done = done && got[w] >= want[w]
+		}
+		if done {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: writers reported %v writes after waiting %v for %v\n%s\nconsole tail:\n%s",
+				name, got, timeout, want, diagnose(m), tail(m.Console(), 20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkRings compares the host's view of the disk's first ringSectors
+// sectors (img) with what the guest says it wrote last in each slot;
+// slots never written must read as zeroes.
+func checkRings(t *testing.T, what string, ws []agentproto.StreamWriter, img []byte) {
+	t.Helper()
+	bad, checked := 0, 0
+	zero := make([]byte, sectorSize)
+	for _, w := range ws {
+		for i := range w.Sectors {
+			lba := w.LBA + uint64(i)
+			got := img[lba*sectorSize : (lba+1)*sectorSize]
+			want := zero
+			if seq, ok := w.LastSeq(i); ok {
+				want = agentproto.StreamSector(seed, w.Worker, seq, lba, sectorSize)
+			}
+			checked++
+			if !bytes.Equal(got, want) {
+				if bad++; bad <= 10 {
+					t.Errorf("%s: LBA %d holds %s, want %s", what, lba, agentproto.DescribeStreamSector(got), agentproto.DescribeStreamSector(want))
+				}
+			}
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%s: %d of %d ring sectors differ from the guest's last writes", what, bad, checked)
+	}
+	t.Logf("%s holds the last write of every one of the %d ring sectors", what, checked)
+}
+
+// diagnose is what QEMU says of a machine whose writes stopped: whether
+// the guest runs, and the disk's ring indices read from guest memory
+// (while vhost runs the ring, QEMU's own copies of them are stale): an
+// avail index ahead of the used index for long is requests the back-end
+// took, or was kicked for, and never completed.
+func diagnose(m *guest.Machine) string {
+	var b strings.Builder
+	st, err := m.Status()
+	fmt.Fprintf(&b, "query-status: %s %v", st, err)
+	raw, err := m.QMP("x-query-virtio-queue-status",
+		map[string]any{"path": "/machine/peripheral/disk0/virtio-backend", "queue": 0})
+	var q struct {
+		Avail uint64 `json:"vring-avail"`
+		Used  uint64 `json:"vring-used"`
+	}
+	if err == nil {
+		err = json.Unmarshal(raw, &q)
+	}
+	if err != nil {
+		fmt.Fprintf(&b, "; queue 0: %v", err)
+		return b.String()
+	}
+	// Both rings start with u16 flags, u16 idx.
+	for _, r := range []struct {
+		name string
+		addr uint64
+	}{{"avail", q.Avail}, {"used", q.Used}} {
+		raw, err := m.QMP("human-monitor-command", map[string]any{"command-line": fmt.Sprintf("xp /1hx %#x", r.addr+2)})
+		fmt.Fprintf(&b, "; %s.idx: %s %v", r.name, strings.TrimSpace(string(raw)), err)
+	}
+	return b.String()
+}
+
+func sum(v []int) int {
+	n := 0
+	for _, x := range v {
+		n += x
+	}
+	return n
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
