@@ -226,6 +226,25 @@ func (s *Server) liveSessionsLocked() []*session {
 	return out
 }
 
+// NotifyConfigChange tells every front-end that gave a back-end request
+// channel that the device's config space changed (a disk that grew), and
+// waits for each to acknowledge when REPLY_ACK was negotiated. It returns
+// how many were told, and the errors of those that could not be.
+func (s *Server) NotifyConfigChange() (told int, err error) {
+	var errs []error
+	for _, sess := range s.liveSessions() {
+		ok, err := sess.notifyConfigChange()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("session %d: %w", sess.id, err))
+			continue
+		}
+		if ok {
+			told++
+		}
+	}
+	return told, errors.Join(errs...)
+}
+
 // Shutdown stops accepting, stops the queue workers after their in-flight
 // requests complete, closes the connections and flushes the backend.
 func (s *Server) Shutdown(ctx context.Context) error {

@@ -214,7 +214,7 @@ func TestProtocol(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := vhostuser.ProtoMQ | vhostuser.ProtoReplyAck | vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots | vhostuser.ProtoResetDevice | vhostuser.ProtoStatus |
-				vhostuser.ProtoInflightSHMFD | vhostuser.ProtoLogSHMFD
+				vhostuser.ProtoInflightSHMFD | vhostuser.ProtoLogSHMFD | vhostuser.ProtoBackendReq
 			if p != want {
 				t.Fatalf("protocol features %#x, want %#x", p, want)
 			}

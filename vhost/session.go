@@ -33,7 +33,7 @@ var (
 const supportedProtocolFeatures = vhostuser.ProtoMQ | vhostuser.ProtoReplyAck |
 	vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots |
 	vhostuser.ProtoResetDevice | vhostuser.ProtoStatus | vhostuser.ProtoInflightSHMFD |
-	vhostuser.ProtoLogSHMFD
+	vhostuser.ProtoLogSHMFD | vhostuser.ProtoBackendReq
 
 // vringState is the part of a vring that describes the guest's ring rather
 // than this connection: it is what a reconnecting front-end (INFLIGHT_SHMFD)
@@ -85,6 +85,14 @@ type session struct {
 	closing atomic.Bool
 	// logOutside counts dirty-log marks dropped past a log's end (log.go).
 	logOutside atomic.Uint64
+
+	// backendMu guards backend, the channel of SET_BACKEND_REQ_FD, on
+	// which the back-end sends requests of its own (a config change). It
+	// is taken without mu: the front-end answers such a request only after
+	// requests of its own on the main channel (GET_CONFIG), which need mu.
+	// Lock order: mu -> backendMu.
+	backendMu sync.Mutex
+	backend   *net.UnixConn
 
 	mu       sync.Mutex // guards everything below; held while one request is handled
 	features uint64     // SET_FEATURES
@@ -410,6 +418,8 @@ func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, er
 		return nil, s.setInflightFDLocked(m.Inflight, fds[0])
 	case vhostuser.ReqSetLogBase:
 		return s.setLogBaseLocked(m.Log, fds)
+	case vhostuser.ReqSetBackendReqFD:
+		return nil, s.setBackendReqFD(fds[0])
 	case vhostuser.ReqGetStatus:
 		st := s.status
 		for _, vr := range s.vrings {
@@ -899,7 +909,82 @@ func (s *session) close() {
 	}
 	s.dlog.unmap()
 	s.dlog = nil
+	s.backendMu.Lock()
+	if s.backend != nil {
+		s.backend.Close()
+		s.backend = nil
+	}
+	s.backendMu.Unlock()
 	s.conn.Close()
+}
+
+// setBackendReqFD takes the front-end's end of the back-end request channel
+// (a unix socket), replacing and closing any earlier one. fd is owned from
+// here on.
+func (s *session) setBackendReqFD(fd int) error {
+	f := os.NewFile(uintptr(fd), "backend-req")
+	c, err := net.FileConn(f)
+	f.Close() // FileConn holds a duplicate
+	if err != nil {
+		return fmt.Errorf("%w: SET_BACKEND_REQ_FD: %v", ErrBadConfig, err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return fmt.Errorf("%w: SET_BACKEND_REQ_FD: not a unix socket", ErrBadConfig)
+	}
+	s.backendMu.Lock()
+	defer s.backendMu.Unlock()
+	if s.backend != nil {
+		s.backend.Close()
+	}
+	s.backend = uc
+	return nil
+}
+
+// backendReplyTimeout bounds the wait for the front-end's answer to a
+// back-end request: QEMU answers once it has read the config again.
+const backendReplyTimeout = 5 * time.Second
+
+// notifyConfigChange sends VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the
+// back-end channel and, with REPLY_ACK negotiated, waits for the answer.
+// It reports false when the front-end gave no channel (or does not read
+// the config space through GET_CONFIG), so it cannot be told.
+func (s *session) notifyConfigChange() (bool, error) {
+	// The published view, not mu: a request stuck on a guest's I/O holds
+	// mu, and the operator growing the disk must not wait for it.
+	v := s.view.Load()
+	if v == nil || v.protocol&vhostuser.ProtoConfig == 0 {
+		return false, nil
+	}
+	s.backendMu.Lock()
+	defer s.backendMu.Unlock()
+	if s.backend == nil {
+		return false, nil
+	}
+	flags := vhostuser.FlagVersion
+	ack := v.protocol&vhostuser.ProtoReplyAck != 0
+	if ack {
+		flags |= vhostuser.FlagNeedReply
+	}
+	if err := vhostuser.WriteMessage(s.backend, vhostuser.EncodeMessage(vhostuser.BackendReqConfigChange, flags, nil), nil); err != nil {
+		return true, fmt.Errorf("config change: %w", err)
+	}
+	if !ack {
+		return true, nil
+	}
+	hdr, payload, fds, err := vhostuser.ReadMessageTimeout(s.backend, backendReplyTimeout)
+	vhostuser.CloseFDs(fds)
+	if err != nil {
+		return true, fmt.Errorf("config change: reply: %w", err)
+	}
+	if hdr.Request != vhostuser.BackendReqConfigChange || hdr.Flags&vhostuser.FlagReply == 0 {
+		return true, fmt.Errorf("config change: reply %v with flags %#x", hdr.Request, hdr.Flags)
+	}
+	if v, err := vhostuser.DecodeU64(payload); err != nil || v != 0 {
+		return true, fmt.Errorf("config change: the front-end answered %d (%v)", v, err)
+	}
+	return true, nil
 }
 
 // signal writes an eventfd increment. It never waits: EAGAIN (counter

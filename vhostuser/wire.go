@@ -59,6 +59,15 @@ const (
 	ReqGetStatus           Request = 40
 )
 
+// Back-end request types: messages the back-end sends on the channel the
+// front-end gave it with SET_BACKEND_REQ_FD (BACKEND_REQ protocol feature).
+const (
+	// BackendReqConfigChange tells the front-end the device's config space
+	// changed (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG): it reads it again
+	// with GET_CONFIG and tells the guest.
+	BackendReqConfigChange Request = 2
+)
+
 var requestNames = [...]string{
 	ReqGetFeatures: "GET_FEATURES", ReqSetFeatures: "SET_FEATURES",
 	ReqSetOwner: "SET_OWNER", ReqResetOwner: "RESET_OWNER",
@@ -462,6 +471,13 @@ func DecodeMessage(hdr Header, payload []byte, nfds int) (Message, error) {
 	case ReqGetFeatures, ReqGetProtocolFeatures, ReqSetOwner, ReqResetOwner,
 		ReqGetQueueNum, ReqResetDevice, ReqGetMaxMemSlots, ReqGetStatus:
 		err = wantSize(payload, 0)
+	case ReqSetBackendReqFD:
+		// QEMU sends an empty payload; the u64 some front-ends send is
+		// unused by the spec.
+		if len(payload) != 0 {
+			err = wantSize(payload, u64Size)
+		}
+		wantFDs = 1
 	case ReqSetFeatures, ReqSetProtocolFeatures, ReqSetStatus:
 		m.U64, err = DecodeU64(payload)
 	case ReqSetVringKick, ReqSetVringCall, ReqSetVringErr:

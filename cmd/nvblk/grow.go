@@ -5,23 +5,29 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/control"
 	"github.com/nvblk/nvblk/pmem"
 )
 
 func init() {
-	register(&command{name: "grow", summary: "make the BTT on FILE larger: extend the file and chain a new arena after the last",
-		usage: "FILE --size NEW", run: runGrow})
+	register(&command{name: "grow", summary: "make the BTT on FILE larger (extend the file, chain a new arena), or the disk a serve has open, under its guest",
+		usage: "FILE --size NEW | --control-socket S --size NEW", run: runGrow})
 	flagSets["grow"] = func() *flag.FlagSet { fs, _ := growFlags(); return fs }
 }
 
-type growArgs struct{ size sizeFlag }
+type growArgs struct {
+	size    sizeFlag
+	control string
+}
 
 func growFlags() (*flag.FlagSet, *growArgs) {
 	a := &growArgs{}
 	fs := newFlagSet("grow")
 	fs.Var(&a.size, "size", "the file's new size, e.g. 2G: at least 16 MiB more than the BTT spans now (required)")
+	fs.StringVar(&a.control, "control-socket", "", "grow the disk of the serve answering on this control socket, while its guest runs: the guest is told the new capacity")
 	return fs, a
 }
 
@@ -31,12 +37,22 @@ func growFlags() (*flag.FlagSet, *growArgs) {
 // old BTT or the grown one.
 func runGrow(env *environment, args []string) error {
 	fs, a := growFlags()
-	path, err := fileArg(fs, args)
+	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if a.size.n == 0 {
 		return usagef("--size is required: the file's new size")
+	}
+	if a.control != "" {
+		if len(pos) != 0 {
+			return usagef("with --control-socket the serve names the image: unexpected %q", pos)
+		}
+		return growServed(env, a)
+	}
+	path, err := oneFile(pos)
+	if err != nil {
+		return err
 	}
 	st, err := os.Stat(path)
 	if err != nil {
@@ -98,5 +114,25 @@ func runGrow(env *environment, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "grew %s: %d -> %d sectors of %d bytes (%d arena(s) added, %d in all)\n",
 		path, res.SectorsBefore, res.SectorsAfter, d.LBASize(), res.Arenas, len(d.Arenas()))
+	return nil
+}
+
+// growTimeout bounds an online grow: allocating the new space and writing
+// its arena's map take time on a large image.
+const growTimeout = 10 * time.Minute
+
+// growServed asks a running serve to grow its disk (the control socket's
+// grow command), which tells the guest.
+func growServed(env *environment, a *growArgs) error {
+	r, err := control.Do(a.control, control.Request{Cmd: "grow", Size: a.size.n}, growTimeout)
+	if err != nil {
+		return err
+	}
+	g := r.Grown
+	if g == nil {
+		return fmt.Errorf("grow: the serve answered no result")
+	}
+	fmt.Fprintf(env.stdout, "grew the served disk: %d -> %d sectors (%d arena(s) added); %d front-end(s) told\n",
+		g.SectorsBefore, g.SectorsAfter, g.ArenasAdded, g.FrontEndsTold)
 	return nil
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/nvblk/nvblk/internal/control"
-	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhostuser"
 )
 
@@ -113,7 +112,7 @@ func listenOps(controlPath string, byDefault bool, metricsAddr string) (*opsList
 }
 
 // serve answers on the endpoints for srv until close.
-func (o *opsListeners) serve(srv *vhost.Server, lg logrus.FieldLogger) {
+func (o *opsListeners) serve(srv control.Target, lg logrus.FieldLogger) {
 	o.start(func() *control.Server { return control.NewServer(srv, control.DefaultInterval) },
 		func() *http.Server { return control.NewMetricsServer(srv, control.MetricsOptions{}) }, lg)
 }

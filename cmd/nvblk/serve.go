@@ -22,6 +22,7 @@ import (
 
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/internal/blkserve"
+	"github.com/nvblk/nvblk/internal/control"
 	"github.com/nvblk/nvblk/internal/systemd"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
@@ -190,7 +191,7 @@ func runServe(env *environment, args []string) error {
 		return err
 	}
 	qemu := logStartup(set.log, a, set.guestMemory, socket, m, d, s, serial)
-	ops.serve(s.Server, set.log)
+	ops.serve(&growableServer{Server: s.Server, grow: func(size int64) (blkserve.Grown, error) { return s.Grow(m, size) }}, set.log)
 	// Printed last and in one write: once "# attach" is out, every endpoint
 	// listens and the whole text is there.
 	var text strings.Builder
@@ -556,4 +557,17 @@ func printQEMUOptions(w io.Writer, image, guestMemory string, opts []string) {
 		}
 		fmt.Fprintf(w, "  %s %s%s\n", opts[i], opts[i+1], sep)
 	}
+}
+
+// growableServer is the control socket's target for a one-disk serve (a
+// pointer: the control server keys its samples by target): the
+// server, and the grow command over its image.
+type growableServer struct {
+	*vhost.Server
+	grow func(size int64) (blkserve.Grown, error)
+}
+
+func (g *growableServer) Grow(size int64) (control.Grown, error) {
+	r, err := g.grow(size)
+	return control.Grown{SectorsBefore: r.SectorsBefore, SectorsAfter: r.SectorsAfter, ArenasAdded: r.Arenas, FrontEndsTold: r.Told}, err
 }

@@ -42,6 +42,7 @@ type Served struct {
 	// WriteThrough is true when every completed write is already durable:
 	// the device then reports no volatile cache and offers no FLUSH.
 	WriteThrough bool
+	disk         *btt.Device
 }
 
 // New builds the virtio-blk device over d and the server for it. dur is
@@ -63,7 +64,52 @@ func New(d *btt.Device, dur pmem.Durability, c Config) (*Served, error) {
 		QueueDisk:    laneDisk(d, c.Server.Logger),
 	})
 	srv := vhost.NewServer(blk.NewBackend(dv, d), c.Server)
-	return &Served{Server: srv, Device: dv, WriteThrough: writeThrough}, nil
+	return &Served{Server: srv, Device: dv, WriteThrough: writeThrough, disk: d}, nil
+}
+
+// Extender is a medium that can grow while in use: pmem.Medium of an image
+// file.
+type Extender interface {
+	Size() int64
+	Extend(newSize int64) error
+}
+
+// Grown is what Grow did.
+type Grown struct {
+	btt.GrowResult
+	// Told is how many attached front-ends were sent the config change.
+	Told int
+}
+
+// Grow makes the served disk larger while guests may be attached: the
+// medium grows to newSize bytes (unless it already has them: a grow that
+// stopped part way is finished), the BTT chains arenas over the new space
+// (crash-safe, I/O going on), the device takes the new capacity, and
+// every front-end that gave a back-end request channel is sent
+// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG, after which the guest reads it.
+func (s *Served) Grow(m Extender, newSize int64) (Grown, error) {
+	var g Grown
+	if newSize < m.Size() {
+		return g, fmt.Errorf("blkserve: the image has %d bytes, more than %d: a disk does not shrink", m.Size(), newSize)
+	}
+	if newSize > m.Size() {
+		if err := m.Extend(newSize); err != nil {
+			return g, err
+		}
+	}
+	res, err := s.disk.Grow()
+	g.GrowResult = res
+	if err != nil {
+		return g, err
+	}
+	if !s.Device.Resize() {
+		return g, nil
+	}
+	g.Told, err = s.Server.NotifyConfigChange()
+	if err != nil {
+		return g, fmt.Errorf("blkserve: the disk grew to %d sectors, but telling front-ends failed: %w", res.SectorsAfter, err)
+	}
+	return g, nil
 }
 
 // isWriteThrough: in the dax and sync modes every step is persisted before

@@ -23,6 +23,22 @@ type Target interface {
 	Detach() bool
 }
 
+// Grower is a Target whose disk can grow while it is served: the grow
+// command. Size is the image's new size in bytes.
+type Grower interface {
+	Grow(size int64) (Grown, error)
+}
+
+// Grown is the grow command's answer.
+type Grown struct {
+	SectorsBefore uint64 `json:"sectors_before"`
+	SectorsAfter  uint64 `json:"sectors_after"`
+	ArenasAdded   int    `json:"arenas_added"`
+	// FrontEndsTold is how many attached front-ends were sent the config
+	// change (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG).
+	FrontEndsTold int `json:"front_ends_told"`
+}
+
 // Defaults of Options.
 const (
 	// DefaultInterval is how often the server samples the counters for
@@ -50,6 +66,10 @@ type Options struct {
 	Logger logrus.FieldLogger
 }
 
+// maxGrowSize bounds grow's size: 64 PiB, far past any pmem device, well
+// inside what an int64 offset and the BTT's arena chain can address.
+const maxGrowSize = 1 << 56
+
 // maxRequestLine bounds one request line.
 const maxRequestLine = 4096
 
@@ -66,6 +86,8 @@ type Request struct {
 	// Timeout, a duration such as "30s") or none.
 	Mode    RemoveMode `json:"mode,omitempty"`
 	Timeout string     `json:"timeout,omitempty"`
+	// Size is grow's new image size in bytes.
+	Size int64 `json:"size,omitempty"`
 }
 
 // Reply is one line answered. On success Status, Stats or Detached is set
@@ -78,6 +100,7 @@ type Reply struct {
 	Status   *Status      `json:"status,omitempty"`
 	Stats    *vhost.Stats `json:"stats,omitempty"`
 	Detached *bool        `json:"detached,omitempty"`
+	Grown    *Grown       `json:"grown,omitempty"`
 	Disk     *DiskInfo    `json:"disk,omitempty"`
 	Disks    []DiskInfo   `json:"disks,omitempty"`
 }
@@ -316,7 +339,7 @@ func (s *Server) Handle(line []byte) Reply {
 	if s.disks != nil {
 		return s.handleDisks(req)
 	}
-	if req.Disk != "" || req.Spec != "" || req.Mode != "" || req.Timeout != "" {
+	if req.Disk != "" || req.Spec != "" || req.Mode != "" || req.Timeout != "" || req.Size != 0 && req.Cmd != "grow" {
 		return Reply{Error: fmt.Sprintf("%s: this serve has one disk, given with --blk-file: it takes no disk, spec, mode or timeout", req.Cmd)}
 	}
 	switch req.Cmd {
@@ -329,9 +352,22 @@ func (s *Server) Handle(line []byte) Reply {
 	case "detach":
 		d := s.t.Detach()
 		return Reply{OK: true, Detached: &d}
+	case "grow":
+		g, ok := s.t.(Grower)
+		if !ok {
+			return Reply{Error: "this serve's disk cannot grow"}
+		}
+		if req.Size <= 0 || req.Size > maxGrowSize {
+			return Reply{Error: fmt.Sprintf("size %d bytes: want the image's new size, up to %d", req.Size, int64(maxGrowSize))}
+		}
+		grown, err := g.Grow(req.Size)
+		if err != nil {
+			return Reply{Error: err.Error()}
+		}
+		return Reply{OK: true, Grown: &grown}
 	case "disk-add", "disk-remove", "disk-list":
 		return Reply{Error: fmt.Sprintf("%s: this serve has the one disk its --blk-file gave; "+
 			"start nvblk serve with --disk to add and remove disks at run time", req.Cmd)}
 	}
-	return Reply{Error: fmt.Sprintf("unknown cmd %q: want status, stats or detach", req.Cmd)}
+	return Reply{Error: fmt.Sprintf("unknown cmd %q: want status, stats, detach or grow", req.Cmd)}
 }

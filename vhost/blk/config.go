@@ -23,7 +23,7 @@ const (
 func (dv *Device) buildConfig() []byte {
 	b := make([]byte, virtio.BlkConfigSize)
 	le := binary.LittleEndian
-	capacity := dv.capacity // 512-byte sectors
+	capacity := dv.capacity.Load() // 512-byte sectors
 	le.PutUint64(b[virtio.BlkCfgCapacity:], capacity)
 	le.PutUint32(b[virtio.BlkCfgSizeMax:], dv.opts.SizeMax)
 	le.PutUint32(b[virtio.BlkCfgSegMax:], dv.opts.SegMax)

@@ -2,6 +2,7 @@ package blk
 
 import (
 	"bytes"
+	"sync/atomic"
 
 	"github.com/nvblk/nvblk/virtio"
 )
@@ -90,18 +91,20 @@ type Options struct {
 }
 
 // Device is one virtio-blk device over a Disk. It is immutable after
-// NewDevice, so its Handlers may run concurrently, one per queue.
+// NewDevice but for its capacity and config space, which Resize replaces
+// atomically, so its Handlers may run concurrently, one per queue.
 type Device struct {
 	disk       Disk
 	opts       Options
 	readOnly   bool
-	sectorSize uint32 // disk's
-	perLBA     uint64 // virtio sectors per disk LBA
-	capacity   uint64 // in virtio sectors
-	maxWrite   uint64 // data bytes a write may carry: SegMax × SizeMax
-	serial     [virtio.BlkIDBytes]byte
-	features   uint64
-	config     []byte
+	sectorSize uint32        // disk's
+	perLBA     uint64        // virtio sectors per disk LBA
+	capacity   atomic.Uint64 // in virtio sectors; Resize stores, requests load
+
+	maxWrite uint64 // data bytes a write may carry: SegMax × SizeMax
+	serial   [virtio.BlkIDBytes]byte
+	features uint64
+	config   atomic.Pointer[[]byte] // GET_CONFIG's bytes; replaced whole by Resize
 }
 
 // NewDevice describes d as a virtio-blk device. It panics if the disk's
@@ -118,11 +121,7 @@ func NewDevice(d Disk, opts Options) *Device {
 		sectorSize: ss,
 		perLBA:     uint64(ss / virtio.BlkSectorSize),
 	}
-	// Capacities beyond 2^64 bytes cannot be described; clamp rather than wrap.
-	dv.capacity = d.NumSectors() * dv.perLBA
-	if dv.perLBA != 0 && dv.capacity/dv.perLBA != d.NumSectors() {
-		dv.capacity = ^uint64(0) / dv.perLBA * dv.perLBA
-	}
+	dv.capacity.Store(dv.capacityOf(d.NumSectors()))
 	if opts.NumQueues == 0 {
 		opts.NumQueues = 1
 	}
@@ -146,8 +145,34 @@ func NewDevice(d Disk, opts Options) *Device {
 	if dv.readOnly {
 		dv.features |= virtio.BlkFRO
 	}
-	dv.config = dv.buildConfig()
+	cfg := dv.buildConfig()
+	dv.config.Store(&cfg)
 	return dv
+}
+
+// capacityOf is n disk sectors in virtio sectors. Capacities beyond 2^64
+// bytes cannot be described: clamped rather than wrapped.
+func (dv *Device) capacityOf(n uint64) uint64 {
+	c := n * dv.perLBA
+	if dv.perLBA != 0 && c/dv.perLBA != n {
+		c = ^uint64(0) / dv.perLBA * dv.perLBA
+	}
+	return c
+}
+
+// Resize takes the disk's capacity again (it grew: btt.Device.Grow) and
+// reports whether it changed. Requests see the new capacity at once; the
+// front-end learns of it through a config change (vhost.Server.
+// NotifyConfigChange), after which GET_CONFIG answers it.
+func (dv *Device) Resize() bool {
+	c := dv.capacityOf(dv.disk.NumSectors())
+	if c == dv.capacity.Load() {
+		return false
+	}
+	dv.capacity.Store(c)
+	cfg := dv.buildConfig()
+	dv.config.Store(&cfg)
+	return true
 }
 
 // segmentLimits applies the defaults and bounds of SegMax and SizeMax.
@@ -178,7 +203,7 @@ func (dv *Device) roundLimit(v uint32) uint32 {
 func (dv *Device) Features() uint64 { return dv.features }
 
 // Config returns a copy of the virtio_blk_config bytes.
-func (dv *Device) Config() []byte { return bytes.Clone(dv.config) }
+func (dv *Device) Config() []byte { return bytes.Clone(*dv.config.Load()) }
 
 // NumQueues is the number of request queues offered.
 func (dv *Device) NumQueues() uint16 { return dv.opts.NumQueues }
@@ -188,5 +213,6 @@ func (dv *Device) ReadOnly() bool { return dv.readOnly }
 
 // inRange reports whether n virtio sectors at sector lie inside the disk.
 func (dv *Device) inRange(sector, n uint64) bool {
-	return sector <= dv.capacity && n <= dv.capacity-sector
+	capacity := dv.capacity.Load()
+	return sector <= capacity && n <= capacity-sector
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/nvblk/nvblk/vhostuser"
@@ -315,6 +316,10 @@ type Options struct {
 	// DirtyLog negotiates PROTOCOL_F_LOG_SHMFD when offered, so that
 	// StartLogging can share a dirty log as QEMU does for a migration.
 	DirtyLog bool
+	// BackendReq negotiates PROTOCOL_F_BACKEND_REQ when offered and gives
+	// the back-end a channel for its own requests (SET_BACKEND_REQ_FD), as
+	// QEMU does; see Device.WaitConfigChange.
+	BackendReq bool
 }
 
 // Device is a connected vhost-user-blk back-end with its rings running.
@@ -334,6 +339,9 @@ type Device struct {
 	// without one. logging says the rings were last set up to log.
 	Log     *DirtyLog
 	logging bool
+	// Backend is this end of the back-end request channel (Options.
+	// BackendReq), owned by the Device; nil without one.
+	Backend *net.UnixConn
 }
 
 // wantedProtocol is every protocol feature this front-end can use.
@@ -399,6 +407,9 @@ func (d *Device) start(o Options) error {
 		if o.DirtyLog {
 			d.Protocol |= p & vhostuser.ProtoLogSHMFD
 		}
+		if o.BackendReq {
+			d.Protocol |= p & vhostuser.ProtoBackendReq
+		}
 		if err := c.SetU64(vhostuser.ReqSetProtocolFeatures, d.Protocol); err != nil {
 			return err
 		}
@@ -417,6 +428,11 @@ func (d *Device) start(o Options) error {
 	}
 	if _, err := c.Call(vhostuser.ReqSetOwner, nil, nil); err != nil {
 		return err
+	}
+	if d.Protocol&vhostuser.ProtoBackendReq != 0 {
+		if err := d.giveBackendChannel(); err != nil {
+			return err
+		}
 	}
 	if d.Protocol&vhostuser.ProtoConfig != 0 {
 		if d.Config, err = c.GetConfig(0, virtio.BlkConfigSizeWriteZeroes); err != nil {
@@ -596,6 +612,10 @@ func (d *Device) release() {
 	if d.InflightFD >= 0 {
 		unix.Close(d.InflightFD)
 		d.InflightFD = -1
+	}
+	if d.Backend != nil {
+		d.Backend.Close()
+		d.Backend = nil
 	}
 	if d.Log != nil {
 		d.Log.Close()
