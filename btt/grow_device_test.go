@@ -4,24 +4,54 @@ import (
 	"bytes"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
-// growingMem is memMedium with room to grow into: Extend lengthens it over
-// the same backing array, so slices from before stay valid, as pmem's
-// Extend keeps its earlier mapping.
+// growingMem is an in-memory medium with room to grow into: its buffer
+// is allocated whole and Extend only moves its end, so slices from before
+// stay valid, as pmem's Extend keeps its earlier mapping. Lanes persist
+// while the test extends it: the size is atomic.
 type growingMem struct {
-	*memMedium
+	buf      []byte
+	size     atomic.Int64
 	deferred bool
 }
 
 func newGrowingMem(size, room int64, deferred bool) *growingMem {
-	return &growingMem{memMedium: &memMedium{buf: make([]byte, size, room)}, deferred: deferred}
+	g := &growingMem{buf: make([]byte, room), deferred: deferred}
+	g.size.Store(size)
+	return g
 }
 
-func (g *growingMem) Extend(n int64) { g.buf = g.buf[:n] }
+func (g *growingMem) Extend(n int64) { g.size.Store(n) }
 
 func (g *growingMem) PersistDeferred() bool { return g.deferred }
+
+func (g *growingMem) Size() int64 { return g.size.Load() }
+
+func (g *growingMem) Slice(off, n int64) ([]byte, error) {
+	if off < 0 || n < 0 || off > g.Size()-n {
+		return nil, fmt.Errorf("growing: [%d, +%d) out of range", off, n)
+	}
+	return g.buf[off : off+n : off+n], nil
+}
+
+func (g *growingMem) Persist(off, n int64) error {
+	_, err := g.Slice(off, n)
+	return err
+}
+
+func (g *growingMem) Flush() error { return nil }
+
+func (g *growingMem) Zero(off, n int64) error {
+	b, err := g.Slice(off, n)
+	if err != nil {
+		return err
+	}
+	clear(b)
+	return nil
+}
 
 func TestADeviceGrowsWhileItsLanesReadAndWrite(t *testing.T) {
 	for _, deferred := range []bool{false, true} {

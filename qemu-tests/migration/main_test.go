@@ -1,3 +1,5 @@
+//go:build migration
+
 // Package migration live-migrates a running guest, twice, while it
 // writes to its vhost-user-blk disk: QEMU's precopy migration (QMP
 // migrate) from a source to a destination QEMU started with -incoming on
@@ -13,6 +15,12 @@
 // exporting one raw file with file locking off (its export takes one
 // front-end at a time), the destination connecting to the other daemon:
 // the same test passing against QEMU's own back-end checks the test.
+//
+// It is not in `make test`: under load, about one run in eight ends with
+// the guest on a destination stalled or its own memory corrupt (the agent's
+// Go runtime finds a bad heap span after the second migration), with
+// either back-end. `make test-migration` runs it (the build tag
+// migration), on its own.
 package migration
 
 import (
