@@ -1,6 +1,7 @@
 package vhost
 
 import (
+	"github.com/nvblk/nvblk/vhostuser"
 	"math/bits"
 	"sync/atomic"
 	"time"
@@ -248,9 +249,14 @@ type Stats struct {
 	Time time.Time `json:"time"`
 	// Connected says whether a front-end is being served; Connections
 	// counts those accepted so far. Server.Sessions tells them apart.
-	Connected   bool         `json:"connected"`
-	Connections uint64       `json:"connections"`
-	Queues      []QueueStats `json:"queues"`
+	Connected   bool   `json:"connected"`
+	Connections uint64 `json:"connections"`
+	// Sessions is how many front-ends are being served at once (two
+	// while a guest migrates between QEMUs on this host); Logging how
+	// many of them have the back-end mark a dirty log.
+	Sessions int          `json:"sessions"`
+	Logging  int          `json:"dirty_logging_sessions"`
+	Queues   []QueueStats `json:"queues"`
 }
 
 // Total sums the queues' counters into one QueueStats (Index -1).
@@ -321,6 +327,12 @@ func (s *Server) Stats() Stats {
 	}
 	s.mu.Unlock()
 	st.Connected = len(sq) > 0
+	st.Sessions = len(sq)
+	for _, sess := range live {
+		if v := sess.view.Load(); v != nil && v.features&vhostuser.FeatureLogAll != 0 && v.logSize != 0 {
+			st.Logging++
+		}
+	}
 	for i := range st.Queues {
 		q := &st.Queues[i]
 		q.LastAvail, q.InFlight = 0, 0 // no ring without a session

@@ -17,8 +17,8 @@ import (
 func init() {
 	register(&command{name: "status", summary: "show a running serve's queues, totals, IOPS and latency (over its control socket)",
 		usage: "--socket-path S | --control-socket PATH  [--json]", run: runStatus})
-	register(&command{name: "detach", summary: "make a running serve drop its vhost-user front-end and accept the next",
-		usage: "--socket-path S | --control-socket PATH  [DISK (of a serve --disk)]", run: runDetach})
+	register(&command{name: "detach", summary: "make a running serve drop its vhost-user front-ends (or one, --session ID) and accept the next",
+		usage: "--socket-path S | --control-socket PATH  [--session ID] [DISK (of a serve --disk)]", run: runDetach})
 	flagSets["status"] = func() *flag.FlagSet { fs, _ := statusFlags("status"); return fs }
 	flagSets["detach"] = func() *flag.FlagSet { fs, _ := statusFlags("detach"); return fs }
 }
@@ -31,6 +31,7 @@ type statusArgs struct {
 	control    string // or this control socket
 	json       bool
 	disk       string // detach: the disk of a serve --disk
+	session    uint64 // detach: one front-end, as status lists it
 }
 
 func statusFlags(name string) (*flag.FlagSet, *statusArgs) {
@@ -41,6 +42,9 @@ func statusFlags(name string) (*flag.FlagSet, *statusArgs) {
 	fs.StringVar(&a.control, "control-socket", "", "the control socket of the nvblk serve to ask, when it was started with --control-socket PATH")
 	if name == "status" {
 		fs.BoolVar(&a.json, "json", false, "print JSON")
+	}
+	if name == "detach" {
+		fs.Uint64Var(&a.session, "session", 0, "drop only this front-end (its id in nvblk status), not every one")
 	}
 	return fs, a
 }
@@ -74,7 +78,7 @@ func (a *statusArgs) call(cmd string) (*control.Reply, error) {
 	if a.socketPath != "" {
 		path = defaultControlSocket(a.socketPath)
 	}
-	r, err := control.Do(path, control.Request{Cmd: cmd, Disk: a.disk}, controlTimeout)
+	r, err := control.Do(path, control.Request{Cmd: cmd, Disk: a.disk, Session: a.session}, controlTimeout)
 	// EINVAL: S.ctl does not fit a unix socket address, so serve opened
 	// none there (it says so in its log).
 	if err != nil && a.socketPath != "" && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EINVAL)) {
@@ -178,6 +182,21 @@ func printStatus(w io.Writer, st *control.Status) {
 	fmt.Fprintf(w, "\ntotals: %d reads, %d writes, %d flushes, %d other; %s read, %s written; status ok %d, ioerr %d, unsupp %d, none %d\n",
 		st.Total.Reads, st.Total.Writes, st.Total.Flushes, st.Total.Others, humanBytes(int64(st.Total.BytesRead)),
 		humanBytes(int64(st.Total.BytesWritten)), st.Total.OK, st.Total.IOErrors, st.Total.Unsupported, st.Total.OtherStatus)
+	for _, ss := range st.Sessions {
+		peer := "peer unknown"
+		if ss.PeerKnown {
+			peer = fmt.Sprintf("pid %d uid %d gid %d", ss.PeerPID, ss.PeerUID, ss.PeerGID)
+		}
+		state := "in its handshake"
+		if ss.Ready {
+			state = "running"
+		}
+		logging := ""
+		if ss.Logging {
+			logging = fmt.Sprintf("; dirty logging (a %s log: a migration)", humanBytes(int64(ss.LogBytes)))
+		}
+		fmt.Fprintf(w, "\nfront-end %d: %s, connected %v ago, %s%s\n", ss.ID, peer, st.Time.Sub(ss.ConnectedAt).Round(time.Second), state, logging)
+	}
 	for i := range st.Queues {
 		q := &st.Queues[i]
 		if q.Latency.Count() == 0 {

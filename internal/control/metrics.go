@@ -196,6 +196,14 @@ func writePrometheus(w io.Writer, all []labelledStats) error {
 	for _, ls := range all {
 		sample("nvblk_frontend_connected", ls.label, bit(ls.st.Connected))
 	}
+	family("nvblk_frontend_sessions", "gauge", "vhost-user front-ends served at once (two while a guest migrates on this host).")
+	for _, ls := range all {
+		sample("nvblk_frontend_sessions", ls.label, float64(ls.st.Sessions))
+	}
+	family("nvblk_frontend_dirty_logging", "gauge", "Front-ends for which the back-end marks a dirty log (a live migration).")
+	for _, ls := range all {
+		sample("nvblk_frontend_dirty_logging", ls.label, float64(ls.st.Logging))
+	}
 	family("nvblk_frontend_connections_total", "counter", "vhost-user front-end connections accepted.")
 	for _, ls := range all {
 		sample("nvblk_frontend_connections_total", ls.label, float64(ls.st.Connections))

@@ -88,6 +88,8 @@ type Request struct {
 	Timeout string     `json:"timeout,omitempty"`
 	// Size is grow's new image size in bytes.
 	Size int64 `json:"size,omitempty"`
+	// Session is detach's one front-end (a SessionInfo.ID), 0 for all.
+	Session uint64 `json:"session,omitempty"`
 }
 
 // Reply is one line answered. On success Status, Stats or Detached is set
@@ -339,7 +341,7 @@ func (s *Server) Handle(line []byte) Reply {
 	if s.disks != nil {
 		return s.handleDisks(req)
 	}
-	if req.Disk != "" || req.Spec != "" || req.Mode != "" || req.Timeout != "" || req.Size != 0 && req.Cmd != "grow" {
+	if req.Disk != "" || req.Spec != "" || req.Mode != "" || req.Timeout != "" || req.Size != 0 && req.Cmd != "grow" || req.Session != 0 && req.Cmd != "detach" {
 		return Reply{Error: fmt.Sprintf("%s: this serve has one disk, given with --blk-file: it takes no disk, spec, mode or timeout", req.Cmd)}
 	}
 	switch req.Cmd {
@@ -350,6 +352,14 @@ func (s *Server) Handle(line []byte) Reply {
 		st := s.t.Stats()
 		return Reply{OK: true, Stats: &st}
 	case "detach":
+		if req.Session != 0 {
+			sl, ok := s.t.(SessionLister)
+			if !ok {
+				return Reply{Error: "this serve does not tell its front-ends apart"}
+			}
+			d := sl.DetachSession(req.Session)
+			return Reply{OK: true, Detached: &d}
+		}
 		d := s.t.Detach()
 		return Reply{OK: true, Detached: &d}
 	case "grow":

@@ -16,6 +16,16 @@ type Status struct {
 	Interval time.Duration `json:"interval"`
 	Queues   []QueueStatus `json:"queues"`
 	Total    QueueStatus   `json:"total"`
+	// Sessions are the front-ends served now, each with its peer, its
+	// features and whether it has a dirty log marked (a migration).
+	Sessions []vhost.SessionInfo `json:"sessions,omitempty"`
+}
+
+// SessionLister is a Target that tells its front-ends apart: a
+// *vhost.Server.
+type SessionLister interface {
+	Sessions() []vhost.SessionInfo
+	DetachSession(id uint64) bool
 }
 
 // QueueStatus is one queue (or the total, Index -1): its counters since
@@ -62,6 +72,9 @@ func (s *Server) status(t Target) Status {
 	}
 	pt, lt := prev.Total(), last.Total()
 	st.Total = queueStatus(now.Total(), &pt, &lt, dt)
+	if sl, ok := t.(SessionLister); ok {
+		st.Sessions = sl.Sessions()
+	}
 	return st
 }
 
