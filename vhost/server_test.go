@@ -132,7 +132,7 @@ func startEnv(t *testing.T, o envOpts) *env {
 	}
 	hook := logtest.NewLocal(lg)
 	srv, sock := vhosttest.Serve(t, disk, blk.Options{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-test-serial"},
-		vhost.Options{PollDuration: o.poll, Logger: lg, MessageTimeout: o.messageTimeout})
+		vhost.Options{PollDuration: o.poll, Logger: lg, MessageTimeout: o.messageTimeout, Migration: true})
 	return &env{sock: sock, srv: srv, disk: disk, logs: hook}
 }
 

@@ -29,11 +29,23 @@ var (
 	errDrop = errors.New("vhost: the front-end would not see this refusal; dropping the connection")
 )
 
-// supportedProtocolFeatures are the protocol features the server offers.
-const supportedProtocolFeatures = vhostuser.ProtoMQ | vhostuser.ProtoReplyAck |
-	vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots |
-	vhostuser.ProtoResetDevice | vhostuser.ProtoStatus | vhostuser.ProtoInflightSHMFD |
-	vhostuser.ProtoLogSHMFD | vhostuser.ProtoBackendReq
+// supportedProtocolFeatures are the protocol features the server offers
+// always; migrationProtocolFeatures those it adds with Options.Migration.
+const (
+	supportedProtocolFeatures = vhostuser.ProtoMQ | vhostuser.ProtoReplyAck |
+		vhostuser.ProtoConfig | vhostuser.ProtoConfigureMemSlots |
+		vhostuser.ProtoResetDevice | vhostuser.ProtoStatus | vhostuser.ProtoInflightSHMFD |
+		vhostuser.ProtoBackendReq
+	migrationProtocolFeatures = vhostuser.ProtoLogSHMFD
+)
+
+// protocolFeatures are the protocol features this session offers.
+func (s *session) protocolFeatures() uint64 {
+	if s.srv.opts.Migration {
+		return supportedProtocolFeatures | migrationProtocolFeatures
+	}
+	return supportedProtocolFeatures
+}
 
 // vringState is the part of a vring that describes the guest's ring rather
 // than this connection: it is what a reconnecting front-end (INFLIGHT_SHMFD)
@@ -344,11 +356,11 @@ func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, er
 		s.features = m.U64
 		return nil, s.startLocked(running)
 	case vhostuser.ReqGetProtocolFeatures:
-		return vhostuser.EncodeU64(supportedProtocolFeatures), nil
+		return vhostuser.EncodeU64(s.protocolFeatures()), nil
 	case vhostuser.ReqSetProtocolFeatures:
-		if m.U64&^supportedProtocolFeatures != 0 {
-			s.protocol = m.U64 & supportedProtocolFeatures
-			return nil, fmt.Errorf("%w: protocol %#x", ErrBadFeatures, m.U64&^supportedProtocolFeatures)
+		if offered := s.protocolFeatures(); m.U64&^offered != 0 {
+			s.protocol = m.U64 & offered
+			return nil, fmt.Errorf("%w: protocol %#x", ErrBadFeatures, m.U64&^offered)
 		}
 		s.protocol = m.U64
 		return nil, nil
@@ -434,7 +446,11 @@ func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, er
 }
 
 func (s *session) offeredFeatures() uint64 {
-	return s.srv.be.Features() | vhostuser.FeatureProtocolFeatures | vhostuser.FeatureLogAll
+	f := s.srv.be.Features() | vhostuser.FeatureProtocolFeatures
+	if s.srv.opts.Migration {
+		f |= vhostuser.FeatureLogAll
+	}
+	return f
 }
 
 // setLogBaseLocked maps the dirty log of SET_LOG_BASE (log.go) in place of

@@ -16,6 +16,7 @@ import (
 	"github.com/nvblk/nvblk/internal/vhosttest"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
+	"github.com/nvblk/nvblk/vhostuser"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
 	"github.com/nvblk/nvblk/virtio"
 )
@@ -62,7 +63,7 @@ func TestTwoFrontEndsOnOneBTTThenOneDetached(t *testing.T) {
 	fdcheck.Check(t)
 	sv := vhosttest.ServeBTT(t, vhosttest.Options{
 		BTTOptions: vhosttest.BTTOptions{Size: 64 << 20, LBASize: 4096},
-		Config:     blkserve.Config{Server: vhost.Options{Logger: quietLogger()}},
+		Config:     blkserve.Config{Server: vhost.Options{Logger: quietLogger(), Migration: true}},
 	})
 	var devs [2]*frontend.Device
 	for i := range devs {
@@ -239,5 +240,25 @@ func TestSessionLimitRefusesOneMoreAndServesItLater(t *testing.T) {
 	defer d.Close()
 	if err := verifiedIO(d, 9, 0, 2); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Without Options.Migration the server offers no dirty logging, so QEMU
+// refuses to migrate the guest ("vhost lacks VHOST_F_LOG_ALL") rather than
+// move it with a back-end that is not asked to log.
+func TestWithoutMigrationNoDirtyLoggingIsOffered(t *testing.T) {
+	_, sock := vhosttest.Serve(t, newMemDisk(1<<20, 512), blk.Options{}, vhost.Options{Logger: quietLogger()})
+	c, err := frontend.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	f, err := c.GetU64(vhostuser.ReqGetFeatures)
+	if err != nil || f&vhostuser.FeatureLogAll != 0 {
+		t.Fatalf("features %#x (%v): VHOST_F_LOG_ALL offered without Migration", f, err)
+	}
+	p, err := c.GetU64(vhostuser.ReqGetProtocolFeatures)
+	if err != nil || p&vhostuser.ProtoLogSHMFD != 0 {
+		t.Fatalf("protocol features %#x (%v): LOG_SHMFD offered without Migration", p, err)
 	}
 }

@@ -33,7 +33,7 @@ func init() {
 	register(&command{name: "serve", summary: "serve the BTT on FILE to QEMU as a vhost-user-blk device (also: nvblk --socket-path ...)",
 		usage: "--socket-path PATH | --fd N | (systemd socket)  --blk-file FILE [--read-only] [--num-queues N] [--poll-us N] " +
 			"| --disk name=NAME,blk-file=FILE,socket-path=PATH[,num-queues=N][,read-only=on][,serial=S][,durability=MODE] ... " +
-			"[--socket-mode 0600] [--socket-group GROUP] [--durability MODE] [--serial S] [--control-socket PATH|none] [--metrics-addr HOST:PORT] [--guest-memory 1G] " +
+			"[--socket-mode 0600] [--socket-group GROUP] [--durability MODE] [--serial S] [--migration] [--control-socket PATH|none] [--metrics-addr HOST:PORT] [--guest-memory 1G] " +
 			"[--log-level LEVEL] [--log-format text|json] | --print-capabilities",
 		run: runServe})
 	flagSets["serve"] = func() *flag.FlagSet { fs, _ := serveFlags(); return fs }
@@ -65,6 +65,7 @@ type serveArgs struct {
 	readOnly   bool
 	numQueues  uint
 	pollUS     uint
+	migration  bool
 	durability string
 	serial     string
 	logLevel   string
@@ -91,6 +92,7 @@ func serveFlags() (*flag.FlagSet, *serveArgs) {
 	fs.UintVar(&a.numQueues, "num-queues", defaultServeQueues, fmt.Sprintf("request queues to offer, 1..%d; by default one per host CPU, "+
 		"at least 4 (QEMU without num-queues asks for one per vCPU)", maxServeQueues))
 	fs.UintVar(&a.pollUS, "poll-us", 0, "busy-poll each queue this many microseconds before sleeping on its kick")
+	fs.BoolVar(&a.migration, "migration", false, "offer the dirty logging QEMU needs to live-migrate a guest on this host (experimental: see README, Live migration)")
 	fs.StringVar(&a.durability, "durability", "auto", durabilityHelp)
 	fs.StringVar(&a.serial, "serial", "", "GET_ID serial, at most 20 bytes (default: nvblk- and the BTT uuid's first hex digits)")
 	fs.StringVar(&a.logLevel, "log-level", "info", "log level: panic, fatal, error, warn, info, debug or trace")
@@ -230,7 +232,7 @@ func parseServeArgs(args []string) (a *serveArgs, controlSet bool, err error) {
 
 // serverOptions are the vhost server's settings every disk shares.
 func serverOptions(a *serveArgs, set serveSettings) vhost.Options {
-	return vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: set.log}
+	return vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: set.log, Migration: a.migration}
 }
 
 // perDiskFlags are the serve flags that describe the one disk of a serve

@@ -75,7 +75,7 @@ func TestGuestWritesThroughTwoLiveMigrationsOnQemuStorageDaemon(t *testing.T) {
 func TestGuestWritesThroughTwoLiveMigrationsOnNvblkServe(t *testing.T) {
 	img := suite.FormatImage(t, "64M", sectorSize)
 	sock := filepath.Join(t.TempDir(), "nvblk.sock")
-	srv := suite.Serve(t, "nvblk serve", sock, img.Path, "--num-queues", "1")
+	srv := suite.Serve(t, "nvblk serve", sock, img.Path, "--num-queues", "1", "--migration")
 
 	ws := migrateUnderWrites(t, [3]string{sock, sock, sock})
 
