@@ -256,12 +256,8 @@ func (a *serveArgs) checkDisks(stderr io.Writer) (serveSettings, error) {
 			return set, usagef("--%s: with --disk each disk's spec gives it (%s=)", f.flag, f.key)
 		}
 	}
-	mode, err := strconv.ParseUint(a.socketMode, 8, 32)
-	if err != nil || mode > 0o777 {
-		return set, usagef("--socket-mode %q: want octal permissions such as 0600 or 0660", a.socketMode)
-	}
-	set.socketMode = os.FileMode(mode)
-	if set.socketGID, err = lookupGroup(a.socketGrp); err != nil {
+	err := a.checkSocketFile(&set)
+	if err != nil {
 		return set, err
 	}
 	if a.pollUS > 1_000_000 {
@@ -323,12 +319,8 @@ type serveSettings struct {
 // --fd it takes the socket systemd passed, setting a.fd.
 func (a *serveArgs) check(stderr io.Writer, controlSet bool) (serveSettings, error) {
 	var set serveSettings
-	mode, err := strconv.ParseUint(a.socketMode, 8, 32)
-	if err != nil || mode > 0o777 {
-		return set, usagef("--socket-mode %q: want octal permissions such as 0600 or 0660", a.socketMode)
-	}
-	set.socketMode = os.FileMode(mode)
-	if set.socketGID, err = lookupGroup(a.socketGrp); err != nil {
+	err := a.checkSocketFile(&set)
+	if err != nil {
 		return set, err
 	}
 	systemdSocket := false
@@ -371,6 +363,18 @@ func (a *serveArgs) check(stderr io.Writer, controlSet bool) (serveSettings, err
 		return set, err
 	}
 	return set, nil
+}
+
+// checkSocketFile resolves the flags every serve applies to the sockets it
+// creates, --socket-mode and --socket-group, into set.
+func (a *serveArgs) checkSocketFile(set *serveSettings) error {
+	mode, err := strconv.ParseUint(a.socketMode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return usagef("--socket-mode %q: want octal permissions such as 0600 or 0660", a.socketMode)
+	}
+	set.socketMode = os.FileMode(mode)
+	set.socketGID, err = lookupGroup(a.socketGrp)
+	return err
 }
 
 // lookupGroup resolves --socket-group: "" is -1 (the creator's group), a
