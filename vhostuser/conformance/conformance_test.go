@@ -35,7 +35,7 @@ func startNvblk(t *testing.T, o serverOpts) (sock, img string) {
 	s := vhosttest.ServeBTT(t, vhosttest.Options{
 		BTTOptions: vhosttest.BTTOptions{Size: 64 << 20, LBASize: o.lbaSize},
 		Config: blkserve.Config{NumQueues: o.queues, ReadOnly: o.readOnly, Serial: "nvblk-conformance",
-			Server: vhost.Options{Logger: lg}},
+			Server: vhost.Options{Logger: lg, Migration: true}},
 	})
 	return s.Sock, s.Image
 }
