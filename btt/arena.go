@@ -218,6 +218,14 @@ type pendingMove struct {
 	newMap uint32
 }
 
+// keepFree records lane's free block, for the lanes the arena keeps: a
+// scanFlog callback.
+func (a *arena) keepFree(lane int, fe freeEntry) {
+	if lane < len(a.free) {
+		a.free[lane] = fe
+	}
+}
+
 // scanFlog walks every lane's flog group the way btt_freelist_init does,
 // checking each lane's newest entry. It calls free (when non-nil) with the
 // lane's free block and where its next entry goes, and pending for each

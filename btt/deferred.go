@@ -109,20 +109,28 @@ type cleanBlock struct {
 
 func (p *pendingSet) home(premap uint32) uint32 { return (premap * 0x9e3779b1) & p.mask }
 
+// find probes for premap's slot: it returns the slot's offset and first
+// word, which is 0 when premap has no entry and the slot is the empty one
+// an entry would go to, or off -1 when the probe met neither (a full
+// table, which the lane bound on entries rules out).
+func (p *pendingSet) find(premap uint32) (off int, w uint64) {
+	key := uint64(premap+1) << 32
+	for i, probes := p.home(premap), uint32(0); probes <= p.mask; i, probes = (i+1)&p.mask, probes+1 {
+		off = int(i) * pendingSlotSize
+		if w = loadWord64(p.slots, off); w == 0 || w&^0xffffffff == key {
+			return off, w
+		}
+	}
+	return -1, 0
+}
+
 // get returns premap's pending map entry, if it has one. Lock-free: a slot
 // is one atomic word, and slots are emptied only after the map holds what
 // they held (commit), so a probe that misses an entry finds the same value
 // in the map.
 func (p *pendingSet) get(premap uint32) (uint32, bool) {
-	key := uint64(premap+1) << 32
-	for i, probes := p.home(premap), uint32(0); probes <= p.mask; i, probes = (i+1)&p.mask, probes+1 {
-		w := loadWord64(p.slots, int(i)*pendingSlotSize)
-		if w == 0 {
-			return 0, false
-		}
-		if w&^0xffffffff == key {
-			return uint32(w), true
-		}
+	if _, w := p.find(premap); w != 0 {
+		return uint32(w), true
 	}
 	return 0, false
 }
@@ -132,42 +140,34 @@ func (p *pendingSet) get(premap uint32) (uint32, bool) {
 // had one; oldRaw is kept from the first entry, so commit knows what the
 // disk's map holds. The caller holds p.mu and premap's map lock.
 func (p *pendingSet) putLocked(premap, newRaw, oldRaw uint32, lane uint16) (prev cleanBlock, had bool) {
-	key := uint64(premap+1) << 32
-	for i := p.home(premap); ; i = (i + 1) & p.mask {
-		off := int(i) * pendingSlotSize
-		w := loadWord64(p.slots, off)
-		if w == 0 {
-			storeWord64(p.slots, off+8, pendingWord1(oldRaw, int(lane)))
-			storeWord64(p.slots, off, pendingWord0(premap, newRaw))
-			p.n.Add(1)
-			return cleanBlock{}, false
-		}
-		if w&^0xffffffff == key {
-			first, prevLane := decodePendingWord1(loadWord64(p.slots, off+8))
-			storeWord64(p.slots, off+8, pendingWord1(first, int(lane)))
-			storeWord64(p.slots, off, pendingWord0(premap, newRaw))
-			return cleanBlock{block: uint32(w) & mapBlockMask, lane: uint16(prevLane)}, true
-		}
+	off, w := p.find(premap)
+	if off < 0 {
+		// Each entry holds a different lane's block, and the table has
+		// twice as many slots as there are lanes.
+		panic("btt: pending table full")
 	}
+	if w == 0 {
+		storeWord64(p.slots, off+8, pendingWord1(oldRaw, int(lane)))
+		storeWord64(p.slots, off, pendingWord0(premap, newRaw))
+		p.n.Add(1)
+		return cleanBlock{}, false
+	}
+	first, prevLane := decodePendingWord1(loadWord64(p.slots, off+8))
+	storeWord64(p.slots, off+8, pendingWord1(first, int(lane)))
+	storeWord64(p.slots, off, pendingWord0(premap, newRaw))
+	return cleanBlock{block: uint32(w) & mapBlockMask, lane: uint16(prevLane)}, true
 }
 
 // updateLocked replaces premap's pending entry with raw if it has one,
 // keeping its lane: a write-zeroes or media-error mark of an LBA written
 // since the last commit. The caller holds p.mu and premap's map lock.
 func (p *pendingSet) updateLocked(premap, raw uint32) bool {
-	key := uint64(premap+1) << 32
-	for i, probes := p.home(premap), uint32(0); probes <= p.mask; i, probes = (i+1)&p.mask, probes+1 {
-		off := int(i) * pendingSlotSize
-		w := loadWord64(p.slots, off)
-		if w == 0 {
-			return false
-		}
-		if w&^0xffffffff == key {
-			storeWord64(p.slots, off, pendingWord0(premap, raw))
-			return true
-		}
+	off, w := p.find(premap)
+	if w == 0 {
+		return false
 	}
-	return false
+	storeWord64(p.slots, off, pendingWord0(premap, raw))
+	return true
 }
 
 // pendingUpdate gives premap's pending entry the new raw value, if the
@@ -221,23 +221,12 @@ func (d *Device) startDeferred(dm DeferredMedium, lanes int) error {
 	slots := pendingSlots(lanes)
 	size := pendingLogSize(len(d.arenaList()), slots)
 	df := &deferredState{lanes: lanes}
-	var log []byte
 	if pm, ok := dm.(ProcessLogMedium); ok {
-		var err error
-		if log, err = pm.ProcessLog(size); err != nil {
-			return fmt.Errorf("pending log: %w", err)
-		}
-		if len(log) < size || !aligned(log, 8) {
-			return fmt.Errorf("pending log: medium gave %d bytes, want %d, 8-byte aligned", len(log), size)
-		}
 		df.persistent, df.m = true, pm
-	} else {
-		// No memory that outlives the process: writes since the last
-		// commit are then lost with it, as they are with a power loss.
-		log = make([]byte, size) // the heap aligns it to 8 bytes at least
-		if !aligned(log, 8) {
-			return fmt.Errorf("pending log: heap buffer not 8-byte aligned")
-		}
+	}
+	log, err := df.region(size)
+	if err != nil {
+		return err
 	}
 	uuid := d.UUID()
 	state := classifyPendingLog(log, len(d.arenaList()), slots, uuid)
@@ -255,12 +244,7 @@ func (d *Device) startDeferred(dm DeferredMedium, lanes int) error {
 		copy(log, pendingLogHeader(len(d.arenaList()), slots, uuid))
 	}
 	for i, a := range d.arenaList() {
-		base := pendingLogHeaderSize + i*slots*pendingSlotSize
-		a.pending = &pendingSet{
-			slots: log[base : base+slots*pendingSlotSize],
-			mask:  uint32(slots - 1),
-			clean: make([]cleanBlock, 0, lanes),
-		}
+		a.pending = newPendingSet(log, i, slots, lanes)
 	}
 	replayed, err := d.replayPending(lanes)
 	if err != nil {
@@ -292,31 +276,47 @@ func hasPendingEntries(log []byte) bool {
 func (d *Device) layPendingLog(arenas []*arena, from int) error {
 	df := d.def
 	slots := pendingSlots(df.lanes)
-	size := pendingLogSize(len(arenas), slots)
-	var log []byte
-	if df.persistent {
-		var err error
-		if log, err = df.m.ProcessLog(size); err != nil {
-			return fmt.Errorf("pending log: %w", err)
-		}
-	} else {
-		log = make([]byte, size)
-	}
-	if len(log) < size || !aligned(log, 8) {
-		return fmt.Errorf("pending log: medium gave %d bytes, want %d, 8-byte aligned", len(log), size)
+	log, err := df.region(pendingLogSize(len(arenas), slots))
+	if err != nil {
+		return err
 	}
 	copy(log, pendingLogHeader(len(arenas), slots, d.UUID()))
 	for i := from; i < len(arenas); i++ {
 		a := arenas[i]
-		base := pendingLogHeaderSize + i*slots*pendingSlotSize
-		a.pending = &pendingSet{
-			slots: log[base : base+slots*pendingSlotSize],
-			mask:  uint32(slots - 1),
-			clean: make([]cleanBlock, 0, df.lanes),
-		}
+		a.pending = newPendingSet(log, i, slots, df.lanes)
 		a.pending.resetLocked(a, df.lanes)
 	}
 	return nil
+}
+
+// region is a pending log of size bytes: the medium's process log when it
+// keeps one, else heap memory, with which the writes since the last commit
+// are lost with the process, as they are with a power loss.
+func (df *deferredState) region(size int) ([]byte, error) {
+	var log []byte
+	if df.persistent {
+		var err error
+		if log, err = df.m.ProcessLog(size); err != nil {
+			return nil, fmt.Errorf("pending log: %w", err)
+		}
+	} else {
+		log = make([]byte, size) // the heap aligns it to 8 bytes at least
+	}
+	if len(log) < size || !aligned(log, 8) {
+		return nil, fmt.Errorf("pending log: %d bytes, want %d, 8-byte aligned", len(log), size)
+	}
+	return log, nil
+}
+
+// newPendingSet is arena i's table in log, laid out for slots slots per
+// arena, with room for the clean blocks of lanes lanes.
+func newPendingSet(log []byte, i, slots, lanes int) *pendingSet {
+	base := pendingLogHeaderSize + i*slots*pendingSlotSize
+	return &pendingSet{
+		slots: log[base : base+slots*pendingSlotSize],
+		mask:  uint32(slots - 1),
+		clean: make([]cleanBlock, 0, lanes),
+	}
 }
 
 // replayPending checks a pending log left by a killed process against the

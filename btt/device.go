@@ -149,11 +149,7 @@ func Open(m Medium, opts Options) (dev *Device, err error) {
 		// Pending moves are counted here and found again below, not
 		// kept: an arena may have up to 65536 lanes, all of them
 		// pending.
-		err = a.scanFlog(func(lane int, fe freeEntry) {
-			if lane < len(a.free) {
-				a.free[lane] = fe
-			}
-		}, func(pendingMove) { pending++ })
+		err = a.scanFlog(a.keepFree, func(pendingMove) { pending++ })
 		if err != nil {
 			return nil, fmt.Errorf("btt: arena %d: %w", i, err)
 		}

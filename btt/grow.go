@@ -181,11 +181,7 @@ func (d *Device) Grow() (res GrowResult, err error) {
 		if err != nil {
 			return res, fmt.Errorf("btt: grow: arena %d: %w", i, err)
 		}
-		if err := a.scanFlog(func(lane int, fe freeEntry) {
-			if lane < len(a.free) {
-				a.free[lane] = fe
-			}
-		}, nil); err != nil {
+		if err := a.scanFlog(a.keepFree, nil); err != nil {
 			return res, fmt.Errorf("btt: grow: arena %d: %w", i, err)
 		}
 		if len(a.rtt) < lanes || df != nil && len(a.free) < df.lanes {

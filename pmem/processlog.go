@@ -146,8 +146,7 @@ func (m *Medium) mapProcessLog(path string, n int) ([]byte, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || int(st.Uid) != os.Geteuid() || st.Mode&0o077 != 0 {
 		return nil, fmt.Errorf("%w: not a regular file of mode 0600 owned by uid %d (mode %o, uid %d)", ErrProcessLog, os.Geteuid(), st.Mode, st.Uid)
 	}
-	page := int64(unix.Getpagesize())
-	size := processLogStamp + (int64(n)+page-1)/page*page
+	size := processLogFileSize(n)
 	want := m.processLogStamp(boot, n)
 	stamp := make([]byte, len(want))
 	if st.Size == size {
@@ -185,8 +184,7 @@ func (m *Medium) growProcessLog(old []byte, n int) ([]byte, error) {
 		return nil, err
 	}
 	defer unix.Close(fd)
-	page := int64(unix.Getpagesize())
-	size := processLogStamp + (int64(n)+page-1)/page*page
+	size := processLogFileSize(n)
 	if err := unix.Ftruncate(fd, size); err != nil {
 		return nil, fmt.Errorf("size to %d bytes: %w", size, err)
 	}
@@ -196,6 +194,13 @@ func (m *Medium) growProcessLog(old []byte, n int) ([]byte, error) {
 	}
 	copy(data, m.processLogStamp(boot, n))
 	return data, nil
+}
+
+// processLogFileSize is the file holding a region of n bytes: the stamp
+// page, then the region in whole pages.
+func processLogFileSize(n int) int64 {
+	page := int64(unix.Getpagesize())
+	return processLogStamp + (int64(n)+page-1)/page*page
 }
 
 // DropProcessLog unmaps the process log and removes its file: the caller closed cleanly and
