@@ -155,6 +155,7 @@ type sessionView struct {
 // ringView is one ring in a session's published view.
 type ringView struct {
 	enabled, running bool
+	started          bool   // kicked and not stopped by GET_VRING_BASE since
 	base             uint16 // the ring's base while no worker runs it
 }
 
@@ -170,6 +171,7 @@ func (s *session) publishViewLocked() {
 		v.rings[i] = ringView{
 			enabled: vr.enabled || (vr.started && s.features&vhostuser.FeatureProtocolFeatures == 0),
 			running: vr.w != nil,
+			started: vr.started,
 			base:    vr.base,
 		}
 	}

@@ -40,6 +40,11 @@ type SessionInfo struct {
 	Logging    bool   `json:"dirty_logging"`
 	LogBytes   uint64 `json:"dirty_log_bytes"`
 	LogOutside uint64 `json:"dirty_log_outside"`
+	// Stopped is set once the front-end, having started the device
+	// (Ready), stopped every ring with GET_VRING_BASE and started none
+	// since: QEMU's vhost_dev_stop, at a guest reset, a VM stop, and a
+	// migration's switch-over (then with Logging still on).
+	Stopped bool `json:"stopped"`
 	// Queues are the session's rings and its own counters (QueueStats),
 	// one per queue the device has, enabled or not.
 	Queues []QueueStats `json:"queues"`
@@ -62,10 +67,20 @@ func (s *Server) Sessions() []SessionInfo {
 			ConnectedAt: sess.since, Ready: v.ready, Features: v.features, ProtocolFeatures: v.protocol,
 			Logging:  v.features&vhostuser.FeatureLogAll != 0 && v.logSize != 0,
 			LogBytes: v.logSize, LogOutside: sess.logOutside.Load(), Queues: qs,
+			Stopped: v.ready && !v.anyStarted(),
 		}
 		out = append(out, info)
 	}
 	return out
+}
+
+func (v *sessionView) anyStarted() bool {
+	for _, r := range v.rings {
+		if r.started {
+			return true
+		}
+	}
+	return false
 }
 
 // peerCred is who is at the other end of a unix socket.

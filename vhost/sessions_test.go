@@ -262,3 +262,29 @@ func TestWithoutMigrationNoDirtyLoggingIsOffered(t *testing.T) {
 		t.Fatalf("protocol features %#x (%v): LOG_SHMFD offered without Migration", p, err)
 	}
 }
+
+// TestSessionsReportsAFrontEndThatStoppedTheDeviceWithLoggingOn is what a
+// disk move watches for: a migration's source, its dirty log on, stopping
+// every ring (GET_VRING_BASE) at the switch-over.
+func TestSessionsReportsAFrontEndThatStoppedTheDeviceWithLoggingOn(t *testing.T) {
+	e := startEnv(t, envOpts{queues: 2})
+	d := connect(t, e, frontend.Options{DirtyLog: true, NumQueues: 2})
+	if _, err := d.StartLogging(); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.srv.Sessions()[0]; s.Stopped || !s.Logging {
+		t.Fatalf("running, logging: stopped %v logging %v", s.Stopped, s.Logging)
+	}
+	if _, err := d.Conn.GetVringBase(0); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.srv.Sessions()[0]; s.Stopped {
+		t.Fatal("one ring of two stopped: the session says the device stopped")
+	}
+	if _, err := d.Conn.GetVringBase(1); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.srv.Sessions()[0]; !s.Stopped || !s.Logging {
+		t.Fatalf("both rings stopped: stopped %v logging %v, want both", s.Stopped, s.Logging)
+	}
+}

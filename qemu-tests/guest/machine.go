@@ -30,6 +30,8 @@ const DefaultTimeout = 3 * time.Minute
 type Config struct {
 	MemoryMiB int // guest RAM; 256 when zero
 	CPUs      int // 1 when zero
+	// CPU is the -cpu model; "max" when empty.
+	CPU string
 	// NVDIMMs are image files exposed as label-less NVDIMMs, each becoming
 	// the whole of namespaceN.0 in the guest. Their size is the file's.
 	NVDIMMs []string
@@ -195,6 +197,10 @@ func commandLine(kit *Kit, cfg Config, initrd, dir string) ([]string, error) {
 		mem = 256
 	}
 	cpus := max(cfg.CPUs, 1)
+	cpu := cfg.CPU
+	if cpu == "" {
+		cpu = "max"
+	}
 	machine := "q35,accel=tcg"
 	memArg := fmt.Sprintf("%dM", mem)
 	var args []string
@@ -224,7 +230,7 @@ func commandLine(kit *Kit, cfg Config, initrd, dir string) ([]string, error) {
 		appendLine += " " + cfg.Append
 	}
 	head := []string{
-		"-machine", machine, "-cpu", "max", "-m", memArg, "-smp", strconv.Itoa(cpus),
+		"-machine", machine, "-cpu", cpu, "-m", memArg, "-smp", strconv.Itoa(cpus),
 		"-nographic", "-no-reboot", "-monitor", "none",
 		"-kernel", kit.Kernel, "-initrd", initrd, "-append", appendLine,
 		"-serial", "file:" + filepath.Join(dir, "console.log"),

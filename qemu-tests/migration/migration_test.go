@@ -109,6 +109,7 @@ func config(t *testing.T, sock string) guest.Config {
 	return guest.Config{
 		MemoryMiB:    256,
 		CPUs:         1,
+		CPU:          os.Getenv("MIGRATION_CPU"),
 		SharedMemory: true,
 		Initramfs:    initramfs(t),
 		Args: []string{
