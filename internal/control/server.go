@@ -29,6 +29,12 @@ type Grower interface {
 	Grow(size int64) (Grown, error)
 }
 
+// Mover is a Target whose disk can move to another host while it is
+// served: the move command. To is the destination's NBD URI.
+type Mover interface {
+	Move(ctx context.Context, to string) (json.RawMessage, error)
+}
+
 // Grown is the grow command's answer.
 type Grown struct {
 	SectorsBefore uint64 `json:"sectors_before"`
@@ -90,6 +96,9 @@ type Request struct {
 	Size int64 `json:"size,omitempty"`
 	// Session is detach's one front-end (a SessionInfo.ID), 0 for all.
 	Session uint64 `json:"session,omitempty"`
+	// To is move's destination, an NBD URI (nbd://HOST:PORT/EXPORT or
+	// nbd+unix:///EXPORT?socket=PATH).
+	To string `json:"to,omitempty"`
 }
 
 // Reply is one line answered. On success Status, Stats or Detached is set
@@ -103,6 +112,8 @@ type Reply struct {
 	Stats    *vhost.Stats `json:"stats,omitempty"`
 	Detached *bool        `json:"detached,omitempty"`
 	Grown    *Grown       `json:"grown,omitempty"`
+	// Moved is the move command's statistics (diskmove.Stats).
+	Moved json.RawMessage `json:"moved,omitempty"`
 	Disk     *DiskInfo    `json:"disk,omitempty"`
 	Disks    []DiskInfo   `json:"disks,omitempty"`
 }
@@ -341,7 +352,7 @@ func (s *Server) Handle(line []byte) Reply {
 	if s.disks != nil {
 		return s.handleDisks(req)
 	}
-	if req.Disk != "" || req.Spec != "" || req.Mode != "" || req.Timeout != "" || req.Size != 0 && req.Cmd != "grow" || req.Session != 0 && req.Cmd != "detach" {
+	if req.Disk != "" || req.Spec != "" || req.Mode != "" || req.Timeout != "" || req.Size != 0 && req.Cmd != "grow" || req.Session != 0 && req.Cmd != "detach" || req.To != "" && req.Cmd != "move" {
 		return Reply{Error: fmt.Sprintf("%s: this serve has one disk, given with --blk-file: it takes no disk, spec, mode or timeout", req.Cmd)}
 	}
 	switch req.Cmd {
@@ -375,9 +386,24 @@ func (s *Server) Handle(line []byte) Reply {
 			return Reply{Error: err.Error()}
 		}
 		return Reply{OK: true, Grown: &grown}
+	case "move":
+		m, ok := s.t.(Mover)
+		if !ok {
+			return Reply{Error: "this serve's disk cannot move"}
+		}
+		if req.To == "" || len(req.To) > maxRequestLine {
+			return Reply{Error: "move: want to, the destination's NBD URI (nbd://HOST:PORT or nbd+unix:///?socket=PATH)"}
+		}
+		// A move waits for the guest's migration to switch over: it
+		// ends with the serve (ctx), not with a connection's idle time.
+		st, err := m.Move(s.ctx, req.To)
+		if err != nil {
+			return Reply{Error: err.Error(), Moved: st}
+		}
+		return Reply{OK: true, Moved: st}
 	case "disk-add", "disk-remove", "disk-list":
 		return Reply{Error: fmt.Sprintf("%s: this serve has the one disk its --blk-file gave; "+
 			"start nvblk serve with --disk to add and remove disks at run time", req.Cmd)}
 	}
-	return Reply{Error: fmt.Sprintf("unknown cmd %q: want status, stats, detach or grow", req.Cmd)}
+	return Reply{Error: fmt.Sprintf("unknown cmd %q: want status, stats, detach, grow or move", req.Cmd)}
 }

@@ -176,7 +176,7 @@ func (t *Tracker) Push(ctx context.Context, src Disk, dst Destination, opts Opti
 	st.CutoverTook = time.Since(t0)
 	st.Total = time.Since(start)
 	if err != nil {
-		t.unfence()
+		t.Unfence()
 		return st, err
 	}
 	return st, nil
@@ -231,15 +231,13 @@ func (c *copier) round(ctx context.Context, m *dirtyMap) (Round, error) {
 			defer wg.Done()
 			buf := make([]byte, maxRun*c.ss)
 			for e := range jobs {
-				zero, err := c.copyExtent(buf[:e.n*c.ss], e)
+				zeroes, err := c.copyExtent(buf[:e.n*c.ss], e)
 				mu.Lock()
 				if err != nil && first == nil {
 					first = err
 				}
 				r.Sectors += e.n
-				if zero {
-					r.ZeroSectors += e.n
-				}
+				r.ZeroSectors += zeroes
 				mu.Unlock()
 			}
 		}()
@@ -291,22 +289,31 @@ func (c *copier) round(ctx context.Context, m *dirtyMap) (Round, error) {
 }
 
 // copyExtent reads e from the source into buf and writes it to the
-// destination, as WRITE_ZEROES when it is all zeroes.
-func (c *copier) copyExtent(buf []byte, e extent) (zero bool, err error) {
+// destination: each run of all-zero sectors as one WRITE_ZEROES, each run
+// of others as one write. It returns how many sectors went as zeroes.
+func (c *copier) copyExtent(buf []byte, e extent) (zeroSectors uint64, err error) {
 	if err := c.src.ReadV(e.lba, [][]byte{buf}); err != nil {
-		return false, fmt.Errorf("read sectors %d+%d: %w", e.lba, e.n, err)
+		return 0, fmt.Errorf("read sectors %d+%d: %w", e.lba, e.n, err)
 	}
-	off := int64(e.lba * c.ss)
-	if isZero(buf) {
-		if err := c.dst.WriteZeroes(off, int64(len(buf))); err != nil {
-			return true, fmt.Errorf("destination write-zeroes at %d+%d: %w", off, len(buf), err)
+	ss := int(c.ss)
+	for i := 0; i < len(buf); {
+		zero := isZero(buf[i : i+ss])
+		j := i + ss
+		for j < len(buf) && isZero(buf[j:j+ss]) == zero {
+			j += ss
 		}
-		return true, nil
+		off := int64(e.lba*c.ss) + int64(i)
+		if zero {
+			if err := c.dst.WriteZeroes(off, int64(j-i)); err != nil {
+				return zeroSectors, fmt.Errorf("destination write-zeroes at %d+%d: %w", off, j-i, err)
+			}
+			zeroSectors += uint64((j - i) / ss)
+		} else if _, err := c.dst.WriteAt(buf[i:j], off); err != nil {
+			return zeroSectors, fmt.Errorf("destination write at %d+%d: %w", off, j-i, err)
+		}
+		i = j
 	}
-	if _, err := c.dst.WriteAt(buf, off); err != nil {
-		return false, fmt.Errorf("destination write at %d+%d: %w", off, len(buf), err)
-	}
-	return false, nil
+	return zeroSectors, nil
 }
 
 // isZero reports whether b, a whole number of sectors, holds only zeroes.

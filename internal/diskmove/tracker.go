@@ -138,9 +138,9 @@ func (t *Tracker) fence() {
 	}
 }
 
-// unfence takes the fence down again: a move that failed after cutover
-// leaves the disk here the only copy.
-func (t *Tracker) unfence() { t.fenced.Store(false) }
+// Unfence takes the fence down again: a move that failed after cutover
+// leaves the disk here the only whole copy.
+func (t *Tracker) Unfence() { t.fenced.Store(false) }
 
 type trackedDisk struct {
 	Disk

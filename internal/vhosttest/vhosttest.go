@@ -90,11 +90,19 @@ func Serve(tb testing.TB, disk blk.Disk, dev blk.Options, o vhost.Options) (*vho
 // first-out, and Close waits for the lanes the running queues hold.
 func ServeDevice(tb testing.TB, d *btt.Device, dur pmem.Durability, c blkserve.Config) (*vhost.Server, string) {
 	tb.Helper()
+	s, sock := ServeServed(tb, d, dur, c)
+	return s.Server, sock
+}
+
+// ServeServed is ServeDevice returning the whole blkserve.Served (its
+// Move, ServeIncoming and Grow).
+func ServeServed(tb testing.TB, d *btt.Device, dur pmem.Durability, c blkserve.Config) (*blkserve.Served, string) {
+	tb.Helper()
 	s, err := blkserve.New(d, dur, c)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return s.Server, serve(tb, s.Server)
+	return s, serve(tb, s.Server)
 }
 
 // serve runs srv on a fresh socket in the test's directory until the test

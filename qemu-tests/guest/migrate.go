@@ -81,6 +81,26 @@ func (m *Machine) MigrationInfo() (MigrationStats, error) {
 // until the guest runs there. m is then paused ("postmigrate"); Quit it.
 // An error says how it failed, with QEMU's words.
 func (m *Machine) Migrate(dest *Machine, timeout time.Duration) (MigrationStats, error) {
+	return m.migrate(dest, "running", timeout)
+}
+
+// MigratePaused is Migrate to a destination started with -S in its
+// Config.Args: the guest arrives there paused ("paused" in query-status)
+// and runs only after Cont, so what the destination's devices hold at the
+// switch-over can be looked at first.
+func (m *Machine) MigratePaused(dest *Machine, timeout time.Duration) (MigrationStats, error) {
+	return m.migrate(dest, "paused", timeout)
+}
+
+// Cont resumes a paused guest (QMP cont) and waits until it runs.
+func (m *Machine) Cont() error {
+	if _, err := m.QMP("cont", nil); err != nil {
+		return err
+	}
+	return m.waitStatus("running", 30*time.Second)
+}
+
+func (m *Machine) migrate(dest *Machine, destStatus string, timeout time.Duration) (MigrationStats, error) {
 	if dest.incoming == "" {
 		return MigrationStats{}, fmt.Errorf("destination was not started with StartIncoming")
 	}
@@ -101,7 +121,7 @@ func (m *Machine) Migrate(dest *Machine, timeout time.Duration) (MigrationStats,
 		}
 		switch st.Status {
 		case "completed":
-			if err := dest.waitStatus("running", time.Until(deadline)); err != nil {
+			if err := dest.waitStatus(destStatus, time.Until(deadline)); err != nil {
 				return st, fmt.Errorf("migration completed, but on the destination: %w", err)
 			}
 			return st, nil
