@@ -2,6 +2,9 @@ package vhost
 
 // Inflight I/O tracking (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), split
 // virtqueues: QEMU docs/interop/vhost-user.rst, "Inflight I/O tracking".
+// Packed virtqueues have their own layout and rules (inflight_packed.go);
+// a region is allocated with room for either, as QEMU asks for it before
+// it sets the features that say which ring the guest drives.
 //
 // The back-end allocates a shared memory region (GET_INFLIGHT_FD) in which
 // it records, per queue, which descriptor chains it has taken from the
@@ -94,7 +97,10 @@ func splitHalves(w uint32) (lo, hi uint16) {
 type inflightRegion struct {
 	desc    vhostuser.Inflight
 	mapping []byte // the whole mmap, for munmap
-	data    []byte // NumQueues regions of inflightQueueSize(QueueSize)
+	// data is all MmapSize bytes: NumQueues regions of
+	// inflightQueueSize(QueueSize) for split rings, of
+	// packedQueueSize(QueueSize) for packed ones where there is room.
+	data []byte
 }
 
 // checkInflight validates the queue geometry of a description.
@@ -112,7 +118,7 @@ func newInflightRegion(numQueues, queueSize uint16) (*inflightRegion, int, error
 	if err := checkInflight(inf); err != nil {
 		return nil, -1, err
 	}
-	inf.MmapSize = uint64(numQueues) * inflightQueueSize(queueSize)
+	inf.MmapSize = uint64(numQueues) * regionQueueSize(queueSize)
 	fd, err := newMemfd(inf.MmapSize)
 	if err != nil {
 		return nil, -1, fmt.Errorf("inflight region: %w", err)
@@ -146,7 +152,9 @@ func mapInflightRegion(inf vhostuser.Inflight, fd int) (*inflightRegion, error) 
 		unmapRegion(mapping)
 		return nil, fmt.Errorf("%w: region not 8-aligned in memory", ErrBadInflight)
 	}
-	return &inflightRegion{desc: inf, mapping: mapping, data: data[:need:need]}, nil
+	// All of it: a packed ring's layout (inflight_packed.go) is larger
+	// than need, the split one's.
+	return &inflightRegion{desc: inf, mapping: mapping, data: data[:inf.MmapSize:inf.MmapSize]}, nil
 }
 
 func (r *inflightRegion) unmap() error {
@@ -184,6 +192,10 @@ type inflightQueue struct {
 	lastBatchHead uint16   // shadow of last_batch_head
 	usedIdx       uint16   // shadow of used_idx
 	pending       []uint16 // heads pushed since the last publish
+
+	// pk, when set, tracks a packed ring in the packed layout instead
+	// (inflight_packed.go); the fields above are then unused.
+	pk *inflightPacked
 }
 
 func (iq *inflightQueue) inflightWord(head uint16) *uint32 {
@@ -301,6 +313,10 @@ func (iq *inflightQueue) take(head uint16) {
 	if iq == nil {
 		return
 	}
+	if iq.pk != nil {
+		iq.pk.take(head)
+		return
+	}
 	atomic.StoreUint64(iq.counterWord(head), iq.counter)
 	iq.counter++
 	iq.setInflight(head, true)
@@ -311,12 +327,20 @@ func (iq *inflightQueue) pushed(head uint16) {
 	if iq == nil {
 		return
 	}
+	if iq.pk != nil {
+		iq.pk.pending = append(iq.pk.pending, head)
+		return
+	}
 	iq.pending = append(iq.pending, head)
 }
 
 // prePublish links the pending heads into the last-batch list, before
 // used.idx is stored: recovery walks it if we die between the two.
 func (iq *inflightQueue) prePublish() {
+	if iq != nil && iq.pk != nil {
+		iq.pk.prePublish()
+		return
+	}
 	if iq == nil || len(iq.pending) == 0 {
 		return
 	}
@@ -330,6 +354,10 @@ func (iq *inflightQueue) prePublish() {
 // postPublish runs after used.idx was stored as used: the batch is no
 // longer in flight, and used_idx says so last.
 func (iq *inflightQueue) postPublish(used uint16) {
+	if iq != nil && iq.pk != nil {
+		iq.pk.postPublish()
+		return
+	}
 	if iq == nil || len(iq.pending) == 0 {
 		return
 	}
@@ -348,7 +376,22 @@ func (iq *inflightQueue) postPublish(used uint16) {
 // send the used index after our death). Without one it returns vr.base.
 //
 // The caller holds s.mu.
+//
+// A packed ring takes its used position from SET_VRING_BASE's high half,
+// or from the region (inflight_packed.go), which QEMU cannot know after
+// our death either.
 func (s *session) inflightStartLocked(vr *vring, q *virtq.Queue) (*inflightQueue, []uint16, uint16, error) {
+	if q.Packed() {
+		q.SetUsedIdx(vr.usedBase)
+		iq, err := s.inflight.packedQueue(vr.index, q)
+		if err != nil {
+			return nil, nil, 0, fmt.Errorf("queue %d: %w", vr.index, err)
+		}
+		if iq == nil {
+			return nil, nil, vr.base, nil
+		}
+		return s.inflightStartPackedLocked(vr, q, iq)
+	}
 	iq := s.inflight.queue(vr.index)
 	if iq == nil {
 		return nil, nil, vr.base, nil

@@ -165,7 +165,8 @@ func negotiate(t *testing.T, c *frontend.Conn) {
 	if _, err := c.Call(vhostuser.ReqSetOwner, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.SetU64(vhostuser.ReqSetFeatures, f); err != nil {
+	// The rings these cases set up by hand are split rings.
+	if err := c.SetU64(vhostuser.ReqSetFeatures, f&^virtio.FRingPacked); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -55,7 +55,11 @@ type vringState struct {
 	addr    vhostuser.VringAddr // SET_VRING_ADDR, front-end user addresses
 	addrSet bool
 	base    uint16 // last avail idx: SET_VRING_BASE, refreshed when a worker stops
-	enabled bool   // SET_VRING_ENABLE
+	// usedBase is a packed ring's used position (SET_VRING_BASE's high
+	// half: index | wrap counter<<15), refreshed when a worker stops; a
+	// split ring keeps its used index in guest memory.
+	usedBase uint16
+	enabled  bool // SET_VRING_ENABLE
 }
 
 // vring is one queue as this connection sees it.
@@ -403,7 +407,11 @@ func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, er
 			vr.kick.Close()
 			vr.kick = nil
 		}
-		return vhostuser.VringState{Index: m.State.Index, Num: uint32(vr.base)}.Encode(), nil
+		num := uint32(vr.base)
+		if s.features&virtio.FRingPacked != 0 {
+			num |= uint32(vr.usedBase) << 16 // vhost-user: used half of a packed ring's state
+		}
+		return vhostuser.VringState{Index: m.State.Index, Num: num}.Encode(), nil
 	case vhostuser.ReqSetVringAddr:
 		return nil, s.setVringAddrLocked(m.Addr)
 	case vhostuser.ReqSetVringKick, vhostuser.ReqSetVringCall, vhostuser.ReqSetVringErr:
@@ -448,7 +456,8 @@ func (s *session) handleLocked(m vhostuser.Message, fds []int) (reply []byte, er
 }
 
 func (s *session) offeredFeatures() uint64 {
-	f := s.srv.be.Features() | vhostuser.FeatureProtocolFeatures
+	// The ring layouts are the server's (virtq), not the device's.
+	f := s.srv.be.Features() | vhostuser.FeatureProtocolFeatures | virtio.FRingPacked
 	if s.srv.opts.Migration {
 		f |= vhostuser.FeatureLogAll
 	}
@@ -547,13 +556,15 @@ func (s *session) setVringStateLocked(req vhostuser.Request, st vhostuser.VringS
 		}
 		vr.num = st.Num
 	case vhostuser.ReqSetVringBase:
-		if st.Num > 0xffff {
+		// A packed ring's num holds both positions (avail low, used high);
+		// a split ring's only the avail index.
+		if st.Num > 0xffff && s.features&virtio.FRingPacked == 0 {
 			return fmt.Errorf("%w: base %d", ErrBadVring, st.Num)
 		}
 		if vr.w != nil {
 			return fmt.Errorf("%w: queue %d is running", ErrBadVring, st.Index)
 		}
-		vr.base = uint16(st.Num)
+		vr.base, vr.usedBase = uint16(st.Num), uint16(st.Num>>16)
 	case vhostuser.ReqSetVringEnable:
 		if st.Num > 1 {
 			return fmt.Errorf("%w: enable %d", ErrBadVring, st.Num)
@@ -610,13 +621,17 @@ func (s *session) ringGuestAddrsLocked(a vhostuser.VringAddr, num uint32) (ringA
 	var r ringAddrs
 	var err error
 	n := uint64(num)
+	availLen, usedLen := 6+2*n, 6+8*n
+	if s.features&virtio.FRingPacked != 0 {
+		availLen, usedLen = 4, 4 // the event suppression areas (virtio 1.2 §2.8.10)
+	}
 	if r.desc, err = s.mem.userToGuest(a.Desc, 16*n); err != nil {
 		return r, fmt.Errorf("descriptor table: %w", err)
 	}
-	if r.avail, err = s.mem.userToGuest(a.Avail, 6+2*n); err != nil {
+	if r.avail, err = s.mem.userToGuest(a.Avail, availLen); err != nil {
 		return r, fmt.Errorf("avail ring: %w", err)
 	}
-	if r.used, err = s.mem.userToGuest(a.Used, 6+8*n); err != nil {
+	if r.used, err = s.mem.userToGuest(a.Used, usedLen); err != nil {
 		return r, fmt.Errorf("used ring: %w", err)
 	}
 	return r, nil
@@ -867,6 +882,7 @@ func (s *session) stopLocked(vr *vring) {
 		return
 	}
 	vr.base = vr.w.stop()
+	vr.usedBase = vr.w.q.UsedIdx()
 	vr.w = nil
 	s.log.WithField("queue", vr.index).WithField("last_avail", vr.base).Info("vhost: queue stopped")
 }

@@ -22,6 +22,8 @@ type Segment struct {
 // calls: after it has grown to the longest chain seen, Next allocates
 // nothing.
 type Chain struct {
+	// Head names the chain to Push: the head descriptor's index on a
+	// split ring, the buffer ID on a packed one.
 	Head     uint16
 	Segments []Segment
 }

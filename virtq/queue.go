@@ -44,9 +44,18 @@ type DirtyLogger interface {
 // Config describes a queue as the driver laid it out (vhost-user
 // SET_VRING_NUM / SET_VRING_ADDR) plus the negotiated ring features.
 type Config struct {
-	Size                          uint16
+	Size uint16
+	// The ring's three areas. For a packed ring (Packed) they are the
+	// descriptor ring, the driver's event suppression (Driver Area) and
+	// the device's (Device Area), as vhost-user sends them.
 	DescAddr, AvailAddr, UsedAddr uint64
 	EventIdx, IndirectDesc        bool
+	// Packed: the ring is a packed virtqueue (VIRTIO_F_RING_PACKED,
+	// virtio 1.2 §2.8), whose size need not be a power of 2. Its used
+	// descriptors are written into the descriptor ring, so with UsedLog
+	// they are logged at their offset from DescAddr, and the device area
+	// at UsedLogAddr.
+	Packed bool
 	// UsedLog, if set, is told of every store to the used ring (elements,
 	// flags and index, avail_event), right after it, at the ring's offset
 	// from UsedLogAddr (vhost-user's log_guest_addr, which need not be
@@ -149,6 +158,10 @@ type Queue struct {
 	// their places.
 	usedLog     DirtyLogger
 	usedLogAddr uint64
+
+	// pk is the packed ring's state (packed.go), nil for a split ring:
+	// every method that differs tests it first.
+	pk *packedRing
 }
 
 // CheckSize reports whether size may be a split virtqueue's size (virtio 1.2
@@ -179,7 +192,15 @@ func CheckAlignment(desc, avail, used uint64) error {
 // 1..MaxSize), the alignments (desc 16, avail 2, used 4) and that each ring
 // area translates. The used index is taken from the ring, which is 0 on a
 // fresh queue and the driver-visible value on reconnect.
+//
+// With cfg.Packed it maps a packed ring instead: size 1..MaxSize, the
+// descriptor ring 16-aligned and both event suppression areas 4-aligned;
+// the positions start at 0 with both wrap counters 1 (SetLastAvail and
+// SetUsedIdx restore others).
 func New(mem Memory, cfg Config) (*Queue, error) {
+	if cfg.Packed {
+		return newPacked(mem, cfg)
+	}
 	size := uint32(cfg.Size)
 	if err := CheckSize(size); err != nil {
 		return nil, err
@@ -300,24 +321,51 @@ func (q *Queue) Size() uint16 { return q.size }
 // Err returns the ErrBroken error that stopped the queue, or nil.
 func (q *Queue) Err() error { return q.broken }
 
-// LastAvail is the next avail ring index to consume (GET_VRING_BASE).
-func (q *Queue) LastAvail() uint16 { return q.lastAvail }
-
-// SetLastAvail restores the next avail ring index (SET_VRING_BASE).
-func (q *Queue) SetLastAvail(idx uint16) {
-	q.lastAvail = idx
-	q.signalledValid = false
+// LastAvail is the next avail ring index to consume (GET_VRING_BASE). For
+// a packed ring it is the next descriptor's index in bits 0-14 and the
+// driver's wrap counter in bit 15, as vhost-user's VRING_BASE carries it.
+func (q *Queue) LastAvail() uint16 {
+	if q.pk != nil {
+		return q.pk.avail.encode()
+	}
+	return q.lastAvail
 }
 
-// UsedIdx is the used index including pushed but unpublished elements.
-func (q *Queue) UsedIdx() uint16 { return q.usedIdx }
+// SetLastAvail restores the next avail ring index (SET_VRING_BASE), for a
+// packed ring encoded as LastAvail reports it. A packed index past the
+// ring stops the queue with ErrBroken.
+func (q *Queue) SetLastAvail(idx uint16) {
+	q.signalledValid = false
+	if q.pk != nil {
+		q.setPosPacked(&q.pk.avail, idx, "last avail")
+		return
+	}
+	q.lastAvail = idx
+}
+
+// UsedIdx is the used index including pushed but unpublished elements; for
+// a packed ring the next used descriptor's position, encoded as LastAvail.
+func (q *Queue) UsedIdx() uint16 {
+	if q.pk != nil {
+		return q.pk.used.encode()
+	}
+	return q.usedIdx
+}
 
 // SetUsedIdx restores the used index (reconnect) and stores it to the ring.
-// Unpublished pushes are dropped.
+// Unpublished pushes are dropped. A packed ring keeps its used position in
+// the device alone (vhost-user sends it in SET_VRING_BASE's high half):
+// nothing is stored, and an index past the ring stops the queue.
 func (q *Queue) SetUsedIdx(idx uint16) {
+	q.signalledValid = false
+	if q.pk != nil {
+		pk := q.pk
+		q.setPosPacked(&pk.used, idx, "used")
+		pk.published, pk.pushedDescs, pk.firstHeld = pk.used, 0, false
+		return
+	}
 	q.usedIdx = idx
 	q.published = idx
-	q.signalledValid = false
 	q.storeUsedHdr()
 }
 
@@ -341,7 +389,15 @@ func (q *Queue) storeUsedHdr() {
 // (with 0 bytes); c.Segments holds the descriptors parsed before the fault.
 // ok=false, err wraps ErrBroken: the ring is corrupt and the queue stopped;
 // every later call returns the same error.
+//
+// On a packed ring c.Head is the chain's buffer ID. A chain whose extent
+// in the ring cannot be known (not ending within the ring size, a
+// descriptor in it not available), a buffer ID past the ring or one
+// already in flight are ErrBroken.
 func (q *Queue) Next(c *Chain) (ok bool, err error) {
+	if q.pk != nil {
+		return q.nextPacked(c)
+	}
 	if q.broken != nil {
 		return false, q.broken
 	}
@@ -375,8 +431,14 @@ func (q *Queue) Next(c *Chain) (ok bool, err error) {
 	return true, nil
 }
 
-// Push adds a used element for head; it is not visible until Publish.
+// Push adds a used element for head; it is not visible until Publish. On a
+// packed ring head is a buffer ID Next or ChainAt returned; pushing one not
+// in flight stops the queue with ErrBroken.
 func (q *Queue) Push(head uint16, written uint32) {
+	if q.pk != nil {
+		q.pushPacked(head, written)
+		return
+	}
 	off := int(q.usedIdx&(q.size-1)) * usedElemSize
 	e := q.usedRing[off : off+usedElemSize]
 	// Plain stores: the driver reads elements only after loading used.idx,
@@ -394,7 +456,14 @@ func (q *Queue) Push(head uint16, written uint32) {
 // Publish makes pushed used elements visible and reports whether the
 // driver asked to be interrupted: with EVENT_IDX whether used_event was
 // crossed, otherwise whether avail.flags lacks NO_INTERRUPT.
+//
+// On a packed ring the driver's event suppression decides: DISABLE no,
+// ENABLE yes, DESC (with EVENT_IDX) whether the batch covered its
+// off_wrap.
 func (q *Queue) Publish() (notify bool) {
+	if q.pk != nil {
+		return q.publishPacked()
+	}
 	old, now := q.published, q.usedIdx
 	if old == now {
 		return false
@@ -424,11 +493,17 @@ func needEvent(event, now, old uint16) bool {
 // DisableKicks asks the driver not to notify us. With EVENT_IDX nothing is
 // written: avail_event stays where it was, so once passed the driver stops
 // kicking. Otherwise used.flags gets NO_NOTIFY.
+//
+// On a packed ring the device area gets DISABLE either way.
 func (q *Queue) DisableKicks() {
 	if q.kicksOff {
 		return
 	}
 	q.kicksOff = true
+	if q.pk != nil {
+		q.storeDeviceEvent(0, eventFlagsDisable)
+		return
+	}
 	if !q.eventIdx {
 		q.usedFlags |= usedFNoNotify
 		q.storeUsedHdr()
@@ -442,6 +517,9 @@ func (q *Queue) EnableKicks() (more bool) {
 	q.kicksOff = false
 	if q.broken != nil {
 		return false
+	}
+	if q.pk != nil {
+		return q.enableKicksPacked()
 	}
 	if q.eventIdx {
 		q.setAvailEvent(q.lastAvail)

@@ -12,11 +12,19 @@ import "fmt"
 // still be pushed (with 0 bytes) to give the head back to the driver. A
 // head outside the table is ErrBadChain too: the caller knows it only from
 // its own records, not from the ring.
+//
+// On a packed ring head is a buffer ID AddInflight registered, and the
+// chain is walked from the descriptors recorded there: the ring's may have
+// been overwritten by used descriptors since. An ID not registered is
+// ErrBadChain, and pushing it then stops the queue.
 func (q *Queue) ChainAt(head uint16, c *Chain) error {
 	c.Head = head
 	c.Segments = c.Segments[:0]
 	if q.broken != nil {
 		return q.broken
+	}
+	if q.pk != nil {
+		return q.chainAtPacked(head, c)
 	}
 	if head >= q.size {
 		return fmt.Errorf("%w (head %d): outside a table of %d descriptors", ErrBadChain, head, q.size)

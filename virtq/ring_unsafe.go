@@ -53,3 +53,13 @@ func storeLow16(w *uint32, v uint16) {
 	binary.LittleEndian.PutUint16(b[:], v)
 	*(*uint16)(unsafe.Pointer(w)) = binary.NativeEndian.Uint16(b[:])
 }
+
+// ringWords views b, a ring area whose host address is 4-aligned, as
+// 32-bit words for sync/atomic; ok is false when it is not 4-aligned or
+// not a whole number of words.
+func ringWords(b []byte) (w []uint32, ok bool) {
+	if len(b) == 0 || len(b)%4 != 0 || uintptr(unsafe.Pointer(&b[0]))&3 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*uint32)(unsafe.Pointer(&b[0])), len(b)/4), true
+}

@@ -13,7 +13,7 @@ import (
 func init() {
 	register(&command{name: "bench", summary: "drive any vhost-user-blk socket (nvblk, qemu-storage-daemon) with a fio-like load; no VM",
 		usage: "--socket-path S [--rw randread|randwrite|randrw|read|write] [--bs 4k] [--iodepth 32] [--queues 1] " +
-			"[--time 10s] [--ramp 0s] [--size-limit N] [--fill] [--spin-us N] [--pid P] [--json] [--continue-on-error]",
+			"[--time 10s] [--ramp 0s] [--size-limit N] [--fill] [--spin-us N] [--pid P] [--json] [--continue-on-error] [--packed]",
 		run: runBench})
 	flagSets["bench"] = func() *flag.FlagSet { fs, _ := benchFlags(); return fs }
 }
@@ -32,6 +32,7 @@ type benchArgs struct {
 	pid        int
 	json       bool
 	keepGoing  bool // --continue-on-error
+	packed     bool
 }
 
 func benchFlags() (*flag.FlagSet, *benchArgs) {
@@ -50,6 +51,7 @@ func benchFlags() (*flag.FlagSet, *benchArgs) {
 	fs.IntVar(&a.pid, "pid", 0, "the back-end's process id: report its CPU time during the run")
 	fs.BoolVar(&a.json, "json", false, "print the result as JSON")
 	fs.BoolVar(&a.keepGoing, "continue-on-error", false, "count requests the back-end fails and go on (default: the first one ends the run)")
+	fs.BoolVar(&a.packed, "packed", false, "drive packed virtqueues (VIRTIO_F_RING_PACKED) instead of split ones")
 	return fs, a
 }
 
@@ -80,7 +82,7 @@ func benchConfig(a *benchArgs) (loadgen.Config, error) {
 	return loadgen.Config{
 		Mode: mode, BlockSize: int(a.bs.n), IODepth: a.iodepth, Queues: a.queues,
 		Duration: a.time, Ramp: a.ramp, SizeLimit: uint64(a.sizeLimit.n), Fill: a.fill,
-		Spin: time.Duration(a.spinUS) * time.Microsecond, ContinueOnError: a.keepGoing,
+		Spin: time.Duration(a.spinUS) * time.Microsecond, ContinueOnError: a.keepGoing, Packed: a.packed,
 	}, nil
 }
 
@@ -142,8 +144,8 @@ func cpuShare(cpu, wall time.Duration) float64 {
 
 func printBench(w io.Writer, a *benchArgs, r *loadgen.Result) {
 	c, h := r.Config, &r.Latency
-	fmt.Fprintf(w, "%s bs=%d iodepth=%d queues=%d: %d requests in %.2fs\n",
-		c.Mode, c.BlockSize, c.IODepth, c.Queues, r.Ops, r.Elapsed.Seconds())
+	fmt.Fprintf(w, "%s bs=%d iodepth=%d queues=%d ring=%s: %d requests in %.2fs\n",
+		c.Mode, c.BlockSize, c.IODepth, c.Queues, ringName(c.Packed), r.Ops, r.Elapsed.Seconds())
 	if c.ContinueOnError {
 		fmt.Fprintf(w, "  failed     %d requests\n", r.Errors)
 	}
@@ -157,11 +159,20 @@ func printBench(w io.Writer, a *benchArgs, r *loadgen.Result) {
 	fmt.Fprintln(w)
 }
 
+// ringName names the virtqueue layout a run drove.
+func ringName(packed bool) string {
+	if packed {
+		return "packed"
+	}
+	return "split"
+}
+
 type benchJSON struct {
 	RW            string  `json:"rw"`
 	BS            int     `json:"bs"`
 	IODepth       int     `json:"iodepth"`
 	Queues        int     `json:"queues"`
+	Ring          string  `json:"ring"` // split or packed
 	Seconds       float64 `json:"seconds"`
 	Requests      uint64  `json:"requests"`
 	Failed        uint64  `json:"failed"`
@@ -181,7 +192,7 @@ func printBenchJSON(w io.Writer, a *benchArgs, r *loadgen.Result) error {
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 	c, h := r.Config, &r.Latency
 	j := benchJSON{
-		RW: c.Mode.String(), BS: c.BlockSize, IODepth: c.IODepth, Queues: c.Queues,
+		RW: c.Mode.String(), BS: c.BlockSize, IODepth: c.IODepth, Queues: c.Queues, Ring: ringName(c.Packed),
 		Seconds: r.Elapsed.Seconds(), Requests: r.Ops, Failed: r.Errors, IOPS: r.IOPS(), MBps: r.MBps(),
 		LatP50us: us(h.Quantile(0.5)), LatP99us: us(h.Quantile(0.99)), LatP999us: us(h.Quantile(0.999)),
 		LatMeanus: us(h.Mean()), LatMaxus: us(h.Max()), GenCPUPct: cpuShare(r.GenCPU, r.Elapsed),

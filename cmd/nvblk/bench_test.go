@@ -82,3 +82,35 @@ func TestBenchAgainstServer(t *testing.T) {
 		t.Fatalf("exit %d: %s%s", code, out, stderr)
 	}
 }
+
+func TestBenchPackedFlagAsksForPackedRings(t *testing.T) {
+	fs, a := benchFlags()
+	if _, err := parseInterspersed(fs, []string{"--socket-path", "s", "--packed"}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := benchConfig(a); err != nil || !c.Packed {
+		t.Fatalf("config %+v, %v: want Packed", c, err)
+	}
+}
+
+func TestBenchAgainstServerOnPackedRings(t *testing.T) {
+	lg := logrus.New()
+	lg.SetOutput(io.Discard)
+	s := vhosttest.ServeBTT(t, vhosttest.Options{
+		BTTOptions: vhosttest.BTTOptions{Size: 32 << 20, LBASize: 4096, Durability: pmem.DurabilityFlush},
+		Config:     blkserve.Config{Server: vhost.Options{Logger: lg}},
+	})
+	for _, rw := range []string{"randwrite", "randread"} {
+		code, out, stderr := nvblk(t, nil, "bench", "--socket-path", s.Sock, "--rw", rw, "--iodepth", "8", "--time", "300ms", "--packed", "--json")
+		if code != exitOK {
+			t.Fatalf("%s: exit %d: %s", rw, code, stderr)
+		}
+		var j benchJSON
+		if err := json.Unmarshal([]byte(out), &j); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if j.Ring != "packed" || j.RW != rw || j.Requests == 0 || j.IOPS <= 0 {
+			t.Fatalf("result %+v", j)
+		}
+	}
+}

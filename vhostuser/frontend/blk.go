@@ -72,12 +72,12 @@ type Queue struct {
 	inflight map[uint16]*Request
 }
 
-func newQueue(mem *Memory, index int, o *Options, eventIdx, indirect bool) (*Queue, error) {
+func newQueue(mem *Memory, index int, o *Options, eventIdx, indirect, packed bool) (*Queue, error) {
 	alloc := allocator(mem.Alloc)
 	if o.RegionPerQueue {
 		alloc = func(n, align uint64) (uint64, []byte, error) { return mem.AllocIn(index, n, align) }
 	}
-	r, err := newRing(alloc, o.QueueSize, eventIdx)
+	r, err := newRing(alloc, o.QueueSize, eventIdx, packed)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +165,7 @@ func (q *Queue) Submit(r *Request) error {
 	if need == 1 && len(els) > 1 {
 		t := s.buf[slotTable:]
 		for i, e := range els {
-			putDesc(t[16*i:], e, i+1 < len(els), uint16(i+1))
+			q.Ring.putTableDesc(t[16*i:], e, i+1 < len(els), uint16(i+1))
 		}
 		q.Ring.WriteDesc(r.descs[0], s.gpa+slotTable, uint32(16*len(els)), DescFIndirect, 0)
 	} else {
@@ -296,6 +296,7 @@ type Options struct {
 	SegSize   int    // split data into descriptors of this many bytes; 0 = one
 	Indirect  bool   // use indirect descriptor tables if offered
 	EventIdx  bool   // negotiate VIRTIO_RING_F_EVENT_IDX if offered
+	Packed    bool   // drive packed rings (VIRTIO_F_RING_PACKED) if offered
 	// MemSlots sends the regions with ADD_MEM_REG instead of SET_MEM_TABLE
 	// when CONFIGURE_MEM_SLOTS is offered.
 	MemSlots bool
@@ -454,6 +455,9 @@ func (d *Device) start(o Options) error {
 	if o.EventIdx {
 		want |= virtio.FRingEventIdx
 	}
+	if o.Packed {
+		want |= virtio.FRingPacked
+	}
 	d.Features = offered & want
 	if err := c.SetU64(vhostuser.ReqSetFeatures, d.Features); err != nil {
 		return err
@@ -478,12 +482,13 @@ func (d *Device) start(o Options) error {
 		}
 	}
 	for i := 0; i < o.NumQueues; i++ {
-		q, err := newQueue(d.Mem, i, &o, d.Features&virtio.FRingEventIdx != 0, d.Features&virtio.FRingIndirectDesc != 0)
+		q, err := newQueue(d.Mem, i, &o, d.Features&virtio.FRingEventIdx != 0, d.Features&virtio.FRingIndirectDesc != 0,
+			d.Features&virtio.FRingPacked != 0)
 		if err != nil {
 			return err
 		}
 		d.Queues = append(d.Queues, q)
-		if err := d.startRing(q, 0, !o.NoEnable); err != nil {
+		if err := d.startRing(q, q.Ring.InitialBase(), !o.NoEnable); err != nil {
 			return err
 		}
 	}

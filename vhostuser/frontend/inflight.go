@@ -134,7 +134,7 @@ func (d *Device) Resume(path string) error {
 		return fmt.Errorf("frontend: resume on %s: %w", path, err)
 	}
 	for _, q := range d.Queues {
-		if err := d.startRing(q, uint32(q.Ring.UsedIdx()), true); err != nil {
+		if err := d.startRing(q, q.Ring.ResumeBase(), true); err != nil {
 			return fmt.Errorf("frontend: resume on %s: %w", path, err)
 		}
 	}

@@ -21,6 +21,10 @@ const (
 // with its kick and call eventfds. Driver-owned fields (descriptors, avail
 // ring, used_event) are written only by the goroutine using the Ring; the
 // 16-bit indices shared with the device are accessed atomically.
+//
+// A packed Ring (Packed, packed.go) drives a packed virtqueue behind the
+// same methods: AvailAddr and UsedAddr are then the driver and device
+// event suppression areas.
 type Ring struct {
 	Size     uint16
 	EventIdx bool
@@ -31,16 +35,17 @@ type Ring struct {
 	Kick, Call int
 
 	desc, avail, used []byte
-	availIdx          uint16 // next avail.idx to publish (shadow, driver-owned)
-	notified          uint16 // avail.idx at the last Notify
-	lastUsed          uint16 // next used ring entry to read
-	holdAvail         bool   // PushAvail leaves avail.idx alone (HoldAvail)
+	availIdx          uint16        // next avail.idx to publish (shadow, driver-owned)
+	notified          uint16        // avail.idx at the last Notify
+	lastUsed          uint16        // next used ring entry to read
+	holdAvail         bool          // PushAvail leaves avail.idx alone (HoldAvail)
+	packed            *packedDriver // nil for a split ring
 }
 
 // allocator reserves guest memory: Memory.Alloc, or AllocIn one region.
 type allocator func(n, align uint64) (uint64, []byte, error)
 
-func newRing(alloc allocator, size uint16, eventIdx bool) (*Ring, error) {
+func newRing(alloc allocator, size uint16, eventIdx, packed bool) (*Ring, error) {
 	if size < 2 || size&(size-1) != 0 {
 		return nil, fmt.Errorf("frontend: ring size %d", size)
 	}
@@ -50,12 +55,18 @@ func newRing(alloc allocator, size uint16, eventIdx bool) (*Ring, error) {
 	if r.DescAddr, r.desc, err = alloc(16*n, 16); err != nil {
 		return nil, err
 	}
+	availLen, usedLen := 6+2*n+2, 6+8*n+2
+	if packed {
+		// The event suppression areas: 4 bytes, 4-aligned (§2.8.10).
+		availLen, usedLen = 4, 4
+		r.packed = newPackedDriver(size)
+	}
 	// Two spare bytes after the avail and used rings keep the aligned
 	// 32-bit words around used_event/avail_event inside guest memory.
-	if r.AvailAddr, r.avail, err = alloc(6+2*n+2, 4); err != nil {
+	if r.AvailAddr, r.avail, err = alloc(availLen, 4); err != nil {
 		return nil, err
 	}
-	if r.UsedAddr, r.used, err = alloc(6+8*n+2, 4); err != nil {
+	if r.UsedAddr, r.used, err = alloc(usedLen, 4); err != nil {
 		return nil, err
 	}
 	if r.Kick, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
@@ -79,8 +90,13 @@ func (r *Ring) Close() {
 	r.Kick, r.Call = -1, -1
 }
 
-// WriteDesc writes descriptor i (any values: hostile tests use this).
+// WriteDesc writes descriptor i (any values: hostile tests use this). On a
+// packed ring it stages it: PushAvail lays the chain out in the ring.
 func (r *Ring) WriteDesc(i uint16, addr uint64, n uint32, flags, next uint16) {
+	if r.packed != nil {
+		r.packed.staged[i%r.Size] = stagedDesc{addr, n, flags, next}
+		return
+	}
 	d := r.desc[16*int(i%r.Size):]
 	binary.LittleEndian.PutUint64(d[0:], addr)
 	binary.LittleEndian.PutUint32(d[8:], n)
@@ -90,7 +106,14 @@ func (r *Ring) WriteDesc(i uint16, addr uint64, n uint32, flags, next uint16) {
 
 // PushAvail publishes head in the avail ring. The descriptors it names must
 // be written before: the atomic idx store is the release.
+//
+// On a packed ring it writes the chain staged at head into the next
+// descriptors, with head as the buffer ID, the head's flags last.
 func (r *Ring) PushAvail(head uint16) {
+	if r.packed != nil {
+		r.pushPacked(head)
+		return
+	}
 	binary.LittleEndian.PutUint16(r.avail[4+2*int(r.availIdx%r.Size):], head)
 	r.availIdx++
 	if !r.holdAvail {
@@ -107,10 +130,15 @@ func (r *Ring) HoldAvail() { r.holdAvail = true }
 // ReleaseAvail publishes the entries pushed since HoldAvail.
 func (r *Ring) ReleaseAvail() {
 	r.holdAvail = false
+	if r.packed != nil {
+		r.releasePacked()
+		return
+	}
 	store16(r.avail, 2, r.availIdx)
 }
 
-// SetAvailIdx stores an arbitrary avail.idx (hostile tests).
+// SetAvailIdx stores an arbitrary avail.idx (hostile tests; split rings
+// only).
 func (r *Ring) SetAvailIdx(v uint16) {
 	r.availIdx = v
 	store16(r.avail, 2, v)
@@ -118,7 +146,13 @@ func (r *Ring) SetAvailIdx(v uint16) {
 
 // Notify kicks the device unless it suppressed notifications (used.flags
 // NO_NOTIFY, or avail_event not crossed with EVENT_IDX).
+//
+// On a packed ring the device area decides: DISABLE, ENABLE, or with
+// EVENT_IDX the DESC position.
 func (r *Ring) Notify() bool {
+	if r.packed != nil {
+		return r.notifyPacked()
+	}
 	old, now := r.notified, r.availIdx
 	r.notified = now
 	if old == now {
@@ -146,12 +180,26 @@ func (r *Ring) ForceKick() {
 	unix.Write(r.Kick, one[:])
 }
 
-// UsedIdx is the device's published used.idx.
-func (r *Ring) UsedIdx() uint16 { return load16(r.used, 2) }
+// UsedIdx is the device's published used.idx. A packed ring keeps none in
+// memory: it counts, modulo 2^16, the used descriptors PopUsed returned,
+// plus one when the next is already there, so that, as on a split ring,
+// UsedIdx differs from the count popped exactly when PopUsed has one.
+func (r *Ring) UsedIdx() uint16 {
+	if r.packed != nil {
+		if r.usedReady() {
+			return r.packed.popped + 1
+		}
+		return r.packed.popped
+	}
+	return load16(r.used, 2)
+}
 
 // PopUsed returns the next used element, if the device published one. With
 // EVENT_IDX it re-arms used_event for the element after it.
 func (r *Ring) PopUsed() (id, n uint32, ok bool) {
+	if r.packed != nil {
+		return r.popUsedPacked()
+	}
 	if r.lastUsed == r.UsedIdx() {
 		return 0, 0, false
 	}

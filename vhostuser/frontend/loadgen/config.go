@@ -70,6 +70,9 @@ type Config struct {
 	// Spin busy-polls the used ring for this long before sleeping on the
 	// call eventfd. Zero sleeps at once, as a guest driver does.
 	Spin time.Duration
+	// Packed drives packed virtqueues (VIRTIO_F_RING_PACKED) instead of
+	// split ones; Connect fails if the back-end does not offer them.
+	Packed bool
 	// Progress, if set, is called about once a second with the measured
 	// completions so far, from the goroutine that called Run.
 	Progress func(Progress)

@@ -63,6 +63,7 @@ func FrontendOptions(c Config) frontend.Options {
 		MaxIO:     maxIO,
 		SegSize:   maxIO,
 		EventIdx:  true,
+		Packed:    c.Packed,
 		MemSize:   uint64(queues)*(own+ours+4096) + 1<<20,
 	}
 }
@@ -72,6 +73,10 @@ func Connect(socket string, c Config) (*frontend.Device, error) {
 	d, err := frontend.Connect(socket, FrontendOptions(c))
 	if err != nil {
 		return nil, fmt.Errorf("loadgen: %w", err)
+	}
+	if c.Packed && d.Features&virtio.FRingPacked == 0 {
+		d.Close()
+		return nil, fmt.Errorf("loadgen: the back-end does not offer packed rings (VIRTIO_F_RING_PACKED)")
 	}
 	return d, nil
 }
