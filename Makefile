@@ -45,7 +45,7 @@ test-migration: deps
 # `go test -fuzz`). New crashers land in the package's
 # testdata/fuzz/<target>/ and then run as ordinary tests.
 FUZZTIME ?= 60s
-FUZZ_TARGETS := ./vhostuser/:FuzzDecodeMessage ./virtq/:FuzzNext ./vhost/blk/:FuzzHandle ./btt/:FuzzOpen
+FUZZ_TARGETS := ./vhostuser/:FuzzDecodeMessage ./virtq/:FuzzNext ./vhost/blk/:FuzzHandle ./btt/:FuzzOpen ./virtq/:FuzzNextPacked ./nbd/:FuzzOptionParser ./nbd/:FuzzRequestParser ./nbd/:FuzzClientReplies
 
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
@@ -58,7 +58,7 @@ fuzz:
 # (about 5 s each on a 2-core box) rather than a duration: with a duration,
 # Go 1.26's fuzz coordinator can report its own stop as a failure, "context
 # deadline exceeded" with no crasher (go.dev/issue/75804, fixed in 1.27).
-FUZZ_SMOKE := ./vhostuser/:FuzzDecodeMessage:250000x ./virtq/:FuzzNext:200000x ./vhost/blk/:FuzzHandle:400000x ./btt/:FuzzOpen:1000x
+FUZZ_SMOKE := ./vhostuser/:FuzzDecodeMessage:250000x ./virtq/:FuzzNext:200000x ./vhost/blk/:FuzzHandle:400000x ./btt/:FuzzOpen:1000x ./virtq/:FuzzNextPacked:150000x ./nbd/:FuzzOptionParser:100000x ./nbd/:FuzzRequestParser:100000x
 
 fuzz-smoke:
 	@set -e; for t in $(FUZZ_SMOKE); do \

@@ -21,8 +21,12 @@ var ErrServerClosed = errors.New("vhost: server closed")
 
 // Options configure a Server.
 type Options struct {
-	// PollDuration is how long a queue worker busy-polls its ring before
-	// sleeping on the kick eventfd (--poll-us). Zero sleeps at once.
+	// PollDuration is how long a queue worker busy-polls its empty ring
+	// before sleeping on the kick eventfd. Zero (the default) adapts each
+	// queue's window to its traffic, from none up to 50 µs (poll.go:
+	// polling while requests keep arriving, sleeping at once when they
+	// stop); a positive duration is a fixed window (--poll-us N);
+	// NeverPoll sleeps at once (--poll-us 0).
 	PollDuration time.Duration
 	// Logger receives protocol logs; nil means logrus.StandardLogger().
 	Logger logrus.FieldLogger

@@ -83,7 +83,7 @@ type worker struct {
 	q    *virtq.Queue
 	h    Handler
 	kick *os.File // borrowed from vr, which outlives the worker; nil = poll
-	poll time.Duration
+	poll pollWindow
 	log  *logrus.Entry
 	bad  logLimiter // malformed chains
 	// stats are the queue's counters.
@@ -110,6 +110,13 @@ type worker struct {
 	unlogged uint64
 	kickLog  logLimiter // failed kick reads
 
+	// polls counts the idle spells the worker busy-polled through (or
+	// began to), sleeps the times it slept on its kick; asleep is set
+	// while it does. Written by the worker, read by tests; each is a
+	// plain counter or flag, read with no ordering against anything else.
+	polls, sleeps atomic.Uint64
+	asleep        atomic.Bool
+
 	stopping atomic.Bool // set by stop, read by the worker
 	done     chan struct{}
 }
@@ -124,6 +131,7 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 		UsedAddr:     a.used,
 		EventIdx:     s.features&virtio.FRingEventIdx != 0,
 		IndirectDesc: s.features&virtio.FRingIndirectDesc != 0,
+		Packed:       s.features&virtio.FRingPacked != 0,
 	}
 	dlog := s.loggingLocked()
 	if dlog != nil && vr.addr.Flags&vhostuser.VringFLog != 0 {
@@ -145,7 +153,7 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 		q:    q,
 		h:    s.srv.be.NewHandler(s.features),
 		kick: vr.kick,
-		poll: s.srv.opts.PollDuration,
+		poll: newPollWindow(s.srv.opts.PollDuration),
 		log:  s.log.WithField("queue", vr.index),
 		done: make(chan struct{}),
 	}
@@ -191,13 +199,21 @@ func (w *worker) run() {
 		if !w.drain(c) {
 			return
 		}
-		if w.spin(c) {
+		// The ring is empty and its completions published: the idle
+		// spell the poll window learns from starts here.
+		var emptyAt time.Time
+		if w.poll.adaptive || w.poll.cur > 0 {
+			emptyAt = time.Now()
+		}
+		if w.spin(c, emptyAt) {
 			continue
 		}
 		if w.q.EnableKicks() {
+			w.idled(emptyAt)
 			continue // work arrived while kicks were off
 		}
 		w.wait()
+		w.idled(emptyAt)
 	}
 	// The loop also ends right after spin completed a chain, which only
 	// drain would have published: publish it, or stop's last avail index
@@ -247,22 +263,35 @@ func (w *worker) drain(c *virtq.Chain) bool {
 	}
 }
 
-// spin busy-polls the ring for up to w.poll (--poll-us) before the worker
-// sleeps, trading a core for the latency of a kick and a wakeup.
-func (w *worker) spin(c *virtq.Chain) bool {
-	if w.poll <= 0 {
+// spin busy-polls the ring, empty since emptyAt, for the poll window
+// (poll.go) before the worker sleeps, trading a core for the latency of a
+// kick and a wakeup. It reports whether it took a chain.
+func (w *worker) spin(c *virtq.Chain, emptyAt time.Time) bool {
+	window := w.poll.cur
+	if window <= 0 {
 		return false
 	}
-	for deadline := time.Now().Add(w.poll); time.Now().Before(deadline) && !w.stopping.Load(); {
+	w.polls.Add(1)
+	for now := emptyAt; now.Sub(emptyAt) < window && !w.stopping.Load(); now = time.Now() {
 		got, ok := w.one(c)
 		if !ok {
 			return false
 		}
 		if got {
+			// Seen at now, before one ran its handler.
+			w.poll.idled(now.Sub(emptyAt))
 			return true // drain publishes it with the rest
 		}
 	}
 	return false
+}
+
+// idled tells the poll window the ring stayed empty from emptyAt until
+// now, when the worker goes back to it after the window ran out.
+func (w *worker) idled(emptyAt time.Time) {
+	if w.poll.adaptive {
+		w.poll.idled(time.Since(emptyAt))
+	}
 }
 
 // one takes and completes a single chain. got reports whether there was
@@ -412,7 +441,11 @@ func (w *worker) wait() {
 		return
 	}
 	var buf [8]byte
-	if _, err := w.kick.Read(buf[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+	w.sleeps.Add(1)
+	w.asleep.Store(true)
+	_, err := w.kick.Read(buf[:])
+	w.asleep.Store(false)
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		// SET_VRING_KICK takes eventfds only, whose reads do not fail;
 		// should one fail anyway, a line per failed read would be one
 		// every noKickPoll.

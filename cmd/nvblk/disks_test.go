@@ -47,7 +47,7 @@ func TestDiskSpecParser(t *testing.T) {
 		{"not key=value", base + ",read-only", blkserve.Spec{}, `"read-only" is not key=value`},
 		{"empty element", base + ",", blkserve.Spec{}, "empty key=value"},
 		{"zero queues", base + ",num-queues=0", blkserve.Spec{}, "num-queues"},
-		{"too many queues", base + ",num-queues=17", blkserve.Spec{}, "want 1..16"},
+		{"too many queues", base + ",num-queues=257", blkserve.Spec{}, "want 1..256"},
 		{"queues not a number", base + ",num-queues=four", blkserve.Spec{}, "num-queues"},
 		{"read-only not on or off", base + ",read-only=maybe", blkserve.Spec{}, "read-only"},
 		{"long serial", base + ",serial=" + strings.Repeat("s", 21), blkserve.Spec{}, "at most 20 bytes"},
@@ -300,7 +300,7 @@ func TestDiskAddRefusesDuplicatesAndBadValuesLeavingNothingOpen(t *testing.T) {
 		{"an image already served, by a symlink", "name=b,blk-file=" + link + ",socket-path=" + fresh, "already served as disk vm1"},
 		{"a missing image", "name=b,blk-file=" + filepath.Join(dir, "none.img") + ",socket-path=" + fresh, "no such file"},
 		{"a socket in a missing directory", "name=b,blk-file=" + free + ",socket-path=" + filepath.Join(dir, "no", "b.sock"), "no such file"},
-		{"too many queues", "name=b,blk-file=" + free + ",socket-path=" + fresh + ",num-queues=99", "want 1..16"},
+		{"too many queues", "name=b,blk-file=" + free + ",socket-path=" + fresh + ",num-queues=300", "want 1..256"},
 		{"an unknown key", "name=b,blk-file=" + free + ",socket-path=" + fresh + ",colour=red", `unknown key "colour"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -312,7 +312,7 @@ func TestDiskAddRefusesDuplicatesAndBadValuesLeavingNothingOpen(t *testing.T) {
 	}
 	// The server sees the same bad values when a script skips the CLI.
 	for _, req := range []control.Request{
-		{Cmd: "disk-add", Spec: "name=b,blk-file=" + free + ",socket-path=" + fresh + ",num-queues=99"},
+		{Cmd: "disk-add", Spec: "name=b,blk-file=" + free + ",socket-path=" + fresh + ",num-queues=300"},
 		{Cmd: "disk-add"},
 		{Cmd: "disk-remove", Disk: "vm1", Mode: "gently"},
 		{Cmd: "disk-remove", Disk: "vm1", Mode: control.RemoveDrain, Timeout: "1h"},

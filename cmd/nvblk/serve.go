@@ -23,7 +23,9 @@ import (
 	"github.com/nvblk/nvblk/btt"
 	"github.com/nvblk/nvblk/internal/blkserve"
 	"github.com/nvblk/nvblk/internal/control"
+	"github.com/nvblk/nvblk/internal/diskmove"
 	"github.com/nvblk/nvblk/internal/systemd"
+	"github.com/nvblk/nvblk/nbd"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhostuser"
@@ -31,7 +33,7 @@ import (
 
 func init() {
 	register(&command{name: "serve", summary: "serve the BTT on FILE to QEMU as a vhost-user-blk device (also: nvblk --socket-path ...)",
-		usage: "--socket-path PATH | --fd N | (systemd socket)  --blk-file FILE [--read-only] [--num-queues N] [--poll-us N] " +
+		usage: "--socket-path PATH | --fd N | (systemd socket)  --blk-file FILE [--read-only] [--num-queues N] [--poll-us auto|N] [--incoming NBD-URI] " +
 			"| --disk name=NAME,blk-file=FILE,socket-path=PATH[,num-queues=N][,read-only=on][,serial=S][,durability=MODE] ... " +
 			"[--socket-mode 0600] [--socket-group GROUP] [--durability MODE] [--serial S] [--migration] [--control-socket PATH|none] [--metrics-addr HOST:PORT] [--guest-memory 1G] " +
 			"[--log-level LEVEL] [--log-format text|json] | --print-capabilities",
@@ -39,16 +41,21 @@ func init() {
 	flagSets["serve"] = func() *flag.FlagSet { fs, _ := serveFlags(); return fs }
 }
 
-// maxServeQueues bounds --num-queues: one worker goroutine per queue.
-const maxServeQueues = 16
+// maxServeQueues bounds --num-queues before the image is open: a queue
+// per BTT lane, and no BTT has more lanes than a fresh one. blkserve.New
+// then refuses more queues than the image's own lanes (fewer when it was
+// formatted with --free-blocks under 256).
+const maxServeQueues = blkserve.MaxQueues
 
 // defaultServeQueues is what serve offers without --num-queues. QEMU
 // without num-queues asks for one queue per vCPU and fails to start the
 // device when the back-end offers fewer, so the default covers a guest as
 // wide as the host (its vCPUs are rarely more than the host's CPUs), and at
-// least 4, for small hosts and libvirt's usual queues='2'. Offering more
-// than the guest uses costs nothing: a queue the front-end never starts has
-// no worker goroutine and holds no BTT lane.
+// least 4, for small hosts and libvirt's usual queues='2'; the one-disk
+// serve cuts it to the image's lanes. Offering more than the guest uses
+// costs nothing: a queue the front-end never starts has no worker
+// goroutine and holds no BTT lane (docs/PERFORMANCE.md, What a queue
+// costs).
 var defaultServeQueues = uint(max(4, min(maxServeQueues, runtime.NumCPU())))
 
 // shutdownGrace bounds how long in-flight requests may take to finish
@@ -64,8 +71,9 @@ type serveArgs struct {
 	blkFile    string
 	readOnly   bool
 	numQueues  uint
-	pollUS     uint
+	poll       pollFlag
 	migration  bool
+	incoming   string // NBD URI the disk arrives on (serve --incoming)
 	durability string
 	serial     string
 	logLevel   string
@@ -89,10 +97,17 @@ func serveFlags() (*flag.FlagSet, *serveArgs) {
 	fs.IntVar(&a.fd, "fd", -1, "serve on this inherited, already-listening unix socket fd (incompatible with --socket-path)")
 	fs.StringVar(&a.blkFile, "blk-file", "", "the BTT image (an emulated-NVDIMM file, a pmem block device or devdax) to serve (required)")
 	fs.BoolVar(&a.readOnly, "read-only", false, "offer a read-only disk (VIRTIO_BLK_F_RO); the image is opened read-only")
-	fs.UintVar(&a.numQueues, "num-queues", defaultServeQueues, fmt.Sprintf("request queues to offer, 1..%d; by default one per host CPU, "+
-		"at least 4 (QEMU without num-queues asks for one per vCPU)", maxServeQueues))
-	fs.UintVar(&a.pollUS, "poll-us", 0, "busy-poll each queue this many microseconds before sleeping on its kick")
+	fs.UintVar(&a.numQueues, "num-queues", defaultServeQueues, fmt.Sprintf("request queues to offer, 1..%d and at most the image's BTT lanes "+
+		"(%d on a fresh image, its free blocks per arena if fewer); by default one per host CPU, at least 4, at most the lanes "+
+		"(QEMU without num-queues asks for one per vCPU)", maxServeQueues, maxServeQueues))
+	fs.Var(&a.poll, "poll-us", "how long a queue busy-polls its ring for the next request before sleeping on its kick: "+
+		"auto (the default) adapts each queue's window to its traffic (up to 50 µs while requests keep coming within it, "+
+		"none once they stop, so an idle queue costs no CPU); N µs polls that long after every request (a core "+
+		"spinning while the guest is busy); 0 never polls (lowest CPU, a wake-up more per request)")
 	fs.BoolVar(&a.migration, "migration", false, "offer the dirty logging QEMU needs to live-migrate a guest on this host (experimental: see README, Live migration)")
+	fs.StringVar(&a.incoming, "incoming", "", "the disk arrives from another host's nvblk move: listen for it on this NBD URI "+
+		"(nbd://HOST:PORT, nbd+unix:///?socket=PATH) and hold the guest's requests until it has arrived. Format the image with the source's "+
+		"size and sector size")
 	fs.StringVar(&a.durability, "durability", "auto", durabilityHelp)
 	fs.StringVar(&a.serial, "serial", "", "GET_ID serial, at most 20 bytes (default: nvblk- and the BTT uuid's first hex digits)")
 	fs.StringVar(&a.logLevel, "log-level", "info", "log level: panic, fatal, error, warn, info, debug or trace")
@@ -177,8 +192,16 @@ func runServe(env *environment, args []string) error {
 	if serial == "" {
 		serial = defaultSerial(d.UUID())
 	}
+	if !a.given["num-queues"] {
+		// The default is the host's width, not the operator's choice: an
+		// image with fewer lanes gets a queue per lane.
+		a.numQueues = min(a.numQueues, uint(blkserve.Lanes(d)))
+	}
 	s, err := blkserve.New(d, m.Durability(), blkserve.Config{NumQueues: uint16(a.numQueues), ReadOnly: a.readOnly, Serial: serial,
-		Server: serverOptions(a, set)})
+		Server: serverOptions(a, set), Arriving: a.incoming != ""})
+	if errors.Is(err, blkserve.ErrTooManyQueues) {
+		return fmt.Errorf("--num-queues: %s: %w", a.blkFile, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -192,8 +215,14 @@ func runServe(env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
+	if a.incoming != "" {
+		if err := serveIncoming(ctx, s, a.incoming, set.log); err != nil {
+			return err
+		}
+	}
 	qemu := logStartup(set.log, a, set.guestMemory, socket, m, d, s, serial)
-	ops.serve(&growableServer{Server: s.Server, grow: func(size int64) (blkserve.Grown, error) { return s.Grow(m, size) }}, set.log)
+	ops.serve(&growableServer{Server: s.Server, grow: func(size int64) (blkserve.Grown, error) { return s.Grow(m, size) },
+		move: s.Move, log: set.log}, set.log)
 	// Printed last and in one write: once "# attach" is out, every endpoint
 	// listens and the whole text is there.
 	var text strings.Builder
@@ -232,7 +261,48 @@ func parseServeArgs(args []string) (a *serveArgs, controlSet bool, err error) {
 
 // serverOptions are the vhost server's settings every disk shares.
 func serverOptions(a *serveArgs, set serveSettings) vhost.Options {
-	return vhost.Options{PollDuration: time.Duration(a.pollUS) * time.Microsecond, Logger: set.log, Migration: a.migration}
+	return vhost.Options{PollDuration: a.poll.duration(), Logger: set.log, Migration: a.migration}
+}
+
+// pollFlag is --poll-us: auto (the default) or a fixed window in
+// microseconds, 0 for none.
+type pollFlag struct {
+	us    uint
+	fixed bool // a number was given
+}
+
+// maxPollUS bounds --poll-us: a window past a second is a mistake.
+const maxPollUS = 1_000_000
+
+func (f *pollFlag) String() string {
+	if f == nil || !f.fixed {
+		return "auto"
+	}
+	return strconv.FormatUint(uint64(f.us), 10)
+}
+
+func (f *pollFlag) Set(s string) error {
+	if s == "auto" {
+		*f = pollFlag{}
+		return nil
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || n > maxPollUS {
+		return fmt.Errorf("want auto, or microseconds 0..%d (0: never poll)", maxPollUS)
+	}
+	f.us, f.fixed = uint(n), true
+	return nil
+}
+
+// duration is the vhost.Options.PollDuration f asks for.
+func (f pollFlag) duration() time.Duration {
+	switch {
+	case !f.fixed:
+		return 0 // adaptive
+	case f.us == 0:
+		return vhost.NeverPoll
+	}
+	return time.Duration(f.us) * time.Microsecond
 }
 
 // perDiskFlags are the serve flags that describe the one disk of a serve
@@ -247,6 +317,9 @@ var perDiskFlags = []struct{ flag, key string }{
 // image in common, a control socket only where --control-socket says.
 func (a *serveArgs) checkDisks(stderr io.Writer) (serveSettings, error) {
 	var set serveSettings
+	if a.incoming != "" {
+		return set, usagef("--incoming: a disk arriving from another host is served on its own, with --blk-file, not with --disk")
+	}
 	for _, f := range perDiskFlags {
 		switch {
 		case !a.given[f.flag]:
@@ -259,9 +332,6 @@ func (a *serveArgs) checkDisks(stderr io.Writer) (serveSettings, error) {
 	err := a.checkSocketFile(&set)
 	if err != nil {
 		return set, err
-	}
-	if a.pollUS > 1_000_000 {
-		return set, usagef("--poll-us %d: want at most 1000000 (one second)", a.pollUS)
 	}
 	switch {
 	case a.control == controlNone, !a.given["control-socket"]:
@@ -319,6 +389,9 @@ type serveSettings struct {
 // --fd it takes the socket systemd passed, setting a.fd.
 func (a *serveArgs) check(stderr io.Writer, controlSet bool) (serveSettings, error) {
 	var set serveSettings
+	if a.incoming != "" && a.readOnly {
+		return set, usagef("--incoming and --read-only: an arriving disk is written by its source")
+	}
 	err := a.checkSocketFile(&set)
 	if err != nil {
 		return set, err
@@ -345,8 +418,6 @@ func (a *serveArgs) check(stderr io.Writer, controlSet bool) (serveSettings, err
 		return set, usagef("missing --blk-file")
 	case a.numQueues < 1 || a.numQueues > maxServeQueues:
 		return set, usagef("--num-queues %d: want 1..%d", a.numQueues, maxServeQueues)
-	case a.pollUS > 1_000_000:
-		return set, usagef("--poll-us %d: want at most 1000000 (one second)", a.pollUS)
 	case len(a.serial) > 20:
 		return set, usagef("--serial %q: at most 20 bytes", a.serial)
 	}
@@ -449,7 +520,7 @@ func logStartup(lg logrus.FieldLogger, a *serveArgs, guestMemory, socket string,
 		"socket": socket, "image": a.blkFile, "btt": d.Version().String(), "uuid": btt.FormatUUID(d.UUID()),
 		"sector_size": d.SectorSize(), "sectors": d.NumSectors(), "capacity": humanBytes(capacity),
 		"write_cache": !s.WriteThrough, "read_only": s.Device.ReadOnly(), "num_queues": a.numQueues,
-		"poll_us": a.pollUS, "serial": serial,
+		"poll_us": a.poll.String(), "serial": serial,
 	}).WithFields(mediumFields(m)).Info("serving vhost-user-blk")
 	qemu := qemuOptions(socket, a.numQueues, guestMemory)
 	lg.WithField("qemu", strings.Join(qemu, " ")).Info("attach with these QEMU options")
@@ -571,6 +642,41 @@ func printQEMUOptions(w io.Writer, image, guestMemory string, opts []string) {
 type growableServer struct {
 	*vhost.Server
 	grow func(size int64) (blkserve.Grown, error)
+	move func(ctx context.Context, to nbd.Address, o diskmove.Options) (diskmove.Stats, error)
+	log  logrus.FieldLogger
+}
+
+// Move is the control socket's move command.
+func (g *growableServer) Move(ctx context.Context, to string) (json.RawMessage, error) {
+	addr, err := nbd.ParseURI(to)
+	if err != nil {
+		return nil, err
+	}
+	log := g.log.WithField("to", addr.String())
+	log.Info("moving the disk: copying it while the guest runs, switching over with its migration")
+	converged := false
+	st, err := g.move(ctx, addr, diskmove.Options{Progress: func(r diskmove.Round) {
+		switch {
+		case r.Cutover:
+			log.WithField("sectors", r.Sectors).Info("move: switch-over; the disk here is fenced, the last sectors sent")
+		case r.N == 0:
+			log.WithFields(logrus.Fields{"sectors": r.Sectors, "took": r.Took.Round(time.Millisecond)}).Info("move: the whole disk copied")
+		case r.Converged && !converged:
+			converged = true
+			log.WithField("round", r.N).Info("move: converged; following the guest's writes until the migration's switch-over")
+		}
+	}})
+	if err != nil {
+		log.WithError(err).Error("move failed; the disk stays here")
+	} else {
+		log.WithFields(logrus.Fields{"rounds": st.Rounds, "sectors_sent": st.SectorsSent, "cutover": st.CutoverTook.Round(time.Microsecond)}).
+			Info("moved: the destination has the disk; writes here are refused from now on")
+	}
+	raw, merr := json.Marshal(st)
+	if merr != nil {
+		return nil, errors.Join(err, merr)
+	}
+	return raw, err
 }
 
 func (g *growableServer) Grow(size int64) (control.Grown, error) {

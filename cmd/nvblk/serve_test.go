@@ -20,6 +20,7 @@ import (
 
 	"github.com/nvblk/nvblk/internal/fdcheck"
 	"github.com/nvblk/nvblk/pmem"
+	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhostuser/frontend"
 	"github.com/nvblk/nvblk/virtio"
 )
@@ -212,7 +213,9 @@ func TestServeUsageErrors(t *testing.T) {
 		{"socket group for an inherited fd", []string{"--fd", "3", "--blk-file", img, "--socket-group", "0"}, "--socket-group"},
 		{"guest memory in bytes", []string{"--socket-path", "s", "--blk-file", img, "--guest-memory", "4096"}, "--guest-memory"},
 		{"guest memory not a size", []string{"--socket-path", "s", "--blk-file", img, "--guest-memory", "lots"}, "--guest-memory"},
-		{"too many queues", []string{"--socket-path", "s", "--blk-file", img, "--num-queues", "17"}, "--num-queues"},
+		{"too many queues", []string{"--socket-path", "s", "--blk-file", img, "--num-queues", "257"}, "want 1..256"},
+		{"poll window not a number", []string{"--socket-path", "s", "--blk-file", img, "--poll-us", "fast"}, "want auto, or microseconds"},
+		{"poll window past a second", []string{"--socket-path", "s", "--blk-file", img, "--poll-us", "1000001"}, "-poll-us"},
 		{"bad durability", []string{"--socket-path", "s", "--blk-file", img, "--durability", "maybe"}, "durability"},
 		{"bad log format", []string{"--socket-path", "s", "--blk-file", img, "--log-format", "xml"}, "--log-format"},
 		{"bad log level", []string{"--socket-path", "s", "--blk-file", img, "--log-level", "loud"}, "--log-level"},
@@ -458,6 +461,49 @@ func TestServeOffersQueuesForTwoVCPUsWithoutNumQueues(t *testing.T) {
 	}
 	if want := fmt.Sprintf("num-queues=%d\n", defaultServeQueues); defaultServeQueues < 4 || !strings.Contains(stdout.String(), want) {
 		t.Errorf("default of %d queues; stdout lacks %q:\n%s", defaultServeQueues, want, stdout)
+	}
+}
+
+// An image formatted with fewer free blocks than the default's queues has
+// fewer lanes: without --num-queues serve offers a queue per lane; asked
+// for more, it refuses, naming the image's lanes.
+func TestServeOffersAQueuePerLaneOfAnImageWithFewLanes(t *testing.T) {
+	img := formatted(t, "--free-blocks", "2")
+	sock := filepath.Join(t.TempDir(), "nvblk.sock")
+	stop, stdout, stderr := servingInProcess(t, "serve", "--socket-path", sock, "--blk-file", img)
+	if code := stop(); code != 0 {
+		t.Fatalf("serve: exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stdout.String(), "num-queues=2\n") {
+		t.Errorf("serve of an image of 2 lanes without --num-queues; stdout lacks num-queues=2:\n%s", stdout)
+	}
+
+	code, _, errs := nvblk(t, nil, "serve", "--socket-path", filepath.Join(t.TempDir(), "s.sock"), "--blk-file", img, "--num-queues", "3")
+	if code == 0 || !strings.Contains(errs, "--num-queues") || !strings.Contains(errs, "lanes (2)") {
+		t.Fatalf("--num-queues 3 on an image of 2 lanes: exit %d, stderr %q", code, errs)
+	}
+}
+
+func TestPollUSFlagChoosesTheWorkersPollWindow(t *testing.T) {
+	cases := []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, 0}, // adaptive
+		{[]string{"--poll-us", "auto"}, 0},
+		{[]string{"--poll-us", "0"}, vhost.NeverPoll},
+		{[]string{"--poll-us", "50"}, 50 * time.Microsecond},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(append([]string{"poll-us"}, c.args...), " "), func(t *testing.T) {
+			a, _, err := parseServeArgs(c.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := serverOptions(a, serveSettings{}).PollDuration; got != c.want {
+				t.Fatalf("PollDuration %v, want %v", got, c.want)
+			}
+		})
 	}
 }
 

@@ -14,11 +14,13 @@
 package blkserve
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/nvblk/nvblk/btt"
+	"github.com/nvblk/nvblk/internal/diskmove"
 	"github.com/nvblk/nvblk/pmem"
 	"github.com/nvblk/nvblk/vhost"
 	"github.com/nvblk/nvblk/vhost/blk"
@@ -33,6 +35,31 @@ type Config struct {
 	// Server holds the protocol settings: poll duration, logger, message
 	// timeout.
 	Server vhost.Options
+	// Arriving serves a disk that is still arriving from another host
+	// (ServeIncoming): the guest's requests wait until it has.
+	Arriving bool
+}
+
+// MaxQueues is the most request queues a served BTT offers: one per BTT
+// lane, and no BTT has more lanes than a fresh one, btt.DefaultNFree (256;
+// btt.Open uses at most that many, the kernel's ND_MAX_LANES). It is well
+// below what a front-end can ask for: QEMU's vhost-user-blk takes up to
+// VIRTIO_QUEUE_MAX (1024) queues, and one per vCPU by default.
+const MaxQueues = btt.DefaultNFree
+
+// ErrTooManyQueues is returned by New for more queues than the BTT has
+// lanes.
+var ErrTooManyQueues = errors.New("more queues than the BTT has lanes")
+
+// Lanes is how many lanes d has, and so how many queues New serves it
+// with: btt.Open keeps min(nfree, MaxQueues) lanes of the arena with the
+// fewest free blocks.
+func Lanes(d *btt.Device) int {
+	lanes := MaxQueues
+	for _, a := range d.Arenas() {
+		lanes = min(lanes, int(a.NFree))
+	}
+	return lanes
 }
 
 // Served is a BTT made into a vhost-user-blk device, ready to Serve.
@@ -42,7 +69,10 @@ type Served struct {
 	// WriteThrough is true when every completed write is already durable:
 	// the device then reports no volatile cache and offers no FLUSH.
 	WriteThrough bool
-	disk         *btt.Device
+	// Tracker stands in front of every queue's disk: Move and
+	// ServeIncoming drive it (package diskmove).
+	Tracker *diskmove.Tracker
+	disk    *btt.Device
 }
 
 // New builds the virtio-blk device over d and the server for it. dur is
@@ -50,21 +80,31 @@ type Served struct {
 // DurabilityAuto is refused because only the resolved mode says whether
 // a write is durable when it completes. d must stay open until the server
 // has shut down; each running queue holds one of its lanes while there are
-// enough, the others take a lane per request (see laneDisk).
+// enough, the others take a lane per request (see laneDisk). It refuses
+// more queues than d has lanes (Lanes) with ErrTooManyQueues: each queue
+// is a worker goroutine that may hold a lane, and past the lanes a queue
+// adds nothing but contention for them.
 func New(d *btt.Device, dur pmem.Durability, c Config) (*Served, error) {
 	writeThrough, err := isWriteThrough(dur)
 	if err != nil {
 		return nil, err
 	}
-	dv := blk.NewDevice(d, blk.Options{
+	if lanes := Lanes(d); int(c.NumQueues) > lanes {
+		return nil, fmt.Errorf("blkserve: %d queues: %w (%d): a queue per lane at most", c.NumQueues, ErrTooManyQueues, lanes)
+	}
+	tr := diskmove.NewTracker()
+	if c.Arriving {
+		tr = diskmove.NewArrivingTracker()
+	}
+	dv := blk.NewDevice(tr.Wrap(d), blk.Options{
 		NumQueues:    c.NumQueues,
 		ReadOnly:     c.ReadOnly,
 		Serial:       c.Serial,
 		WriteThrough: writeThrough,
-		QueueDisk:    laneDisk(d, c.Server.Logger),
+		QueueDisk:    laneDisk(d, tr, c.Server.Logger),
 	})
 	srv := vhost.NewServer(blk.NewBackend(dv, d), c.Server)
-	return &Served{Server: srv, Device: dv, WriteThrough: writeThrough, disk: d}, nil
+	return &Served{Server: srv, Device: dv, WriteThrough: writeThrough, Tracker: tr, disk: d}, nil
 }
 
 // Extender is a medium that can grow while in use: pmem.Medium of an image
@@ -131,7 +171,9 @@ func isWriteThrough(dur pmem.Durability) (bool, error) {
 // queues) TryAcquireLane says so at once, and the queue runs on the shared
 // device instead, which takes a lane per request from the lanes no queue
 // holds; TryAcquireLane always leaves one of those.
-func laneDisk(d *btt.Device, lg logrus.FieldLogger) func() (blk.Disk, func(), error) {
+//
+// Each disk a queue gets is tr's Wrap of it.
+func laneDisk(d *btt.Device, tr *diskmove.Tracker, lg logrus.FieldLogger) func() (blk.Disk, func(), error) {
 	if lg == nil {
 		lg = logrus.StandardLogger()
 	}
@@ -141,6 +183,6 @@ func laneDisk(d *btt.Device, lg logrus.FieldLogger) func() (blk.Disk, func(), er
 			lg.WithError(err).Info("queue takes a BTT lane per request: no lane of its own to hold")
 			return nil, nil, fmt.Errorf("blkserve: queue lane: %w", err)
 		}
-		return ln, ln.Release, nil
+		return tr.Wrap(ln), ln.Release, nil
 	}
 }

@@ -3,9 +3,12 @@ package blkserve_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -197,24 +200,28 @@ func TestNewRefusesADurabilityNotYetResolved(t *testing.T) {
 	}
 }
 
-// An image may have fewer lanes than the front-end has queues (Open takes
-// any nfree from 1). A queue that cannot have a lane of its own must start
-// anyway, at once, and serve on lanes taken per request; nothing may wait
-// on a lane under the session lock, where a second queue's start used to
-// block forever, and Shutdown with it.
-func TestTwoQueuesOnAnImageWithOneLaneBothServeAndShutdownReturns(t *testing.T) {
+// An image may have as few lanes as it has queues (Open takes any nfree
+// from 1), and the device keeps one lane back for I/O that holds none: of
+// two lanes, only one is a queue's own. A queue that cannot have a lane
+// of its own must start anyway, at once, and serve on lanes taken per
+// request; nothing may wait on a lane under the session lock, where a
+// second queue's start used to block forever, and Shutdown with it.
+func TestTwoQueuesOnAnImageWithTwoLanesBothServeAndShutdownReturns(t *testing.T) {
 	fdcheck.Check(t)
 	m, err := pmem.Open(filepath.Join(t.TempDir(), "disk.img"), pmem.Options{Create: true, Size: 20 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
-	if err := btt.Format(m, btt.FormatOptions{LBASize: 4096, NFree: 1}); err != nil {
+	if err := btt.Format(m, btt.FormatOptions{LBASize: 4096, NFree: 2}); err != nil {
 		t.Fatal(err)
 	}
 	d, err := btt.Open(m, btt.Options{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if blkserve.Lanes(d) != 2 {
+		t.Fatalf("an image of nfree 2 has %d lanes", blkserve.Lanes(d))
 	}
 	lg := logrus.New()
 	lg.SetOutput(io.Discard)
@@ -244,7 +251,7 @@ func TestTwoQueuesOnAnImageWithOneLaneBothServeAndShutdownReturns(t *testing.T) 
 			t.Fatal(err)
 		}
 	case <-time.After(ioTimeout):
-		t.Fatalf("starting two queues on a BTT of one lane did not finish within %v", ioTimeout)
+		t.Fatalf("starting two queues on a BTT of two lanes did not finish within %v", ioTimeout)
 	}
 	defer fe.Close()
 	for q, queue := range fe.Queues {
@@ -281,5 +288,89 @@ func TestTwoQueuesOnAnImageWithOneLaneBothServeAndShutdownReturns(t *testing.T) 
 		}
 	case <-time.After(ioTimeout):
 		t.Fatal("closing the BTT: a queue still holds its lane")
+	}
+}
+
+// openBTT formats a 20 MiB image with nfree free blocks per arena and opens
+// it; both are closed when the test ends.
+func openBTT(t *testing.T, nfree uint32) *btt.Device {
+	t.Helper()
+	m, err := pmem.Open(filepath.Join(t.TempDir(), "disk.img"), pmem.Options{Create: true, Size: 20 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := btt.Format(m, btt.FormatOptions{LBASize: 4096, NFree: nfree}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := btt.Open(m, btt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// A queue per lane is the most New serves: one more is refused, and the
+// error names the image's lanes, whether a fresh image's 256 or the few of
+// one formatted with fewer free blocks.
+func TestNewRefusesMoreQueuesThanTheBTTHasLanes(t *testing.T) {
+	cases := []struct {
+		name  string
+		nfree uint32
+		lanes int
+	}{
+		{"a fresh image", btt.DefaultNFree, blkserve.MaxQueues},
+		{"an image of four free blocks", 4, 4},
+		{"more free blocks than the lanes a BTT uses", 512, blkserve.MaxQueues},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			fdcheck.Check(t)
+			d := openBTT(t, c.nfree)
+			if got := blkserve.Lanes(d); got != c.lanes {
+				t.Fatalf("Lanes = %d, want %d", got, c.lanes)
+			}
+			if _, err := blkserve.New(d, pmem.DurabilityFlush, blkserve.Config{NumQueues: uint16(c.lanes)}); err != nil {
+				t.Fatalf("a queue per lane: %v", err)
+			}
+			_, err := blkserve.New(d, pmem.DurabilityFlush, blkserve.Config{NumQueues: uint16(c.lanes + 1)})
+			if !errors.Is(err, blkserve.ErrTooManyQueues) || !strings.Contains(err.Error(), fmt.Sprintf("(%d)", c.lanes)) {
+				t.Fatalf("%d queues on %d lanes: %v, want ErrTooManyQueues naming %d", c.lanes+1, c.lanes, err, c.lanes)
+			}
+		})
+	}
+}
+
+// QEMU's vhost-user-blk-pci asks for one queue per vCPU by default: a
+// front-end wanting a queue per lane of a fresh BTT (far more than any
+// vCPU count here, and within QEMU's VIRTIO_QUEUE_MAX) attaches, starts
+// them all, and the last one serves I/O.
+func TestAFrontEndWithAQueuePerLaneServesOnItsLastQueue(t *testing.T) {
+	fdcheck.Check(t)
+	s := serveBTT(t, pmem.DurabilityFlush, blkserve.MaxQueues)
+	fe, err := frontend.Connect(s.Sock, frontend.Options{NumQueues: blkserve.MaxQueues, QueueSize: 8, MaxIO: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fe.Close() })
+	if n := binary.LittleEndian.Uint16(fe.Config[virtio.BlkCfgNumQueues:]); n != blkserve.MaxQueues {
+		t.Fatalf("config space num_queues %d, want %d", n, blkserve.MaxQueues)
+	}
+	last := fe.Queues[len(fe.Queues)-1]
+	data := bytes.Repeat([]byte{0x5a}, 4096)
+	if err := last.Do(&frontend.Request{Type: virtio.BlkTOut, Sector: 8, Data: data}, ioTimeout); err != nil {
+		t.Fatalf("write on queue %d: %v", len(fe.Queues)-1, err)
+	}
+	got := &frontend.Request{Type: virtio.BlkTIn, Sector: 8, Data: make([]byte, 4096)}
+	if err := fe.Queues[0].Do(got, ioTimeout); err != nil || !bytes.Equal(got.Data, data) {
+		t.Fatalf("read back on queue 0: err %v, same data %v", err, bytes.Equal(got.Data, data))
+	}
+	st := s.Server.Stats()
+	if n := len(st.Queues); n != blkserve.MaxQueues {
+		t.Fatalf("stats list %d queues, want %d", n, blkserve.MaxQueues)
+	}
+	if q := st.Queues[blkserve.MaxQueues-1]; !q.Running || q.Writes != 1 {
+		t.Fatalf("last queue's stats: %+v, want running with one write", q)
 	}
 }

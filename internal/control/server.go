@@ -114,8 +114,8 @@ type Reply struct {
 	Grown    *Grown       `json:"grown,omitempty"`
 	// Moved is the move command's statistics (diskmove.Stats).
 	Moved json.RawMessage `json:"moved,omitempty"`
-	Disk     *DiskInfo    `json:"disk,omitempty"`
-	Disks    []DiskInfo   `json:"disks,omitempty"`
+	Disk  *DiskInfo       `json:"disk,omitempty"`
+	Disks []DiskInfo      `json:"disks,omitempty"`
 }
 
 // Server answers control requests for a Target, or for every disk of a

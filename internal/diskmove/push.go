@@ -48,7 +48,10 @@ type Round struct {
 	Sectors     uint64        `json:"sectors"`      // sectors copied
 	ZeroSectors uint64        `json:"zero_sectors"` // of which sent as zeroes
 	Took        time.Duration `json:"took_ns"`
-	Cutover     bool          `json:"cutover"` // the last round, with the disk fenced
+	// Converged is set on the rounds after the copy converged, which
+	// follow the guest's writes until the switch-over.
+	Converged bool `json:"converged"`
+	Cutover   bool `json:"cutover"` // the last round, with the disk fenced
 }
 
 // Stats is what a move did.
@@ -113,10 +116,12 @@ func (t *Tracker) Push(ctx context.Context, src Disk, dst Destination, opts Opti
 	defer t.dirty.Store(nil)
 
 	c := copier{src: src, dst: dst, ss: uint64(ss), opts: opts}
+	converged := false
+	told := false // of the first round after converging
 	round := func(cut bool) error {
 		r0 := time.Now()
 		r, err := c.round(ctx, m)
-		r.N, r.Took, r.Cutover = st.Rounds, time.Since(r0), cut
+		r.N, r.Took, r.Converged, r.Cutover = st.Rounds, time.Since(r0), converged, cut
 		st.Rounds++
 		if len(st.RoundSectors) < maxRoundRecords {
 			st.RoundSectors = append(st.RoundSectors, r.Sectors)
@@ -124,7 +129,8 @@ func (t *Tracker) Push(ctx context.Context, src Disk, dst Destination, opts Opti
 		st.SectorsSent += r.Sectors
 		st.ZeroSectors += r.ZeroSectors
 		st.BytesSent += (r.Sectors - r.ZeroSectors) * uint64(ss)
-		if opts.Progress != nil && (r.Sectors > 0 || cut) {
+		if opts.Progress != nil && (r.Sectors > 0 || cut || converged && !told) {
+			told = told || converged
 			opts.Progress(r)
 		}
 		if err != nil {
@@ -143,6 +149,7 @@ func (t *Tracker) Push(ctx context.Context, src Disk, dst Destination, opts Opti
 		}
 	}
 	st.Converged = time.Since(start)
+	converged = true
 
 	// Keep up with the guest until it stops.
 	deadline := time.Now().Add(opts.Wait)
