@@ -13,7 +13,7 @@ import (
 func init() {
 	register(&command{name: "bench", summary: "drive any vhost-user-blk socket (nvblk, qemu-storage-daemon) with a fio-like load; no VM",
 		usage: "--socket-path S [--rw randread|randwrite|randrw|read|write] [--bs 4k] [--iodepth 32] [--queues 1] " +
-			"[--time 10s] [--ramp 0s] [--size-limit N] [--fill] [--spin-us N] [--pid P] [--json] [--continue-on-error] [--packed]",
+			"[--time 10s] [--ramp 0s] [--size-limit N] [--fill] [--spin-us N] [--pid P] [--json] [--continue-on-error] [--packed] [--dirty-log]",
 		run: runBench})
 	flagSets["bench"] = func() *flag.FlagSet { fs, _ := benchFlags(); return fs }
 }
@@ -33,6 +33,7 @@ type benchArgs struct {
 	json       bool
 	keepGoing  bool // --continue-on-error
 	packed     bool
+	dirtyLog   bool
 }
 
 func benchFlags() (*flag.FlagSet, *benchArgs) {
@@ -52,6 +53,8 @@ func benchFlags() (*flag.FlagSet, *benchArgs) {
 	fs.BoolVar(&a.json, "json", false, "print the result as JSON")
 	fs.BoolVar(&a.keepGoing, "continue-on-error", false, "count requests the back-end fails and go on (default: the first one ends the run)")
 	fs.BoolVar(&a.packed, "packed", false, "drive packed virtqueues (VIRTIO_F_RING_PACKED) instead of split ones")
+	fs.BoolVar(&a.dirtyLog, "dirty-log", false, "have the back-end mark its writes in a dirty log, as during a live migration "+
+		"(VHOST_F_LOG_ALL; nvblk serve --migration): what logging costs")
 	return fs, a
 }
 
@@ -82,7 +85,7 @@ func benchConfig(a *benchArgs) (loadgen.Config, error) {
 	return loadgen.Config{
 		Mode: mode, BlockSize: int(a.bs.n), IODepth: a.iodepth, Queues: a.queues,
 		Duration: a.time, Ramp: a.ramp, SizeLimit: uint64(a.sizeLimit.n), Fill: a.fill,
-		Spin: time.Duration(a.spinUS) * time.Microsecond, ContinueOnError: a.keepGoing, Packed: a.packed,
+		Spin: time.Duration(a.spinUS) * time.Microsecond, ContinueOnError: a.keepGoing, Packed: a.packed, DirtyLog: a.dirtyLog,
 	}, nil
 }
 

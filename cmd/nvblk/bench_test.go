@@ -114,3 +114,31 @@ func TestBenchAgainstServerOnPackedRings(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchWithADirtyLogRunsWhereLoggingIsOfferedAndSaysWhyNotElsewhere:
+// bench --dirty-log measures a serve --migration with its log on, and a
+// serve without --migration is named as the reason it cannot.
+func TestBenchWithADirtyLogRunsWhereLoggingIsOfferedAndSaysWhyNotElsewhere(t *testing.T) {
+	lg := logrus.New()
+	lg.SetOutput(io.Discard)
+	for _, migration := range []bool{true, false} {
+		s := vhosttest.ServeBTT(t, vhosttest.Options{
+			BTTOptions: vhosttest.BTTOptions{Size: 32 << 20, LBASize: 4096, Durability: pmem.DurabilityFlush},
+			Config:     blkserve.Config{Server: vhost.Options{Logger: lg, Migration: migration}},
+		})
+		code, out, stderr := nvblk(t, nil, "bench", "--socket-path", s.Sock, "--rw", "randread", "--iodepth", "8", "--time", "300ms", "--dirty-log", "--json")
+		if !migration {
+			if code == exitOK || !strings.Contains(stderr, "--migration") {
+				t.Fatalf("without --migration: exit %d, %q; want a failure naming serve --migration", code, stderr)
+			}
+			continue
+		}
+		if code != exitOK {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		var j benchJSON
+		if err := json.Unmarshal([]byte(out), &j); err != nil || j.Requests == 0 {
+			t.Fatalf("result %+v, %v: %s", j, err, out)
+		}
+	}
+}

@@ -73,6 +73,10 @@ type Config struct {
 	// Packed drives packed virtqueues (VIRTIO_F_RING_PACKED) instead of
 	// split ones; Connect fails if the back-end does not offer them.
 	Packed bool
+	// DirtyLog runs with the back-end marking its writes in a dirty log
+	// (VHOST_F_LOG_ALL, as during a live migration): what logging costs.
+	// Connect fails if the back-end does not offer it.
+	DirtyLog bool
 	// Progress, if set, is called about once a second with the measured
 	// completions so far, from the goroutine that called Run.
 	Progress func(Progress)

@@ -64,6 +64,7 @@ func FrontendOptions(c Config) frontend.Options {
 		SegSize:   maxIO,
 		EventIdx:  true,
 		Packed:    c.Packed,
+		DirtyLog:  c.DirtyLog,
 		MemSize:   uint64(queues)*(own+ours+4096) + 1<<20,
 	}
 }
@@ -77,6 +78,12 @@ func Connect(socket string, c Config) (*frontend.Device, error) {
 	if c.Packed && d.Features&virtio.FRingPacked == 0 {
 		d.Close()
 		return nil, fmt.Errorf("loadgen: the back-end does not offer packed rings (VIRTIO_F_RING_PACKED)")
+	}
+	if c.DirtyLog {
+		if _, err := d.StartLogging(); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("loadgen: dirty log (does the back-end offer VHOST_F_LOG_ALL? nvblk serve --migration): %w", err)
+		}
 	}
 	return d, nil
 }
