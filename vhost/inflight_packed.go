@@ -101,6 +101,7 @@ func (r *inflightRegion) packedQueue(i int, q *virtq.Queue) (*inflightQueue, err
 // inflightPacked tracks a packed queue. After recovery only the queue's
 // worker uses it; the fields after q are its shadows of what it stored.
 type inflightPacked struct {
+	log                      *logrus.Entry // the session's, for fail; the standard logger if nil
 	verNum, free, used, wrap *uint32
 	desc                     []byte
 	size                     uint16
@@ -215,7 +216,11 @@ func (p *inflightPacked) take(id uint16) {
 
 func (p *inflightPacked) fail(why string) {
 	p.failed = true
-	logrus.WithField("reason", why).Error("vhost: packed inflight region inconsistent; no longer tracking this queue")
+	var lg logrus.FieldLogger = logrus.StandardLogger()
+	if p.log != nil {
+		lg = p.log
+	}
+	lg.WithField("reason", why).Error("vhost: packed inflight region inconsistent; no longer tracking this queue")
 }
 
 // prePublish returns the pushed chains' entries to the free list and
@@ -382,6 +387,7 @@ func advancePos(pos, n, size uint16) uint16 {
 //
 // The caller holds s.mu.
 func (s *session) inflightStartPackedLocked(vr *vring, q *virtq.Queue, iq *inflightQueue) (*inflightQueue, []uint16, uint16, error) {
+	iq.pk.log = s.log.WithField("queue", vr.index)
 	ids, used, base, fresh, err := iq.pk.recoverPacked(vr.num)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("queue %d: %w", vr.index, err)

@@ -40,7 +40,7 @@
 //   - a used descriptor: we write len, then id|flags as one atomic store
 //     (release). The first of a batch is held back until Publish, so the
 //     driver, which reads used descriptors in ring order, sees the batch
-//     whole (§2.8.5). A chain is skipped whole: the next used descriptor
+//     whole (§2.8.2). A chain is skipped whole: the next used descriptor
 //     goes as many descriptors on as the chain had (§2.8.6), which is why
 //     the queue remembers each buffer ID's chain length while it is in
 //     flight.

@@ -4,8 +4,9 @@
 // and feature negotiation, the config space, every request type with its
 // data verified, the error statuses the virtio 1.2 spec (§5.2.6) demands,
 // descriptor layouts a guest may use, indirect tables, EVENT_IDX,
-// multiqueue, stopping a running ring, read-only behaviour, reconnects and
-// the dirty log of a live migration.
+// multiqueue, packed virtqueues (§2.8 "Packed Virtqueues") when offered,
+// stopping a running ring, read-only behaviour, reconnects and the dirty
+// log of a live migration.
 //
 // Each case has a name, the clause of the vhost-user spec (QEMU's
 // docs/interop/vhost-user.rst) or of the virtio 1.2 spec it holds the
@@ -17,9 +18,9 @@
 // protocol features), config (the virtio-blk config space), requests (every
 // request type, read-only devices), zeroing (discard and write zeroes),
 // layouts (descriptor chains), rings (notifications, multiqueue, stopping
-// and restarting), memory (memory tables), session (reconnects) and
-// migration (dirty logging); scratch
-// saves and restores what a destructive run writes.
+// and restarting), packed (the I/O again on packed virtqueues), memory
+// (memory tables), session (reconnects) and migration (dirty logging);
+// scratch saves and restores what a destructive run writes.
 //
 // What it writes: nothing unless Options.Destructive. Then writes go only to
 // a scratch range, the last 256 KiB of the disk, whose contents are read
@@ -137,6 +138,7 @@ var areas = []area{
 	{layoutCases, checkLayouts},
 	{notificationCases, checkNotifications},
 	{multiqueueCases, checkMultiqueue},
+	{packedCases, checkPacked},
 	{memoryCases, checkMemory},
 	{stopRingCases, checkStopRing},
 	{readOnlyCases, checkReadOnly},
@@ -274,6 +276,8 @@ func featureName(f uint64) string {
 		return "VIRTIO_RING_F_INDIRECT_DESC"
 	case virtio.FRingEventIdx:
 		return "VIRTIO_RING_F_EVENT_IDX"
+	case virtio.FRingPacked:
+		return "VIRTIO_F_RING_PACKED"
 	}
 	return fmt.Sprintf("feature %#x", f)
 }

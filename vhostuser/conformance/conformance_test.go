@@ -195,6 +195,10 @@ func TestQSDConformanceIsAsRecorded(t *testing.T) {
 		"io/write-zeroes-reserved-flags", "io/write-zeroes-two-segments", "io/write-zeroes-num-sectors-max",
 		"io/discard", "io/discard-unmap-flag", "io/discard-reserved-flags", "io/discard-two-segments",
 		"io/discard-num-sectors-max"}
+	// qemu-storage-daemon 7.2's libvhost-user drives split rings only: it
+	// does not offer VIRTIO_F_RING_PACKED.
+	packedSkips := []string{"packed/read", "packed/write-read", "packed/flush", "packed/multi-lap", "packed/indirect",
+		"packed/event-idx", "packed/restart-from-base"}
 	cases := []struct {
 		name     string
 		writable bool
@@ -206,13 +210,13 @@ func TestQSDConformanceIsAsRecorded(t *testing.T) {
 			// QSD answers GET_CONFIG from offset 0 whatever offset is asked
 			// (QEMU itself always reads from 0, so guests never notice).
 			[]string{"config/read-at-offset"},
-			[]string{"readonly/write-refused", "readonly/write-zeroes-refused"}},
+			append([]string{"readonly/write-refused", "readonly/write-zeroes-refused"}, packedSkips...)},
 		{"writable-1-queue", true, 1,
 			[]string{"config/read-at-offset"},
-			[]string{"ring/multiqueue", "readonly/write-refused", "readonly/write-zeroes-refused"}},
+			append([]string{"ring/multiqueue", "readonly/write-refused", "readonly/write-zeroes-refused"}, packedSkips...)},
 		{"read-only", false, 1,
 			[]string{"config/read-at-offset"},
-			append([]string{"ring/multiqueue"}, writeSkips...)},
+			append(append([]string{"ring/multiqueue"}, writeSkips...), packedSkips...)},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
