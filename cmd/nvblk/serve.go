@@ -104,7 +104,7 @@ func serveFlags() (*flag.FlagSet, *serveArgs) {
 		"auto (the default) adapts each queue's window to its traffic (up to 50 µs while requests keep coming within it, "+
 		"none once they stop, so an idle queue costs no CPU); N µs polls that long after every request (a core "+
 		"spinning while the guest is busy); 0 never polls (lowest CPU, a wake-up more per request)")
-	fs.BoolVar(&a.migration, "migration", false, "offer the dirty logging QEMU needs to live-migrate a guest on this host (experimental: see README, Live migration)")
+	fs.BoolVar(&a.migration, "migration", false, "offer the dirty logging (VHOST_F_LOG_ALL) QEMU needs to live-migrate the guest, to another QEMU on this host or, with nvblk move, to another host (see README, Live migration)")
 	fs.StringVar(&a.incoming, "incoming", "", "the disk arrives from another host's nvblk move: listen for it on this NBD URI "+
 		"(nbd://HOST:PORT, nbd+unix:///?socket=PATH) and hold the guest's requests until it has arrived. Format the image with the source's "+
 		"size and sector size")

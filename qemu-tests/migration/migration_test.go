@@ -1,13 +1,9 @@
-//go:build migration
-
 package migration
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -40,35 +36,6 @@ const (
 	stall = 30 * time.Second
 )
 
-// TestGuestWritesThroughTwoLiveMigrationsOnQemuStorageDaemon runs the
-// migrations on qemu-storage-daemon: its vhost-user-blk export serves one
-// front-end at a time, so two daemons export the same raw file (locking
-// off; both go through the host's page cache, so each sees the other's
-// writes), the first QEMU and the third on daemon A, the second on B.
-func TestGuestWritesThroughTwoLiveMigrationsOnQemuStorageDaemon(t *testing.T) {
-	dir := t.TempDir()
-	raw := filepath.Join(dir, "disk.raw")
-	if err := os.WriteFile(raw, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(raw, 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	a := storageDaemon(t, "qemu-storage-daemon A", raw, filepath.Join(dir, "qsd-a.sock"))
-	b := storageDaemon(t, "qemu-storage-daemon B", raw, filepath.Join(dir, "qsd-b.sock"))
-
-	ws := migrateUnderWrites(t, [3]string{a.Socket, b.Socket, a.Socket})
-
-	for _, d := range []*guest.Backend{a, b} {
-		d.StopClean(t)
-	}
-	img, err := os.ReadFile(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkRings(t, "the raw file", ws, img[:ringSectors*sectorSize])
-}
-
 // TestGuestWritesThroughTwoLiveMigrationsOnNvblkServe runs the migrations
 // on one `nvblk serve`, both QEMUs of each migration connected to its
 // socket at once, as an operator would run it.
@@ -84,21 +51,6 @@ func TestGuestWritesThroughTwoLiveMigrationsOnNvblkServe(t *testing.T) {
 	checkRings(t, "the image (nvblk read)", ws, suite.ReadImage(t, img, 0, ringSectors))
 }
 
-// storageDaemon starts a qemu-storage-daemon exporting raw on sock, and
-// returns once it listens.
-func storageDaemon(t *testing.T, name, raw, sock string) *guest.Backend {
-	t.Helper()
-	const qsd = "/usr/bin/qemu-storage-daemon"
-	if _, err := os.Stat(qsd); err != nil {
-		t.Fatalf("qemu-storage-daemon not installed (%v): run scripts/install-deps.sh", err)
-	}
-	// locking=off: the other daemon holds the file too.
-	cmd := exec.Command(qsd,
-		"--blockdev", "driver=file,node-name=f,locking=off,filename="+raw,
-		"--export", "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path="+sock+",writable=on,num-queues=1")
-	return guest.StartBackend(t, name, sock, cmd, "")
-}
-
 // config is one machine of the migration, its disk on the vhost-user
 // socket sock. All three are the same machine but for that path: RAM in
 // a shared memfd of -m's size (the back-end maps it), one vCPU, one
@@ -109,7 +61,7 @@ func config(t *testing.T, sock string) guest.Config {
 	return guest.Config{
 		MemoryMiB:    256,
 		CPUs:         1,
-		CPU:          os.Getenv("MIGRATION_CPU"),
+		CPU:          migrationCPU,
 		SharedMemory: true,
 		Initramfs:    initramfs(t),
 		Args: []string{
