@@ -22,7 +22,7 @@
 // QEMU 7.2 under TCG now and then hands a destination guest corrupt memory
 // (a kernel oops, a bad Go heap span in the agent) or leaves one of its
 // requests unanswered, whichever back-end serves the disk, and the daemon
-// shows it more often (1 run in 5 with -cpu qemu64, 1 in 8 with -cpu max,
+// shows it more often (1 run in 10 with -cpu qemu64, 1 in 8 with -cpu max,
 // against 0 in 20 and 1 in 10 for nvblk). `make test-migration` runs all
 // three (the build tag migration).
 package migration
