@@ -113,12 +113,12 @@ func checkInflight(inf vhostuser.Inflight) error {
 
 // newInflightRegion allocates a zeroed region for GET_INFLIGHT_FD. It
 // returns the region, mapped, and the memfd to send; the caller owns fd.
-func newInflightRegion(numQueues, queueSize uint16) (*inflightRegion, int, error) {
+func newInflightRegion(numQueues, queueSize uint16, layout inflightLayout) (*inflightRegion, int, error) {
 	inf := vhostuser.Inflight{NumQueues: numQueues, QueueSize: queueSize}
 	if err := checkInflight(inf); err != nil {
 		return nil, -1, err
 	}
-	inf.MmapSize = uint64(numQueues) * regionQueueSize(queueSize)
+	inf.MmapSize = uint64(numQueues) * layout.queueSize(queueSize)
 	fd, err := newMemfd(inf.MmapSize)
 	if err != nil {
 		return nil, -1, fmt.Errorf("inflight region: %w", err)
@@ -163,6 +163,14 @@ func (r *inflightRegion) unmap() error {
 	return err
 }
 
+// stride is how far apart the queues' regions are: the region's size
+// shared out among its queues, as its creator laid them out (one queue's
+// layout, n bytes, or more when the region was made before the front-end
+// said which ring layout it uses), n at least.
+func (r *inflightRegion) stride(n uint64) uint64 {
+	return max(n, r.desc.MmapSize/uint64(r.desc.NumQueues))
+}
+
 // queue returns a tracker for queue i, or nil if the region has no room
 // for it (QEMU describes exactly the queues it uses).
 func (r *inflightRegion) queue(i int) *inflightQueue {
@@ -170,7 +178,8 @@ func (r *inflightRegion) queue(i int) *inflightQueue {
 		return nil
 	}
 	n := inflightQueueSize(r.desc.QueueSize)
-	b := r.data[uint64(i)*n : uint64(i+1)*n]
+	stride := r.stride(n)
+	b := r.data[uint64(i)*stride : uint64(i)*stride+n]
 	return &inflightQueue{
 		verNum: u32At(b, inflightOffVersion),
 		batch:  u32At(b, inflightOffBatch),
@@ -432,7 +441,7 @@ func (s *session) setInflightLocked(r *inflightRegion) error {
 //
 // The caller holds s.mu.
 func (s *session) getInflightFDLocked(inf vhostuser.Inflight) error {
-	r, fd, err := newInflightRegion(inf.NumQueues, inf.QueueSize)
+	r, fd, err := newInflightRegion(inf.NumQueues, inf.QueueSize, s.inflightLayoutLocked())
 	if err != nil {
 		s.log.WithError(err).Error("vhost: GET_INFLIGHT_FD: no inflight tracking")
 		return s.replyLocked(vhostuser.ReqGetInflightFD, vhostuser.Inflight{}.Encode())

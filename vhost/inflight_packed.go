@@ -16,6 +16,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/nvblk/nvblk/virtio"
 	"github.com/nvblk/nvblk/virtq"
 )
 
@@ -66,11 +67,41 @@ func packedQueueSize(queueSize uint16) uint64 {
 	return (n + inflightAlign - 1) &^ (inflightAlign - 1)
 }
 
-// regionQueueSize is what GET_INFLIGHT_FD allocates per queue: room for
-// either layout, since QEMU asks for the region before it sets the
-// features that say which ring the guest uses.
-func regionQueueSize(queueSize uint16) uint64 {
+// inflightLayout is the ring layout a region made by GET_INFLIGHT_FD is
+// for: QEMU sets the features before it asks (vhost_dev_prepare_inflight),
+// so that each queue's region has its layout's size, as vhost-user.rst
+// lays them out and another back-end reading the region after us expects;
+// a front-end that asks first gets room for either.
+type inflightLayout int
+
+const (
+	layoutUnknown inflightLayout = iota
+	layoutSplit
+	layoutPacked
+)
+
+// queueSize is the bytes a region gives each queue of queueSize entries.
+func (l inflightLayout) queueSize(queueSize uint16) uint64 {
+	switch l {
+	case layoutSplit:
+		return inflightQueueSize(queueSize)
+	case layoutPacked:
+		return packedQueueSize(queueSize)
+	}
 	return max(inflightQueueSize(queueSize), packedQueueSize(queueSize))
+}
+
+// inflightLayoutLocked is the layout the features set so far call for.
+//
+// The caller holds s.mu.
+func (s *session) inflightLayoutLocked() inflightLayout {
+	switch {
+	case s.features == 0:
+		return layoutUnknown
+	case s.features&virtio.FRingPacked != 0:
+		return layoutPacked
+	}
+	return layoutSplit
 }
 
 // packedQueue returns a packed tracker for queue i on q, or nil if the
@@ -81,10 +112,11 @@ func (r *inflightRegion) packedQueue(i int, q *virtq.Queue) (*inflightQueue, err
 		return nil, nil
 	}
 	n := packedQueueSize(r.desc.QueueSize)
-	if uint64(i+1)*n > uint64(len(r.data)) {
+	stride := r.stride(n)
+	if uint64(i)*stride+n > uint64(len(r.data)) {
 		return nil, fmt.Errorf("%w: %d bytes, too few for %d packed queues of %d entries", ErrBadInflight, len(r.data), i+1, r.desc.QueueSize)
 	}
-	b := r.data[uint64(i)*n : uint64(i+1)*n]
+	b := r.data[uint64(i)*stride : uint64(i)*stride+n]
 	size := r.desc.QueueSize
 	return &inflightQueue{size: size, pk: &inflightPacked{
 		verNum: u32At(b, inflightOffVersion),

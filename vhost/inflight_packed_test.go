@@ -113,7 +113,7 @@ func TestInflightPackedRegionSizes(t *testing.T) {
 			t.Errorf("queue of %d entries: %d bytes, want %d", tc.size, got, tc.want)
 		}
 	}
-	r, _ := newTestRegion(t, 2, 4)
+	r, _ := newTestRegionFor(t, 2, 4, layoutPacked)
 	if r.desc.MmapSize != 2*192 {
 		t.Fatalf("GET_INFLIGHT_FD made %d bytes, want room for 2 packed queues of 4", r.desc.MmapSize)
 	}
@@ -124,7 +124,7 @@ func TestInflightPackedRegionSizes(t *testing.T) {
 // every offset of QueueRegionPacked and DescStatePacked (host byte order;
 // the build machines are little-endian).
 func TestInflightPackedRegionGoldenLayout(t *testing.T) {
-	r, _ := newTestRegion(t, 2, ringSize)
+	r, _ := newTestRegionFor(t, 2, ringSize, layoutPacked)
 	g := newPackedRig(t)
 	q := g.queue()
 	iq := newPackedTracker(t, r, q)
@@ -176,7 +176,7 @@ func TestInflightPackedRegionGoldenLayout(t *testing.T) {
 // ring and region, as the next back-end would have them.
 func crashAfter(t *testing.T, step string) (*virtq.Queue, *inflightQueue, *packedRig) {
 	t.Helper()
-	r, again := newTestRegion(t, 2, ringSize)
+	r, again := newTestRegionFor(t, 2, ringSize, layoutPacked)
 	g := newPackedRig(t)
 	q := g.queue()
 	iq := newPackedTracker(t, r, q)
@@ -267,7 +267,7 @@ func TestInflightPackedRecoveryRefusesHostileRegions(t *testing.T) {
 		{"buffer id past the ring", func(b []byte) { ne.PutUint16(b[32+32*2+16:], 7) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, again := newTestRegion(t, 2, ringSize)
+			r, again := newTestRegionFor(t, 2, ringSize, layoutPacked)
 			g := newPackedRig(t)
 			q := g.queue()
 			iq := newPackedTracker(t, r, q)

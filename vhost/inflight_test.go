@@ -1,8 +1,10 @@
 package vhost
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"slices"
+	"sync/atomic"
 	"testing"
 
 	"github.com/nvblk/nvblk/vhostuser"
@@ -13,7 +15,14 @@ import (
 // it a second time, as SET_INFLIGHT_FD in the next back-end would.
 func newTestRegion(t *testing.T, queues, size uint16) (*inflightRegion, *inflightRegion) {
 	t.Helper()
-	r, fd, err := newInflightRegion(queues, size)
+	return newTestRegionFor(t, queues, size, layoutSplit)
+}
+
+// newTestRegionFor is newTestRegion for a front-end whose features say
+// layout.
+func newTestRegionFor(t *testing.T, queues, size uint16, layout inflightLayout) (*inflightRegion, *inflightRegion) {
+	t.Helper()
+	r, fd, err := newInflightRegion(queues, size, layout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,6 +35,34 @@ func newTestRegion(t *testing.T, queues, size uint16) (*inflightRegion, *infligh
 	return r, again
 }
 
+// TestARegionForSplitRingsHasTheSplitLayoutAndItsQueuesWhereItsSizeSays:
+// once the features say split (QEMU sets them before GET_INFLIGHT_FD), each
+// queue's region is the split layout's size, as a reader of the region
+// that divides it among its queues expects (a back-end after us, the
+// reconnect test); one made before they say has room for either layout,
+// and its queues sit at that larger stride.
+func TestARegionForSplitRingsHasTheSplitLayoutAndItsQueuesWhereItsSizeSays(t *testing.T) {
+	for _, c := range []struct {
+		layout inflightLayout
+		per    uint64
+	}{{layoutSplit, 2112}, {layoutPacked, 4160}, {layoutUnknown, 4160}} {
+		r, fd, err := newInflightRegion(2, 128, c.layout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		if r.desc.MmapSize != 2*c.per {
+			t.Errorf("layout %d: %d bytes, want %d", c.layout, r.desc.MmapSize, 2*c.per)
+		}
+		q1 := r.queue(1)
+		atomic.StoreUint32(q1.verNum, 0xabcd)
+		if got := binary.NativeEndian.Uint32(r.data[c.per+inflightOffVersion:]); got != 0xabcd {
+			t.Errorf("layout %d: queue 1's header is not at byte %d", c.layout, c.per)
+		}
+		r.unmap()
+	}
+}
+
 func TestInflightRegionSizes(t *testing.T) {
 	for _, tc := range []struct {
 		size uint16
@@ -35,12 +72,12 @@ func TestInflightRegionSizes(t *testing.T) {
 			t.Errorf("queue of %d entries: %d bytes, want %d", tc.size, got, tc.want)
 		}
 	}
-	r, _ := newTestRegion(t, 2, 128)
+	r, _ := newTestRegionFor(t, 2, 128, layoutUnknown)
 	// Room for either layout: packed, 32+32*128 rounded to 64, is larger.
 	if r.desc.MmapSize != 2*4160 || r.desc.MmapOffset != 0 || r.desc.NumQueues != 2 || r.desc.QueueSize != 128 {
 		t.Fatalf("GET_INFLIGHT_FD reply %+v", r.desc)
 	}
-	if _, _, err := newInflightRegion(0, 128); err == nil {
+	if _, _, err := newInflightRegion(0, 128, layoutSplit); err == nil {
 		t.Fatal("a region for no queues was made")
 	}
 	if _, err := mapInflightRegion(vhostuser.Inflight{MmapSize: 100, NumQueues: 1, QueueSize: 128}, -1); err == nil {

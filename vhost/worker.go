@@ -118,7 +118,12 @@ type worker struct {
 	asleep        atomic.Bool
 
 	stopping atomic.Bool // set by stop, read by the worker
-	done     chan struct{}
+	// closing is the session's: set when its connection is going
+	// (Detach), before the session stops its workers; the worker then
+	// takes no more chains, so a detached front-end is not served
+	// while the session gets there (a polling worker would be).
+	closing *atomic.Bool
+	done    chan struct{}
 }
 
 // startWorker maps the ring at the guest addresses a and starts serving it
@@ -158,11 +163,17 @@ func startWorker(s *session, vr *vring, a ringAddrs) (*worker, error) {
 		done: make(chan struct{}),
 	}
 	w.track, w.resub = track, resub
+	w.closing = &s.closing
 	w.mem, w.inflight, w.dlog = s.mem, s.inflight, dlog
 	w.stats = &s.counters[vr.index]
 	w.stats.setRing(base, 0)
 	go w.run()
 	return w, nil
+}
+
+// ending reports that the worker is to take no more chains.
+func (w *worker) ending() bool {
+	return w.stopping.Load() || w.closing != nil && w.closing.Load()
 }
 
 // stop asks the worker to finish: it completes and publishes the chains it
@@ -194,7 +205,7 @@ func (w *worker) run() {
 	defer w.recoverFault()
 	c := w.q.NewChain()
 	w.resubmit(c)
-	for !w.stopping.Load() {
+	for !w.ending() {
 		w.q.DisableKicks()
 		if !w.drain(c) {
 			return
@@ -253,9 +264,9 @@ func (w *worker) drain(c *virtq.Chain) bool {
 		if !ok {
 			return false
 		}
-		if !got || n+1 >= publishBatch || w.stopping.Load() {
+		if !got || n+1 >= publishBatch || w.ending() {
 			w.publish()
-			if !got || w.stopping.Load() {
+			if !got || w.ending() {
 				return true
 			}
 			n = -1
@@ -272,7 +283,7 @@ func (w *worker) spin(c *virtq.Chain, emptyAt time.Time) bool {
 		return false
 	}
 	w.polls.Add(1)
-	for now := emptyAt; now.Sub(emptyAt) < window && !w.stopping.Load(); now = time.Now() {
+	for now := emptyAt; now.Sub(emptyAt) < window && !w.ending(); now = time.Now() {
 		got, ok := w.one(c)
 		if !ok {
 			return false

@@ -152,3 +152,20 @@ func TestAnIdleQueueSleepsOnItsKickAndAKickWakesIt(t *testing.T) {
 		})
 	}
 }
+
+// TestAWorkerOfADetachedSessionTakesNoMoreRequests: Detach marks the
+// session closing and closes its connection; the session stops its
+// workers when it sees that, a moment later. A worker polling its ring in
+// that moment must not serve the detached front-end's next request.
+func TestAWorkerOfADetachedSessionTakesNoMoreRequests(t *testing.T) {
+	q, w := servedQueue(t, Options{PollDuration: time.Hour}) // always polling
+	if err := q.Do(&frontend.Request{Type: virtio.BlkTIn, Data: make([]byte, 512)}, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// What Detach does first; the connection stays open here, so the
+	// session never stops the worker itself.
+	w.closing.Store(true)
+	if err := q.Do(&frontend.Request{Type: virtio.BlkTIn, Data: make([]byte, 512)}, 200*time.Millisecond); err == nil {
+		t.Fatal("a request after Detach was served")
+	}
+}
