@@ -11,7 +11,10 @@
 # Environment: BIN (nvblk binary, default bin/nvblk), SIZE (image size,
 # default 1G), TIME (measured seconds per point, default 4s), RAMP (default
 # 1s), KEEP=1 keeps the work directory, ONLY (an extended regular
-# expression) keeps only the matrix rows whose names match it.
+# expression) keeps only the matrix rows whose names match it, SCATTER (a
+# duration, e.g. 10s) runs random 4 KiB writes for that long on every
+# back-end after the fill, so that the BTT's map is scattered as on a disk
+# in use before any row runs.
 set -euo pipefail
 
 BIN=${BIN:-bin/nvblk}
@@ -34,6 +37,10 @@ trap cleanup EXIT
 # Configurations: name, then how to start it on socket $1 and image $2.
 NVBLK_CFGS=(nvblk nvblk-poll50)
 QSD_CFGS=(qsd-threads qsd-io_uring qsd-io_uring-iothread)
+# The transport ceiling: the same client against qemu-storage-daemon's
+# null-co driver, which completes every request at once without touching
+# its data (read-zeroes off): what vhost-user and the client cost alone.
+CEIL_CFGS=(qsd-null)
 start_cfg() {
 	local cfg=$1 sock=$2 img=$3
 	local exp="type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$sock,writable=on,num-queues=2"
@@ -42,6 +49,7 @@ start_cfg() {
 	nvblk-poll50) exec "$BIN" serve --socket-path "$sock" --blk-file "$img" --num-queues 2 --poll-us 50 --log-level warn ;;
 	qsd-threads) exec "$QSD" --blockdev "driver=file,node-name=f,filename=$img,cache.direct=off,aio=threads" --export "$exp" ;;
 	qsd-io_uring) exec "$QSD" --blockdev "driver=file,node-name=f,filename=$img,cache.direct=off,aio=io_uring" --export "$exp" ;;
+	qsd-null) exec "$QSD" --blockdev "driver=null-co,node-name=f,size=$(stat -c %s "$img"),read-zeroes=off" --export "$exp" ;;
 	qsd-io_uring-iothread) exec "$QSD" --object iothread,id=io0 \
 		--blockdev "driver=file,node-name=f,filename=$img,cache.direct=off,aio=io_uring" --export "$exp,iothread=io0" ;;
 	esac
@@ -53,7 +61,7 @@ echo "== setup: $SIZE images in $WORK"
 BYTES=$(stat -c %s "$WORK/nvblk0.img")
 cp --sparse=always "$WORK/nvblk0.img" "$WORK/nvblk1.img"
 i=0
-for cfg in "${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}"; do
+for cfg in "${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}" "${CEIL_CFGS[@]}"; do
 	case $cfg in
 	nvblk*) img=$WORK/nvblk$i.img; i=$((i + 1)) ;;
 	*) img=$WORK/$cfg.raw; truncate -s "$BYTES" "$img" ;;
@@ -71,6 +79,9 @@ for cfg in "${!PID[@]}"; do
 	# Write every block once: no back-end reads holes or allocates pages
 	# on its first write during the matrix.
 	"$BIN" bench --socket-path "$WORK/$cfg.sock" --rw write --bs 128k --iodepth 16 --time 1s --fill >/dev/null
+	if [ -n "${SCATTER:-}" ]; then
+		"$BIN" bench --socket-path "$WORK/$cfg.sock" --rw randwrite --bs 4k --iodepth 32 --time "$SCATTER" >/dev/null
+	fi
 done
 
 # The matrix: name rw bs iodepth queues.
@@ -99,12 +110,13 @@ fi
 # num FILE KEY: a number from bench --json output.
 num() { sed -n "s/.*\"$2\": *\([-0-9.e+]*\).*/\1/p" "$1"; }
 
-echo "== matrix: ${#ROWS[@]} rows x $((${#NVBLK_CFGS[@]} + ${#QSD_CFGS[@]})) configurations, $TIME each after a $RAMP ramp"
+ALL_CFGS=("${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}" "${CEIL_CFGS[@]}")
+echo "== matrix: ${#ROWS[@]} rows x ${#ALL_CFGS[@]} configurations, $TIME each after a $RAMP ramp"
 mkdir -p "$WORK/res"
 for row in "${ROWS[@]}"; do
 	read -r name rw bs qd q <<<"$row"
 	cut -d' ' -f1 /proc/loadavg >"$WORK/res/$name.load"
-	for cfg in "${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}"; do
+	for cfg in "${ALL_CFGS[@]}"; do
 		"$BIN" bench --socket-path "$WORK/$cfg.sock" --rw "$rw" --bs "$bs" --iodepth "$qd" --queues "$q" \
 			--time "$TIME" --ramp "$RAMP" --pid "${PID[$cfg]}" --json >"$WORK/res/$name.$cfg.json"
 		printf '  %-22s %-22s %10.0f IOPS\n' "$name" "$cfg" "$(num "$WORK/res/$name.$cfg.json" iops)"
@@ -126,34 +138,54 @@ best() {
 echo
 echo "== nvblk vs qemu-storage-daemon $("$QSD" --version | head -1 | awk '{print $3}') ($(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores)"
 echo
-echo "| test | load | nvblk IOPS | QSD IOPS | **ratio** | nvblk MB/s | QSD MB/s | nvblk p50 / p99 / p99.9 µs | QSD p50 / p99 / p99.9 µs | nvblk CPU % (gen) | QSD CPU % (gen) | nvblk cfg | QSD cfg |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| test | load | nvblk IOPS | QSD IOPS | **ratio** | ceiling IOPS | **nvblk/ceiling** | nvblk MB/s | QSD MB/s | nvblk p50 / p99 / p99.9 µs | QSD p50 / p99 / p99.9 µs | nvblk CPU % (gen) | QSD CPU % (gen) | nvblk cfg | QSD cfg |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for row in "${ROWS[@]}"; do
 	read -r name _ <<<"$row"
 	n=$(best "$name" "${NVBLK_CFGS[@]}")
 	s=$(best "$name" "${QSD_CFGS[@]}")
-	nf=$WORK/res/$name.$n.json sf=$WORK/res/$name.$s.json
+	nf=$WORK/res/$name.$n.json sf=$WORK/res/$name.$s.json cf=$WORK/res/$name.qsd-null.json
 	awk -v name="$name" -v load="$(cat "$WORK/res/$name.load")" -v ncfg="$n" -v scfg="$s" \
-		-v ni="$(num "$nf" iops)" -v si="$(num "$sf" iops)" -v nm="$(num "$nf" mb_per_s)" -v sm="$(num "$sf" mb_per_s)" \
+		-v ni="$(num "$nf" iops)" -v si="$(num "$sf" iops)" -v ci="$(num "$cf" iops)" -v nm="$(num "$nf" mb_per_s)" -v sm="$(num "$sf" mb_per_s)" \
 		-v n50="$(num "$nf" lat_p50_us)" -v n99="$(num "$nf" lat_p99_us)" -v n999="$(num "$nf" lat_p999_us)" \
 		-v s50="$(num "$sf" lat_p50_us)" -v s99="$(num "$sf" lat_p99_us)" -v s999="$(num "$sf" lat_p999_us)" \
 		-v nc="$(num "$nf" backend_cpu_pct)" -v ng="$(num "$nf" loadgen_cpu_pct)" \
 		-v sc="$(num "$sf" backend_cpu_pct)" -v sg="$(num "$sf" loadgen_cpu_pct)" \
-		'BEGIN { printf "| %s | %s | %.0f | %.0f | **%.2f** | %.0f | %.0f | %.1f / %.1f / %.1f | %.1f / %.1f / %.1f | %.0f (%.0f) | %.0f (%.0f) | %s | %s |\n",
-			name, load, ni, si, ni / si, nm, sm, n50, n99, n999, s50, s99, s999, nc, ng, sc, sg, ncfg, scfg }'
+		'BEGIN { printf "| %s | %s | %.0f | %.0f | **%.2f** | %.0f | **%.2f** | %.0f | %.0f | %.1f / %.1f / %.1f | %.1f / %.1f / %.1f | %.0f (%.0f) | %.0f (%.0f) | %s | %s |\n",
+			name, load, ni, si, ni / si, ci, ni / ci, nm, sm, n50, n99, n999, s50, s99, s999, nc, ng, sc, sg, ncfg, scfg }'
 done
 echo
 echo "every configuration, IOPS:"
 printf '%-22s' test
-for cfg in "${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}"; do printf ' %22s' "$cfg"; done
+for cfg in "${ALL_CFGS[@]}"; do printf ' %22s' "$cfg"; done
 echo
 for row in "${ROWS[@]}"; do
 	read -r name _ <<<"$row"
 	printf '%-22s' "$name"
-	for cfg in "${NVBLK_CFGS[@]}" "${QSD_CFGS[@]}"; do printf ' %22.0f' "$(num "$WORK/res/$name.$cfg.json" iops)"; done
+	for cfg in "${ALL_CFGS[@]}"; do printf ' %22.0f' "$(num "$WORK/res/$name.$cfg.json" iops)"; done
 	echo
 done
 echo "load average after the matrix: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Packed vs split virtqueues on nvblk (qemu-storage-daemon's libvhost-user
+# offers no packed ring): the same serve, the two rings alternated.
+echo
+echo "== nvblk, packed vs split ring (nvblk configuration, alternated)"
+echo
+echo "| test | split IOPS | packed IOPS | **packed/split** |"
+echo "|---|---|---|---|"
+for row in "4k-randread-qd32-q1 randread 4k 32 1" "4k-randwrite-qd32-q1 randwrite 4k 32 1" "128k-read-qd16-q1 read 128k 16 1"; do
+	read -r name rw bs qd q <<<"$row"
+	[ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]] && continue
+	for ring in split packed; do
+		flag=""
+		[ $ring = packed ] && flag=--packed
+		"$BIN" bench --socket-path "$WORK/nvblk.sock" --rw "$rw" --bs "$bs" --iodepth "$qd" --queues "$q" $flag \
+			--time "$TIME" --ramp "$RAMP" --json >"$WORK/res/$name.ring-$ring.json"
+	done
+	awk -v name="$name" -v sp="$(num "$WORK/res/$name.ring-split.json" iops)" -v pk="$(num "$WORK/res/$name.ring-packed.json" iops)" \
+		'BEGIN { printf "| %s | %.0f | %.0f | **%.2f** |\n", name, sp, pk, pk / sp }'
+done
 
 echo
 echo "== engine vs memcpy: go test -run '^\$' -bench . ./btt/"
