@@ -29,9 +29,12 @@ type arena struct {
 	// arena has). Owned by the goroutine holding that lane; no lock.
 	free []freeEntry
 
-	// rtt[lane] is rttValid|block while the lane's reader copies that block.
-	// Written by the reader, read by every writer, atomically.
-	rtt []atomic.Uint32
+	// rtt[lane] is the range of blocks the lane's reader may be copying
+	// (see rttRange), 0 when none: a run of sectors in consecutive blocks
+	// is published once, as one range. Written by the reader, read by
+	// every writer, atomically (one 64-bit word, so a writer never sees
+	// half a range).
+	rtt []atomic.Uint64
 	// readerLanes has bit i set once lane i has read from this arena; a bit
 	// is never cleared. A reader sets its bit before it first publishes in
 	// rtt, so a writer scans only the slots of lanes that have read, and
@@ -85,13 +88,23 @@ func (a *arena) markReader(id int) {
 	}
 }
 
-// waitForReaders returns once no lane's rtt slot publishes want: a reader
-// that published the block before it became free may still be copying it.
-func (a *arena) waitForReaders(want uint32) {
+// rttRange is the rtt word publishing blocks [first, first+n), n >= 1:
+// the end in the high half, the first block in the low half. The empty
+// slot, 0, is the range [0, 0) and covers no block.
+func rttRange(first, n uint32) uint64 { return uint64(first+n)<<32 | uint64(first) }
+
+// rttCovers reports whether the rtt word w publishes block.
+func rttCovers(w uint64, block uint32) bool {
+	return block >= uint32(w) && block < uint32(w>>32)
+}
+
+// waitForReaders returns once no lane's rtt slot publishes block: a reader
+// that published it before it became free may still be copying it.
+func (a *arena) waitForReaders(block uint32) {
 	for wi := range a.readerLanes {
 		for m := a.readerLanes[wi].Load(); m != 0; m &= m - 1 {
 			slot := &a.rtt[wi*64+bits.TrailingZeros64(m)]
-			for slot.Load() == want {
+			for rttCovers(slot.Load(), block) {
 				runtime.Gosched()
 			}
 		}

@@ -458,7 +458,7 @@ func (d *Device) writeSectorDeferred(l *lane, a *arena, premap uint32, src *iovC
 	l.taken, l.takenFrom = b, a
 	// A reader that published this block while an earlier write mapped it
 	// may still be copying it.
-	a.waitForReaders(rttValid | b.block)
+	a.waitForReaders(b.block)
 	off := int(b.block) * int(a.internalLBASize)
 	src.copyTo(a.dataArea[off : off+int(d.sector)])
 

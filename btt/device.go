@@ -257,7 +257,7 @@ func newArena(m Medium, index int, da discoveredArena, externalStart uint64, eve
 	if everyFreeBlock {
 		a.free = make([]freeEntry, a.nfree)
 	}
-	a.rtt = make([]atomic.Uint32, lanes)
+	a.rtt = make([]atomic.Uint64, lanes)
 	a.readerLanes = make([]atomic.Uint64, (lanes+63)/64)
 	return a, nil
 }
@@ -436,23 +436,28 @@ func (d *Device) ReadV(lba uint64, iov [][]byte) error {
 	return d.readOn(l, lba, n, iov)
 }
 
-// readOn reads n sectors at lba into iov through lane l.
+// readOn reads n sectors at lba into iov through lane l, a run of
+// sectors at a time (readRun): sectors whose blocks are consecutive cost
+// one read-tracking publish and one copy between them.
 func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) (err error) {
 	cur := iovCursor{iov: iov}
-	// The lane's rtt slot is held across the sectors of one read, not
-	// cleared per sector: each sector then costs one atomic publish.
+	// The lane's rtt slot is held across the runs of one read, not
+	// cleared per run: each run then costs one atomic publish.
 	var held *arena
 	var i uint64
+	// run is the run being copied, for a fault to name its sector.
+	var run readRun
 	// A fault in the mapping or in iov ends this read, not the process;
 	// readFault leaves the lane as a returning read does. Set once per
 	// request, not per sector: the pair costs a few nanoseconds.
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			err = d.readFault(faultAddr(r), l, held, lba+i)
+			addr := faultAddr(r)
+			err = d.readFault(addr, l, held, lba+i+run.faultSector(d.locateFault(addr)))
 		}
 	}()
-	for ; i < n; i++ {
+	for i < n {
 		a, premap := d.locate(lba + i)
 		if a != held {
 			if held != nil {
@@ -461,13 +466,24 @@ func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) (err error) {
 			a.markReader(l.id)
 			held = a
 		}
-		if i+1 < n {
-			d.prefetchSector(lba + i + 1)
-		}
-		if err := d.readSector(l, a, premap, &cur); err != nil {
+		// A run stays inside its arena and inside maxRunBytes.
+		most := min(n-i, uint64(a.externalNLBA-premap), uint64(maxRunBytes/d.sector))
+		var err error
+		if run, err = d.findRun(l, a, premap, uint32(most)); err != nil {
 			held.endRead(l)
 			return fmt.Errorf("btt: read LBA %d: %w", lba+i, err)
 		}
+		if run.nextValid {
+			// While this run is copied, the CPU loads the start of the
+			// next one. The map may change before it is read: a stale
+			// hint costs only a wasted load, and findRun looks the
+			// sector up again under read tracking.
+			off := int(run.next) * int(a.internalLBASize)
+			pmem.Prefetch(a.dataArea[off : off+min(int(d.sector), prefetchLead)])
+		}
+		d.copyRun(a, run, &cur)
+		i += uint64(run.n)
+		run = readRun{}
 	}
 	if held != nil {
 		held.endRead(l)
@@ -475,60 +491,138 @@ func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) (err error) {
 	return nil
 }
 
-// prefetchLead is how much of the next sector's block a multi-sector read
-// asks the CPU to load while it copies the current one: enough for the
-// copy to start on cached lines and for the hardware prefetcher to take
-// over the rest of the block.
+// maxRunBytes bounds the data one published range covers: a writer whose
+// free block falls in a reader's range waits for that range's copy, so
+// the wait stays a few microseconds however large the request.
+const maxRunBytes = 256 << 10
+
+// prefetchLead is how much of the next run's first block a multi-sector
+// read asks the CPU to load while it copies the current run: enough for
+// the copy to start on cached lines and for the hardware prefetcher to
+// take over the rest of the block.
 const prefetchLead = 512
 
-// prefetchSector hints the CPU to load the start of the block lba maps to.
-// The map may change before the block is read; a stale hint costs only a
-// wasted load, and readSector re-reads the map under read tracking anyway.
-func (d *Device) prefetchSector(lba uint64) {
-	a, premap := d.locate(lba)
+// readRun is a run of n sectors a read copies at once: from block on, in
+// consecutive blocks (n > 1 only then), or n sectors of zeroes (trim).
+// next is the block of the sector after the run, when the run ended at a
+// sector the read will go on to and that maps to a readable block.
+type readRun struct {
+	block     uint32
+	n         uint32
+	trim      bool
+	nextValid bool
+	next      uint32
+}
+
+// faultSector is which sector of the run a fault at s hit: the one whose
+// block holds it, or the first when it hit elsewhere (the caller's
+// buffer, or no run yet).
+func (r readRun) faultSector(s faultSite) uint64 {
+	if s.area != areaData || r.trim || r.n == 0 {
+		return 0
+	}
+	if b := uint32(s.off / int(s.a.internalLBASize)); b >= r.block && b-r.block < r.n {
+		return uint64(b - r.block)
+	}
+	return 0
+}
+
+// findRun resolves up to most sectors from premap on (most >= 1) into the
+// run the read copies next, and publishes its blocks in the lane's rtt
+// slot. The caller has marked its lane a reader of a (markReader). The
+// slot is left publishing the run: the next run's publish replaces it and
+// endRead clears it, so a writer waiting for one of its blocks waits at
+// most until then.
+//
+// It follows the kernel's btt_read_pg, a range at a time: look the
+// sectors up, publish their blocks, look them up again; the sectors whose
+// entries did not change are safe to copy, because a writer that frees
+// one of those blocks after the second look-up finds it published before
+// it reuses it. Each sector is still one map entry read twice, and read
+// whole as one version: a range publish is one atomic store, and a
+// sector whose entry moved between the two look-ups ends the run before
+// it.
+func (d *Device) findRun(l *lane, a *arena, premap, most uint32) (readRun, error) {
+	slot := &a.rtt[l.id]
+	// Consecutive blocks are consecutive bytes only when a block is the
+	// sector's data and nothing else; with metadata per block (520-byte
+	// LBAs) each sector is its own run.
+	if a.internalLBASize != d.sector {
+		most = 1
+	}
 	block, trim, mediaErr := a.lookup(premap)
-	if trim || mediaErr || block >= a.internalNLBA {
+	for {
+		if trim {
+			// Zeroes need no block, so no publish.
+			n := uint32(1)
+			for n < most {
+				if _, t, _ := a.lookup(premap + n); !t {
+					break
+				}
+				n++
+			}
+			return readRun{n: n, trim: true}, nil
+		}
+		if mediaErr {
+			return readRun{}, ErrMediaError
+		}
+		if block >= a.internalNLBA {
+			return readRun{}, fmt.Errorf("%w: LBA %d maps to block %d of %d", ErrCorrupt, premap, block, a.internalNLBA)
+		}
+		run := readRun{block: block, n: 1}
+		for run.n < most {
+			nb, nt, ne := a.lookup(premap + run.n)
+			if nt || ne || nb != block+run.n || nb >= a.internalNLBA {
+				run.nextValid, run.next = !nt && !ne && nb < a.internalNLBA, nb
+				break
+			}
+			run.n++
+		}
+		// Publish the range before re-reading the map: a writer that frees
+		// one of its blocks after our re-check will see it published and
+		// wait for us (sequentially consistent atomics: the store is
+		// ordered before the loads below).
+		slot.Store(rttRange(block, run.n))
+		k := uint32(0)
+		for ; k < run.n; k++ {
+			if nb, nt, ne := a.lookup(premap + k); nb != block+k || nt || ne {
+				break
+			}
+		}
+		if k > 0 {
+			if k < run.n {
+				// A writer moved sector k meanwhile: the run ends before
+				// it (the published range still covers it, which only
+				// makes a writer of that block wait for nothing), and the
+				// next run looks it up afresh.
+				run.n, run.nextValid = k, false
+			}
+			return run, nil
+		}
+		block, trim, mediaErr = a.lookup(premap)
+	}
+}
+
+// copyRun copies a run found by findRun into dst.
+func (d *Device) copyRun(a *arena, run readRun, dst *iovCursor) {
+	if run.trim {
+		dst.zero(int(run.n) * int(d.sector))
 		return
 	}
-	off := int(block) * int(a.internalLBASize)
-	pmem.Prefetch(a.dataArea[off : off+min(int(d.sector), prefetchLead)])
+	off := int(run.block) * int(a.internalLBASize)
+	if a.internalLBASize == d.sector {
+		dst.copyFrom(a.dataArea[off : off+int(run.n)*int(d.sector)])
+		return
+	}
+	for k := 0; k < int(run.n); k++ {
+		dst.copyFrom(a.dataArea[off : off+int(d.sector)])
+		off += int(a.internalLBASize)
+	}
 }
 
 // endRead clears the lane's rtt slot.
 func (a *arena) endRead(l *lane) {
 	a.rtt[l.id].Store(0)
-}
-
-// readSector copies one sector. The caller has marked its lane a reader
-// of a (markReader). The lane's rtt slot is left publishing the block read: the
-// next sector's publish replaces it and endRead clears it, so a writer
-// waiting for that block waits at most until then.
-func (d *Device) readSector(l *lane, a *arena, premap uint32, dst *iovCursor) error {
-	block, trim, mediaErr := a.lookup(premap)
-	slot := &a.rtt[l.id]
-	for {
-		if trim {
-			dst.zero(int(d.sector))
-			return nil
-		}
-		if mediaErr {
-			return ErrMediaError
-		}
-		if block >= a.internalNLBA {
-			return fmt.Errorf("%w: LBA %d maps to block %d of %d", ErrCorrupt, premap, block, a.internalNLBA)
-		}
-		// Publish the block before re-reading the map: a writer that frees
-		// it after our re-check will see it published and wait for us.
-		slot.Store(rttValid | block)
-		nb, nt, ne := a.lookup(premap)
-		if nb == block && nt == trim && ne == mediaErr {
-			break
-		}
-		block, trim, mediaErr = nb, nt, ne
-	}
-	off := int(block) * int(a.internalLBASize)
-	dst.copyFrom(a.dataArea[off : off+int(d.sector)])
-	return nil
 }
 
 // WriteV writes the io-vector (a whole number of sectors) starting at lba.
@@ -593,7 +687,7 @@ func (d *Device) writeSector(l *lane, a *arena, premap uint32, src *iovCursor) e
 	}
 	// A reader that published this block before its previous owner moved
 	// on may still be copying it.
-	a.waitForReaders(rttValid | newBlock)
+	a.waitForReaders(newBlock)
 	off := int(newBlock) * int(a.internalLBASize)
 	src.copyTo(a.dataArea[off : off+int(d.sector)])
 	if err := d.m.Persist(a.dataOff+int64(off), int64(d.sector)); err != nil {

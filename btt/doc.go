@@ -18,7 +18,9 @@
 // flog group; a goroutine holds a lane for the length of one I/O. Readers
 // publish the block they are about to read in the read tracking table (RTT)
 // and re-check the map; a writer waits until no reader has its free block
-// published before writing it. Map updates take one of nfree map locks,
+// published before writing it. Unlike the kernel, a reader publishes a
+// range: a run of sectors whose blocks are consecutive is published,
+// re-checked and copied as one. Map updates take one of nfree map locks,
 // chosen by the cache line holding the premap entry, so writers on different
 // lanes share a lock only when they touch the same map cache line.
 //

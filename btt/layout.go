@@ -77,7 +77,6 @@ const (
 	mapErrorFlag  = 1 << 30 // E
 	mapNormal     = mapTrimFlag | mapErrorFlag
 	mapBlockMask  = ^uint32(mapNormal)
-	rttValid      = 1 << 31 // read tracking table: slot holds a published block
 	maxPostmapLBA = mapBlockMask
 )
 

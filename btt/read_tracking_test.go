@@ -124,7 +124,7 @@ func TestWriterWaitsForAReaderOnAnyLaneThatPublishedItsFreeBlock(t *testing.T) {
 	reader := &lane{id: 70}
 	a.markReader(reader.id)
 	free := a.free[ln.l.id].block
-	a.rtt[reader.id].Store(rttValid | free)
+	a.rtt[reader.id].Store(rttRange(free, 1))
 
 	done := make(chan error, 1)
 	go func() { done <- ln.WriteV(3, [][]byte{make([]byte, 4096)}) }()
