@@ -35,6 +35,18 @@ func mapMedium(fd int, size int64, readOnly, tryMapSync bool) (data []byte, mapS
 	if err != nil {
 		return nil, false, err
 	}
+	if !readOnly {
+		// Without readahead the page cache brings the image in a page
+		// at a time instead of in large folios. A BTT writes scattered
+		// blocks and a flush-mode commit writes them back: every store
+		// into a large folio that write-back cleaned faults and prepares
+		// the whole folio (ext4's buffers for up to 2 MiB), and write-back
+		// walks it all again. 256 random 4 KiB stores and an msync on a
+		// 1 GiB file: 880 writes/s as mapped, 4450 with MADV_RANDOM. Read
+		// paths that open read-only (nvblk read, check) keep readahead.
+		// Advice only: a mapping that takes none (devdax) is left as is.
+		_ = unix.Madvise(data, unix.MADV_RANDOM)
+	}
 	return data, false, nil
 }
 
