@@ -35,9 +35,9 @@ test: deps vet
 	$(GO) test -count=1 -run 'PowerLoss|ProcessCrash|CrashAtEvery' ./btt/
 	@$(MAKE) --no-print-directory fuzz-smoke
 
-# test-migration runs every live-migration test (qemu-tests/migration),
-# with the qemu-storage-daemon check that make test leaves out: see that
-# package's documentation.
+# test-migration runs the live-migration tests (qemu-tests/migration),
+# which make test leaves out while a destination guest is still seen
+# stalled now and then: see that package's documentation.
 test-migration: deps
 	$(GO) test -race -count=1 -tags migration -timeout 20m ./qemu-tests/migration/
 
