@@ -147,6 +147,22 @@ const inflightMemfd = "/memfd:nvblk-inflight"
 // u16 used_idx) and desc_num 16-byte DescStateSplit entries whose first
 // byte is inflight.
 func inflightHeads(qemuPid, n int) ([]int, error) {
+	return countInflight(qemuPid, n, inflightLayout{name: "split", header: 16, entry: 16})
+}
+
+// inflightLayout is how a queue's region is laid out: a header of header
+// bytes, then desc_num entries of entry bytes whose first byte is
+// inflight; version and desc_num are the u16s at bytes 8 and 10 of the
+// header in both of the spec's layouts.
+type inflightLayout struct {
+	name          string
+	header, entry int
+}
+
+// countInflight finds the inflight memfd QEMU (process qemuPid) holds,
+// shares it out equally among n queues and counts, per queue, the entries
+// of layout l marked in flight.
+func countInflight(qemuPid, n int, l inflightLayout) ([]int, error) {
 	dir := fmt.Sprintf("/proc/%d/fd", qemuPid)
 	fds, err := os.ReadDir(dir)
 	if err != nil {
@@ -175,11 +191,11 @@ func inflightHeads(qemuPid, n int) ([]int, error) {
 	for q := range n {
 		b := region[q*per : (q+1)*per]
 		version, descNum := binary.NativeEndian.Uint16(b[8:]), int(binary.NativeEndian.Uint16(b[10:]))
-		if version != 1 || 16+16*descNum > per {
-			return nil, fmt.Errorf("queue %d's inflight region: version %d, %d descriptors in %d bytes", q, version, descNum, per)
+		if version != 1 || l.header+l.entry*descNum > per {
+			return nil, fmt.Errorf("queue %d's %s inflight region: version %d, %d descriptors in %d bytes", q, l.name, version, descNum, per)
 		}
-		for h := range descNum {
-			if b[16+16*h] != 0 {
+		for e := range descNum {
+			if b[l.header+l.entry*e] != 0 {
 				out[q]++
 			}
 		}

@@ -2,7 +2,6 @@ package reconnect
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -289,42 +288,5 @@ func handshakeFeatures(t *testing.T, b *guest.Backend) uint64 {
 // DescStatePacked entries whose first byte is inflight, set on a chain's
 // head entry.
 func packedInflightHeads(qemuPid, n int) ([]int, error) {
-	dir := fmt.Sprintf("/proc/%d/fd", qemuPid)
-	fds, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	var region []byte
-	for _, fd := range fds {
-		if target, err := os.Readlink(dir + "/" + fd.Name()); err != nil || !strings.HasPrefix(target, inflightMemfd) {
-			continue
-		}
-		if region != nil {
-			return nil, fmt.Errorf("QEMU holds more than one %s", inflightMemfd)
-		}
-		if region, err = os.ReadFile(dir + "/" + fd.Name()); err != nil {
-			return nil, err
-		}
-	}
-	if region == nil {
-		return nil, fmt.Errorf("QEMU holds no %s: no inflight region to reconnect with", inflightMemfd)
-	}
-	if len(region) == 0 || len(region)%n != 0 {
-		return nil, fmt.Errorf("inflight region of %d bytes for %d queues", len(region), n)
-	}
-	per := len(region) / n
-	out := make([]int, n)
-	for q := range n {
-		b := region[q*per : (q+1)*per]
-		version, descNum := binary.NativeEndian.Uint16(b[8:]), int(binary.NativeEndian.Uint16(b[10:]))
-		if version != 1 || 32+32*descNum > per {
-			return nil, fmt.Errorf("queue %d's packed inflight region: version %d, %d descriptors in %d bytes", q, version, descNum, per)
-		}
-		for e := range descNum {
-			if b[32+32*e] != 0 {
-				out[q]++
-			}
-		}
-	}
-	return out, nil
+	return countInflight(qemuPid, n, inflightLayout{name: "packed", header: 32, entry: 32})
 }
