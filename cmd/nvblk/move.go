@@ -52,18 +52,11 @@ func runMove(env *environment, args []string) error {
 	if _, err := nbd.ParseURI(a.to); err != nil {
 		return usagef("--to: %v", err)
 	}
-	sa := statusArgs{socketPath: a.socketPath, control: a.control}
-	switch {
-	case a.socketPath != "" && a.control != "":
-		return usagef("--socket-path and --control-socket are mutually exclusive: give one")
-	case a.socketPath == "" && a.control == "":
-		return usagef("missing --socket-path S or --control-socket PATH: the source serve")
+	serve := statusArgs{socketPath: a.socketPath, control: a.control}
+	if err := serve.checkServe(); err != nil {
+		return err
 	}
-	path := sa.control
-	if sa.socketPath != "" {
-		path = defaultControlSocket(sa.socketPath)
-	}
-	r, err := control.Do(path, control.Request{Cmd: "move", To: a.to}, moveTimeout)
+	r, err := serve.do(control.Request{Cmd: "move", To: a.to}, moveTimeout)
 	if err != nil {
 		return err
 	}

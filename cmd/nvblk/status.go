@@ -61,24 +61,38 @@ func parseStatusArgs(name string, args []string) (*statusArgs, error) {
 	if len(pos) > 0 {
 		return nil, usagef("unexpected arguments %q", pos)
 	}
-	switch {
-	case a.socketPath != "" && a.control != "":
-		return nil, usagef("--socket-path and --control-socket are mutually exclusive: give one")
-	case a.socketPath == "" && a.control == "":
-		return nil, usagef("missing --socket-path S (serve's vhost-user socket; its control socket is S%s) or --control-socket PATH",
-			controlSuffix)
+	if err := a.checkServe(); err != nil {
+		return nil, err
 	}
 	return a, nil
 }
 
-// call sends cmd to the control socket a names. When --socket-path S finds
-// no S.ctl, the error says why that may be rather than just ENOENT.
+// checkServe says whether exactly one of --socket-path and
+// --control-socket names the serve to ask.
+func (a *statusArgs) checkServe() error {
+	switch {
+	case a.socketPath != "" && a.control != "":
+		return usagef("--socket-path and --control-socket are mutually exclusive: give one")
+	case a.socketPath == "" && a.control == "":
+		return usagef("missing --socket-path S (serve's vhost-user socket; its control socket is S%s) or --control-socket PATH",
+			controlSuffix)
+	}
+	return nil
+}
+
+// call sends cmd to the control socket a names.
 func (a *statusArgs) call(cmd string) (*control.Reply, error) {
+	return a.do(control.Request{Cmd: cmd, Disk: a.disk, Session: a.session}, controlTimeout)
+}
+
+// do sends req to the control socket a names. When --socket-path S finds
+// no S.ctl, the error says why that may be rather than just ENOENT.
+func (a *statusArgs) do(req control.Request, timeout time.Duration) (*control.Reply, error) {
 	path := a.control
 	if a.socketPath != "" {
 		path = defaultControlSocket(a.socketPath)
 	}
-	r, err := control.Do(path, control.Request{Cmd: cmd, Disk: a.disk, Session: a.session}, controlTimeout)
+	r, err := control.Do(path, req, timeout)
 	// EINVAL: S.ctl does not fit a unix socket address, so serve opened
 	// none there (it says so in its log).
 	if err != nil && a.socketPath != "" && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EINVAL)) {
