@@ -1,9 +1,14 @@
 package guest
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -188,4 +193,82 @@ func (m *Machine) Quit() error {
 func (m *Machine) PowerButton() error {
 	_, err := m.QMP("system_powerdown", nil)
 	return err
+}
+
+// ramFile is the path, under /proc, of the memfd that holds m's RAM
+// (Config.SharedMemory: QEMU names the memfd after its memory-backend-memfd object type), which QEMU keeps
+// open for as long as it runs.
+func (m *Machine) ramFile() (string, error) {
+	dir := fmt.Sprintf("/proc/%d/fd", m.Pid())
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		link, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err == nil && strings.HasPrefix(link, "/memfd:memory-backend-memfd") {
+			return filepath.Join(dir, e.Name()), nil
+		}
+	}
+	return "", fmt.Errorf("QEMU %d has no memory-backend-memfd open (not a SharedMemory machine?)", m.Pid())
+}
+
+// RAMPage is 4 KiB of guest RAM, by guest-physical address: below 4 GiB
+// a q35 machine's RAM file is its guest-physical memory from 0.
+const RAMPage = 4096
+
+// PageDiff is one RAM page in which two machines differ.
+type PageDiff struct {
+	GPA   uint64
+	Bytes int    // how many of its bytes differ
+	A     []byte // the page as the first machine holds it
+}
+
+// DiffRAM lists the RAM pages in which two machines differ (at most max
+// of them, and their count). Both must be stopped: a source paused by a
+// completed migration and its destination started with -S hold, page for
+// page, the same RAM when the migration stream carried every write of the
+// guest and of its back-ends.
+func DiffRAM(a, b *Machine, max int) (diffs []PageDiff, count int, err error) {
+	var f [2]*os.File
+	for i, m := range []*Machine{a, b} {
+		path, err := m.ramFile()
+		if err != nil {
+			return nil, 0, err
+		}
+		if f[i], err = os.Open(path); err != nil {
+			return nil, 0, err
+		}
+		defer f[i].Close()
+	}
+	const chunk = 1 << 20
+	bufA, bufB := make([]byte, chunk), make([]byte, chunk)
+	for off := int64(0); ; off += chunk {
+		na, errA := io.ReadFull(io.NewSectionReader(f[0], off, chunk), bufA)
+		nb, errB := io.ReadFull(io.NewSectionReader(f[1], off, chunk), bufB)
+		if na != nb {
+			return diffs, count, fmt.Errorf("RAM sizes differ at %#x", off+int64(min(na, nb)))
+		}
+		for p := 0; p < na; p += RAMPage {
+			pa, pb := bufA[p:min(p+RAMPage, na)], bufB[p:min(p+RAMPage, na)]
+			if bytes.Equal(pa, pb) {
+				continue
+			}
+			if count++; len(diffs) < max {
+				d := PageDiff{GPA: uint64(off) + uint64(p), A: bytes.Clone(pa)}
+				for i := range pa {
+					if pa[i] != pb[i] {
+						d.Bytes++
+					}
+				}
+				diffs = append(diffs, d)
+			}
+		}
+		if errA != nil || errB != nil {
+			if (errA == io.EOF || errA == io.ErrUnexpectedEOF) && (errB == io.EOF || errB == io.ErrUnexpectedEOF) {
+				return diffs, count, nil
+			}
+			return diffs, count, errors.Join(errA, errB)
+		}
+	}
 }

@@ -4,8 +4,11 @@ package migration
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -89,6 +92,14 @@ func migrateUnderWrites(t *testing.T, socks [3]string) []agentproto.StreamWriter
 	machines := []*guest.Machine{guest.Start(t, suite.Kit, config(t, socks[0]))}
 	names := []string{"source", "destination", "back again"}
 
+	// resumed counts the migrations QEMU delivered with RAM that differs
+	// from the source's, after which the source was resumed.
+	resumed := 0
+	defer func() {
+		if resumed > 0 {
+			t.Logf("QEMU's migration stream lost guest writes %d times; each time the guest resumed on its source and was migrated again", resumed)
+		}
+	}()
 	// acked is, per writer, the most writes any machine reported.
 	acked := make([]int, writers)
 	// carry waits while machine k carries the stream: each writer comes
@@ -108,12 +119,12 @@ func migrateUnderWrites(t *testing.T, socks [3]string) []agentproto.StreamWriter
 			first = 90 * time.Second
 		}
 		t0 := time.Now()
-		got := waitWrites(t, names[k], m, want, first)
+		got := waitWrites(t, names[k], m, socks[k], want, first)
 		time.Sleep(phase)
 		for w := range want {
 			want[w] = got[w] + 1
 		}
-		got = waitWrites(t, names[k], m, want, stall)
+		got = waitWrites(t, names[k], m, socks[k], want, stall)
 		for w := range acked {
 			acked[w] = max(acked[w], got[w])
 		}
@@ -133,15 +144,58 @@ func migrateUnderWrites(t *testing.T, socks [3]string) []agentproto.StreamWriter
 		if len(info.BlockedReasons) > 0 {
 			t.Fatalf("the %s QEMU refuses to migrate: %s", names[k-1], strings.Join(info.BlockedReasons, "; "))
 		}
-		dst := guest.StartIncoming(t, suite.Kit, config(t, socks[k]))
-		machines = append(machines, dst)
-		t0 := time.Now()
-		st, err := src.Migrate(dst, migrateTimeout)
-		if err != nil {
-			t.Fatalf("migration %d (%s -> %s): %v", k, names[k-1], names[k], err)
+		var dst *guest.Machine
+		for attempt := 1; ; attempt++ {
+			// The destination stays paused after the stream (-S) until
+			// its RAM has been compared with the source's.
+			cfg := config(t, socks[k])
+			cfg.Args = append(cfg.Args, "-S")
+			dst = guest.StartIncoming(t, suite.Kit, cfg)
+			t0 := time.Now()
+			st, err := src.MigratePaused(dst, migrateTimeout)
+			if err != nil {
+				t.Fatalf("migration %d (%s -> %s): %v", k, names[k-1], names[k], err)
+			}
+			lost := lostGuestWrites(t, src, dst)
+			// The first destination of the first migration is always
+			// dropped, so that the way back (a source resumed after
+			// its migration completed, its rings started again on the
+			// same back-end session) is taken in every run.
+			rehearsal := k == 1 && attempt == 1
+			if lost == "" && rehearsal {
+				lost = "its RAM equals the source's, but this first destination is a rehearsal"
+			} else if lost != "" {
+				resumed++
+			}
+			if lost == "" {
+				if err := dst.Cont(); err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("migration %d (%s -> %s): %v; the destination's RAM equals the source's; the guest runs there %v after migrate",
+					k, names[k-1], names[k], st, time.Since(t0).Round(time.Millisecond))
+				break
+			}
+			if attempt == maxAttempts {
+				t.Fatalf("migration %d: the destination's RAM differed from the source's in attempt after attempt (%d in this run); the last: %s", k, resumed, lost)
+			}
+			// What an operator does with a destination that did not
+			// arrive whole: drop it and resume the guest where it was,
+			// which must carry on writing, then migrate again.
+			t.Logf("migration %d, attempt %d: %s; the destination is dropped, the guest resumed on the %s and migrated again",
+				k, attempt, lost, names[k-1])
+			if err := dst.Quit(); err != nil {
+				t.Fatal(err)
+			}
+			if err := src.Cont(); err != nil {
+				t.Fatalf("resuming the %s after a completed migration: %v", names[k-1], err)
+			}
+			now := waitWrites(t, names[k-1], src, socks[k-1], make([]int, writers), 0)
+			for w := range now {
+				now[w] += 16 // the agent reports every 16 writes
+			}
+			waitWrites(t, names[k-1]+" (resumed)", src, socks[k-1], now, stall)
 		}
-		t.Logf("migration %d (%s -> %s): %v; the guest runs on the destination %v after migrate",
-			k, names[k-1], names[k], st, time.Since(t0).Round(time.Millisecond))
+		machines = append(machines, dst)
 		if s, err := src.Status(); err != nil || s != "postmigrate" {
 			t.Errorf("the %s after migrating: status %q (%v), want postmigrate", names[k-1], s, err)
 		}
@@ -204,7 +258,7 @@ func migrateUnderWrites(t *testing.T, socks [3]string) []agentproto.StreamWriter
 // waitWrites waits until the machine's agent reported, for each writer
 // w, at least want[w] writes, failing the test if the step failed, the
 // machine stopped, or timeout passed. It returns the per-writer counts.
-func waitWrites(t *testing.T, name string, m *guest.Machine, want []int, timeout time.Duration) []int {
+func waitWrites(t *testing.T, name string, m *guest.Machine, sock string, want []int, timeout time.Duration) []int {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -230,8 +284,8 @@ func waitWrites(t *testing.T, name string, m *guest.Machine, want []int, timeout
 			return got
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: writers reported %v writes after waiting %v for %v\n%s\nconsole tail:\n%s",
-				name, got, timeout, want, diagnose(m), tail(m.Console(), 20))
+			t.Fatalf("%s: writers reported %v writes after waiting %v for %v\n%s\n%s\nconsole tail:\n%s",
+				name, got, timeout, want, diagnose(m), backendStatus(t, sock), tail(m.Console(), 20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -278,6 +332,7 @@ func diagnose(m *guest.Machine) string {
 	raw, err := m.QMP("x-query-virtio-queue-status",
 		map[string]any{"path": "/machine/peripheral/disk0/virtio-backend", "queue": 0})
 	var q struct {
+		Num   uint64 `json:"vring-num"`
 		Avail uint64 `json:"vring-avail"`
 		Used  uint64 `json:"vring-used"`
 	}
@@ -288,15 +343,143 @@ func diagnose(m *guest.Machine) string {
 		fmt.Fprintf(&b, "; queue 0: %v", err)
 		return b.String()
 	}
-	// Both rings start with u16 flags, u16 idx.
-	for _, r := range []struct {
+	// Both rings start with u16 flags, u16 idx; after the ring's num
+	// entries comes the other side's event index (virtio 1.2 §2.7.10):
+	// used_event in the avail ring says when the guest wants its next
+	// interrupt, avail_event in the used ring when the device its next
+	// kick.
+	hmp := func(cmd string) string {
+		raw, err := m.QMP("human-monitor-command", map[string]any{"command-line": cmd})
+		if err != nil {
+			return err.Error()
+		}
+		var out string
+		if json.Unmarshal(raw, &out) != nil {
+			out = string(raw)
+		}
+		return strings.TrimSpace(out)
+	}
+	for _, f := range []struct {
 		name string
 		addr uint64
-	}{{"avail", q.Avail}, {"used", q.Used}} {
-		raw, err := m.QMP("human-monitor-command", map[string]any{"command-line": fmt.Sprintf("xp /1hx %#x", r.addr+2)})
-		fmt.Fprintf(&b, "; %s.idx: %s %v", r.name, strings.TrimSpace(string(raw)), err)
+	}{
+		{"avail.flags", q.Avail}, {"avail.idx", q.Avail + 2}, {"used_event", q.Avail + 4 + 2*q.Num},
+		{"used.flags", q.Used}, {"used.idx", q.Used + 2}, {"avail_event", q.Used + 4 + 8*q.Num},
+	} {
+		fmt.Fprintf(&b, "; %s: %s", f.name, hmp(fmt.Sprintf("xp /1hx %#x", f.addr)))
 	}
+	// Halted with nothing pending in its local APIC is a guest waiting
+	// for an interrupt that did not come.
+	for _, line := range strings.Split(hmp("info registers"), "\n") {
+		if strings.Contains(line, "HLT=") || strings.HasPrefix(line, "RIP=") {
+			fmt.Fprintf(&b, "\n%s", strings.TrimSpace(line))
+		}
+	}
+	for _, line := range strings.Split(hmp("info lapic"), "\n") {
+		if strings.HasPrefix(line, "ISR") || strings.HasPrefix(line, "IRR") || strings.HasPrefix(line, "LVT0") || strings.Contains(line, "PPR") {
+			fmt.Fprintf(&b, "\n%s", strings.TrimSpace(line))
+		}
+	}
+	fmt.Fprintf(&b, "\ninfo irq:\n%s", hmp("info irq"))
 	return b.String()
+}
+
+// maxAttempts bounds how often one migration is tried when the
+// destination's RAM is not the source's.
+const maxAttempts = 3
+
+// lostGuestWrites compares the RAM of a source paused by a completed
+// migration with that of its paused destination. It returns "" when they
+// are equal, and a description when they differ only in pages the
+// back-end does not write, which is QEMU's doing: under TCG, QEMU 7.2
+// now and then leaves the guest's own writes to some pages out of the
+// stream (seen with qemu-storage-daemon as the back-end too, and mostly
+// in the guest kernel's own data). A page the back-end may have written
+// fails the test here: the ring's pages, and a page that holds a whole
+// stream sector (the data of a read; or the agent's write buffer, which
+// cannot be told apart). A status byte cannot be told from the guest's
+// own one-byte writes, which QEMU was seen to drop with either back-end;
+// an unlogged status byte would seldom show anyway, as the byte it
+// overwrites is usually the last request's status, 0 too.
+func lostGuestWrites(t *testing.T, src, dst *guest.Machine) string {
+	t.Helper()
+	diffs, n, err := guest.DiffRAM(src, dst, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		return ""
+	}
+	if n > len(diffs) {
+		t.Fatalf("%d RAM pages differ between source and destination, too many to tell whose writes they were", n)
+	}
+	rings, err := ringPages(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gpas []string
+	for _, d := range diffs {
+		why := ""
+		switch {
+		case rings[d.GPA]:
+			why = "it holds the virtqueue"
+		case isStreamSector(d.A):
+			why = "it holds " + agentproto.DescribeStreamSector(d.A)
+		}
+		if why != "" {
+			t.Fatalf("the destination's RAM differs from the source's in a page the back-end may have written (%#x: %s); %d pages differ in all",
+				d.GPA, why, n)
+		}
+		if len(gpas) < 8 {
+			gpas = append(gpas, fmt.Sprintf("%#x (%d bytes)", d.GPA, d.Bytes))
+		}
+	}
+	return fmt.Sprintf("the destination's RAM differs from the source's in %d pages the back-end does not write (%s...)",
+		n, strings.Join(gpas, ", "))
+}
+
+// ringPages are the guest-physical pages of the source's virtqueue 0.
+func ringPages(m *guest.Machine) (map[uint64]bool, error) {
+	raw, err := m.QMP("x-query-virtio-queue-status",
+		map[string]any{"path": "/machine/peripheral/disk0/virtio-backend", "queue": 0})
+	if err != nil {
+		return nil, err
+	}
+	var q struct {
+		Num   uint64 `json:"vring-num"`
+		Desc  uint64 `json:"vring-desc"`
+		Avail uint64 `json:"vring-avail"`
+		Used  uint64 `json:"vring-used"`
+	}
+	if err := json.Unmarshal(raw, &q); err != nil {
+		return nil, err
+	}
+	pages := map[uint64]bool{}
+	for _, r := range [][2]uint64{{q.Desc, 16 * q.Num}, {q.Avail, 6 + 2*q.Num}, {q.Used, 6 + 8*q.Num}} {
+		for p := r[0] &^ (guest.RAMPage - 1); p < r[0]+r[1]; p += guest.RAMPage {
+			pages[p] = true
+		}
+	}
+	return pages, nil
+}
+
+// isStreamSector reports whether b is, whole, a sector the stream writes.
+func isStreamSector(b []byte) bool {
+	if len(b) != sectorSize || !strings.HasPrefix(agentproto.DescribeStreamSector(b), "writer ") {
+		return false
+	}
+	w, seq, lba := binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:]), binary.LittleEndian.Uint64(b[24:])
+	return w < writers && bytes.Equal(b, agentproto.StreamSector(seed, int(w), seq, lba, sectorSize))
+}
+
+// backendStatus is what `nvblk status` says of the serve on sock, if it
+// is one (qemu-storage-daemon has no control socket).
+func backendStatus(t *testing.T, sock string) string {
+	if _, err := os.Stat(sock + ".ctl"); err != nil {
+		return "no nvblk control socket at " + sock + ".ctl"
+	}
+	out, err := exec.Command(suite.CLI(t), "status", "--socket-path", sock, "--json").CombinedOutput()
+	return fmt.Sprintf("nvblk status (%v):\n%s", err, out)
 }
 
 func sum(v []int) int {
