@@ -856,7 +856,7 @@ type iovCursor struct {
 
 func (c *iovCursor) copyTo(dst []byte) {
 	for len(dst) > 0 {
-		n := pmem.Copy(dst, c.iov[c.seg][c.off:])
+		n := pmem.CopyStreaming(dst, c.iov[c.seg][c.off:])
 		dst = dst[n:]
 		c.advance(n)
 	}

@@ -20,6 +20,23 @@ func Copy(dst, src []byte) int {
 	return n
 }
 
+// CopyStreaming is Copy for data written into the medium that nothing
+// will read again soon: a sector a guest writes. Block-sized copies to a
+// 16-byte aligned destination go out with non-temporal stores, which
+// neither read the destination's cache lines first nor evict the cache
+// for them (the kernel's memcpy_flushcache does the same for pmem), and
+// end with an SFENCE, so they are ordered before the stores that follow,
+// such as the map entry that publishes the sector. Anything else is Copy.
+// Scattered 4 KiB blocks into a 1 GiB mapping on tmpfs: 1.26-1.31x REP
+// MOVSB (3 runs, 2-vCPU Xeon); BenchmarkCopy4KiB's streaming rows.
+func CopyStreaming(dst, src []byte) int {
+	n := min(len(dst), len(src))
+	if n < repMovsbMin || !copyNT(dst[:n], src[:n]) {
+		return Copy(dst, src)
+	}
+	return n
+}
+
 // repMovsbMin is where REP MOVSB starts to pay: it has a fixed start-up
 // cost (~15 ns on the machine above, where the built-in copy moves 512
 // bytes in 6 ns), which a 2 KiB copy already amortises.

@@ -22,3 +22,11 @@ func copyRepMovsb(dst, src []byte) (moved bool)
 //
 //go:noescape
 func prefetchLines(p []byte)
+
+// copyNT copies len(dst) bytes of src into dst with non-temporal stores
+// and a closing SFENCE and reports true, or reports false, having copied
+// nothing, unless dst is 16-byte aligned, len(dst) a multiple of 64 and dst
+// not inside src; implemented in copy_amd64.s.
+//
+//go:noescape
+func copyNT(dst, src []byte) (moved bool)

@@ -7,4 +7,6 @@ const useRepMovsb = false
 
 func copyRepMovsb(dst, src []byte) bool { copy(dst, src); return true }
 
+func copyNT(dst, src []byte) bool { copy(dst, src); return true }
+
 func prefetchLines(p []byte) {}
