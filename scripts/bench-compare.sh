@@ -14,7 +14,14 @@
 # expression) keeps only the matrix rows whose names match it, SCATTER (a
 # duration, e.g. 10s) runs random 4 KiB writes for that long on every
 # back-end after the fill, so that the BTT's map is scattered as on a disk
-# in use before any row runs.
+# in use before any row runs. DIR is where the images go: by default
+# /dev/shm when it is a tmpfs with room for them, else /tmp. Memory is what
+# persistent memory is, and what an emulated NVDIMM file is usually put on;
+# on a disk-backed filesystem nvblk's default durability (`flush`) makes
+# every 256 writes durable with msync, and the write rows then measure the
+# disk's random-write rate against a page cache that qemu-storage-daemon
+# never flushes (docs/PERFORMANCE.md, "Writes in flush mode"). Try
+# DIR=/tmp for that.
 set -euo pipefail
 
 BIN=${BIN:-bin/nvblk}
@@ -25,7 +32,15 @@ QSD=${QSD:-qemu-storage-daemon}
 command -v "$QSD" >/dev/null || { echo "bench-compare: $QSD not found (scripts/install-deps.sh installs it)" >&2; exit 1; }
 [ -x "$BIN" ] || { echo "bench-compare: $BIN not built (make build)" >&2; exit 1; }
 
-WORK=$(mktemp -d /tmp/nvblk-bench.XXXXXX)
+# Six images of SIZE (two nvblk, three QSD, and room to spare).
+need=$(($(numfmt --from=iec "$SIZE") * 6 / 1024))
+if [ -z "${DIR:-}" ]; then
+	DIR=/tmp
+	if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] && [ "$(df --output=avail -k /dev/shm | tail -1)" -gt "$need" ]; then
+		DIR=/dev/shm
+	fi
+fi
+WORK=$(mktemp -d "$DIR/nvblk-bench.XXXXXX")
 PIDS=()
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -56,7 +71,7 @@ start_cfg() {
 }
 
 declare -A PID
-echo "== setup: $SIZE images in $WORK"
+echo "== setup: $SIZE images in $WORK ($(stat -f -c %T "$WORK"))"
 "$BIN" format "$WORK/nvblk0.img" --size "$SIZE" --sector-size 4096 >/dev/null
 BYTES=$(stat -c %s "$WORK/nvblk0.img")
 cp --sparse=always "$WORK/nvblk0.img" "$WORK/nvblk1.img"
@@ -136,7 +151,7 @@ best() {
 }
 
 echo
-echo "== nvblk vs qemu-storage-daemon $("$QSD" --version | head -1 | awk '{print $3}') ($(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores)"
+echo "== nvblk vs qemu-storage-daemon $("$QSD" --version | head -1 | awk '{print $3}') ($(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; images on $(stat -f -c %T "$WORK"))"
 echo
 echo "| test | load | nvblk IOPS | QSD IOPS | **ratio** | ceiling IOPS | **nvblk/ceiling** | nvblk MB/s | QSD MB/s | nvblk p50 / p99 / p99.9 µs | QSD p50 / p99 / p99.9 µs | nvblk CPU % (gen) | QSD CPU % (gen) | nvblk cfg | QSD cfg |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
