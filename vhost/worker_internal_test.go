@@ -97,12 +97,25 @@ func servedQueue(t *testing.T, opts Options) (*frontend.Queue, *worker) {
 	return d.Queues[0], w
 }
 
-// waitAsleep waits, a bounded while, for w to sleep on its kick.
+// waitAsleep waits, a bounded while, for w to sleep on its kick and stay
+// asleep for settle. A kick whose request the worker took while polling
+// is still counted in the eventfd, and it ends the worker's next sleep
+// at once: that wake-up is the kick's, and waitAsleep waits it out.
 func waitAsleep(t *testing.T, w *worker, why string) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !w.asleep.Load(); time.Sleep(time.Millisecond) {
+	const settle = 20 * time.Millisecond
+	for deadline := time.Now().Add(10 * time.Second); ; {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: the worker is not asleep on its kick after 10s (%d polls, %d sleeps)", why, w.polls.Load(), w.sleeps.Load())
+			t.Fatalf("%s: the worker is not asleep on its kick for %v in 10s (%d polls, %d sleeps)", why, settle, w.polls.Load(), w.sleeps.Load())
+		}
+		sleeps := w.sleeps.Load()
+		if !w.asleep.Load() {
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		time.Sleep(settle)
+		if w.asleep.Load() && w.sleeps.Load() == sleeps {
+			return
 		}
 	}
 }
