@@ -329,16 +329,7 @@ func diagnose(m *guest.Machine) string {
 	var b strings.Builder
 	st, err := m.Status()
 	fmt.Fprintf(&b, "query-status: %s %v", st, err)
-	raw, err := m.QMP("x-query-virtio-queue-status",
-		map[string]any{"path": "/machine/peripheral/disk0/virtio-backend", "queue": 0})
-	var q struct {
-		Num   uint64 `json:"vring-num"`
-		Avail uint64 `json:"vring-avail"`
-		Used  uint64 `json:"vring-used"`
-	}
-	if err == nil {
-		err = json.Unmarshal(raw, &q)
-	}
+	q, err := queue0(m)
 	if err != nil {
 		fmt.Fprintf(&b, "; queue 0: %v", err)
 		return b.String()
@@ -438,20 +429,30 @@ func lostGuestWrites(t *testing.T, src, dst *guest.Machine) string {
 		n, strings.Join(gpas, ", "))
 }
 
-// ringPages are the guest-physical pages of the source's virtqueue 0.
-func ringPages(m *guest.Machine) (map[uint64]bool, error) {
+// queueStatus is what QEMU's x-query-virtio-queue-status says of a
+// split ring: its size and its parts' guest-physical addresses.
+type queueStatus struct {
+	Num   uint64 `json:"vring-num"`
+	Desc  uint64 `json:"vring-desc"`
+	Avail uint64 `json:"vring-avail"`
+	Used  uint64 `json:"vring-used"`
+}
+
+// queue0 is the disk's queue 0 as the machine's QEMU sees it.
+func queue0(m *guest.Machine) (queueStatus, error) {
+	var q queueStatus
 	raw, err := m.QMP("x-query-virtio-queue-status",
 		map[string]any{"path": "/machine/peripheral/disk0/virtio-backend", "queue": 0})
+	if err == nil {
+		err = json.Unmarshal(raw, &q)
+	}
+	return q, err
+}
+
+// ringPages are the guest-physical pages of the source's virtqueue 0.
+func ringPages(m *guest.Machine) (map[uint64]bool, error) {
+	q, err := queue0(m)
 	if err != nil {
-		return nil, err
-	}
-	var q struct {
-		Num   uint64 `json:"vring-num"`
-		Desc  uint64 `json:"vring-desc"`
-		Avail uint64 `json:"vring-avail"`
-		Used  uint64 `json:"vring-used"`
-	}
-	if err := json.Unmarshal(raw, &q); err != nil {
 		return nil, err
 	}
 	pages := map[uint64]bool{}
