@@ -196,8 +196,8 @@ func (m *Machine) PowerButton() error {
 }
 
 // ramFile is the path, under /proc, of the memfd that holds m's RAM
-// (Config.SharedMemory: QEMU names the memfd after its memory-backend-memfd object type), which QEMU keeps
-// open for as long as it runs.
+// (Config.SharedMemory), which QEMU keeps open as long as it runs and
+// names after the object type, memory-backend-memfd.
 func (m *Machine) ramFile() (string, error) {
 	dir := fmt.Sprintf("/proc/%d/fd", m.Pid())
 	ents, err := os.ReadDir(dir)
@@ -224,12 +224,12 @@ type PageDiff struct {
 	A     []byte // the page as the first machine holds it
 }
 
-// DiffRAM lists the RAM pages in which two machines differ (at most max
+// DiffRAM lists the RAM pages in which two machines differ (at most limit
 // of them, and their count). Both must be stopped: a source paused by a
 // completed migration and its destination started with -S hold, page for
 // page, the same RAM when the migration stream carried every write of the
 // guest and of its back-ends.
-func DiffRAM(a, b *Machine, max int) (diffs []PageDiff, count int, err error) {
+func DiffRAM(a, b *Machine, limit int) (diffs []PageDiff, count int, err error) {
 	var f [2]*os.File
 	for i, m := range []*Machine{a, b} {
 		path, err := m.ramFile()
@@ -254,7 +254,7 @@ func DiffRAM(a, b *Machine, max int) (diffs []PageDiff, count int, err error) {
 			if bytes.Equal(pa, pb) {
 				continue
 			}
-			if count++; len(diffs) < max {
+			if count++; len(diffs) < limit {
 				d := PageDiff{GPA: uint64(off) + uint64(p), A: bytes.Clone(pa)}
 				for i := range pa {
 					if pa[i] != pb[i] {
