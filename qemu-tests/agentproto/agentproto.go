@@ -345,17 +345,27 @@ func StreamSector(seed string, worker int, seq, lba uint64, sectorSize int) []by
 	return b
 }
 
+// ParseStreamHeader reads the header of a stream-write sector: which
+// writer's write seq, for which lba, it says it is. ok is false when b
+// does not start with one.
+func ParseStreamHeader(b []byte) (worker, seq, lba uint64, ok bool) {
+	if len(b) < StreamHeader || string(b[:8]) != streamMagic {
+		return 0, 0, 0, false
+	}
+	return binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:]), binary.LittleEndian.Uint64(b[24:]), true
+}
+
 // DescribeStreamSector says which stream-write write a sector holds,
 // for failure messages.
 func DescribeStreamSector(b []byte) string {
-	if len(b) < StreamHeader || string(b[:8]) != streamMagic {
+	worker, seq, lba, ok := ParseStreamHeader(b)
+	if !ok {
 		if len(b) > 16 {
 			b = b[:16]
 		}
 		return fmt.Sprintf("no stream write (starts %x)", b)
 	}
-	return fmt.Sprintf("writer %d's seq %d for lba %d", binary.LittleEndian.Uint64(b[8:]),
-		binary.LittleEndian.Uint64(b[16:]), binary.LittleEndian.Uint64(b[24:]))
+	return fmt.Sprintf("writer %d's seq %d for lba %d", worker, seq, lba)
 }
 
 // FileDigest identifies one file of a tree.

@@ -4,7 +4,6 @@ package migration
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -425,8 +424,12 @@ func lostGuestWrites(t *testing.T, src, dst *guest.Machine) string {
 			gpas = append(gpas, fmt.Sprintf("%#x (%d bytes)", d.GPA, d.Bytes))
 		}
 	}
-	return fmt.Sprintf("the destination's RAM differs from the source's in %d pages the back-end does not write (%s...)",
-		n, strings.Join(gpas, ", "))
+	more := ""
+	if n > len(gpas) {
+		more = ", ..."
+	}
+	return fmt.Sprintf("the destination's RAM differs from the source's in %d pages the back-end does not write (%s%s)",
+		n, strings.Join(gpas, ", "), more)
 }
 
 // queueStatus is what QEMU's x-query-virtio-queue-status says of a
@@ -466,11 +469,9 @@ func ringPages(m *guest.Machine) (map[uint64]bool, error) {
 
 // isStreamSector reports whether b is, whole, a sector the stream writes.
 func isStreamSector(b []byte) bool {
-	if len(b) != sectorSize || !strings.HasPrefix(agentproto.DescribeStreamSector(b), "writer ") {
-		return false
-	}
-	w, seq, lba := binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:]), binary.LittleEndian.Uint64(b[24:])
-	return w < writers && bytes.Equal(b, agentproto.StreamSector(seed, int(w), seq, lba, sectorSize))
+	w, seq, lba, ok := agentproto.ParseStreamHeader(b)
+	return ok && len(b) == sectorSize && w < writers &&
+		bytes.Equal(b, agentproto.StreamSector(seed, int(w), seq, lba, sectorSize))
 }
 
 // backendStatus is what `nvblk status` says of the serve on sock, if it
