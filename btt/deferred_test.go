@@ -1,12 +1,16 @@
 package btt
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // deferredMem is memMedium in flush mode: Persist leaves everything to
@@ -50,16 +54,22 @@ func TestFlushModeWritersReadersTrimsAndFlushesSeeWholeSectors(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					r := rand.New(rand.NewPCG(uint64(w), 1))
-					buf := make([]byte, ss)
+					buf := make([]byte, 4*ss)
 					for seq := uint32(1); seq <= 250; seq++ {
 						// Writer w owns the LBAs congruent to w mod 4 (its
-						// final state is checked) and shares the rest.
-						lba := uint64(r.IntN(span/4)*4 + w)
+						// final state is checked) and shares the rest,
+						// which it writes up to 4 sectors at a time: more
+						// than the clean blocks left, often, so a write's
+						// batch ends early and the next one commits.
+						lba, n := uint64(r.IntN(span/4)*4+w), uint64(1)
 						if seq%5 == 0 {
-							lba = span + r.Uint64N(shared)
+							n = 1 + r.Uint64N(4)
+							lba = span + r.Uint64N(shared-n+1)
 						}
-						stamp(buf, lba, uint32(w)+1, seq)
-						if err := d.WriteV(lba, [][]byte{buf}); err != nil {
+						for k := range n {
+							stamp(buf[k*uint64(ss):(k+1)*uint64(ss)], lba+k, uint32(w)+1, seq)
+						}
+						if err := d.WriteV(lba, [][]byte{buf[:n*uint64(ss)]}); err != nil {
 							errs <- err
 							return
 						}
@@ -194,6 +204,71 @@ func TestFlushModeCommitsWhenEveryLaneHoldsAWrite(t *testing.T) {
 	}
 }
 
+// A write of more sectors than there are clean blocks copies as many as
+// there are, publishes them, commits and goes on with the rest.
+func TestFlushModeWriteOfMoreSectorsThanCleanBlocksCommitsWithinTheRequest(t *testing.T) {
+	m, d := formatOpenDeferred(t, 4096, 4)
+	buf := make([]byte, 11*4096)
+	for k := range uint64(11) {
+		stamp(buf[k*4096:(k+1)*4096], 3+k, 1, 1)
+	}
+	if err := d.WriteV(3, [][]byte{buf}); err != nil {
+		t.Fatal(err)
+	}
+	// Four clean blocks: sectors 5 and 9 found none and committed.
+	if got := d.Commits(); got != 2 {
+		t.Fatalf("%d commits, want 2", got)
+	}
+	got := make([]byte, len(buf))
+	if err := d.ReadV(3, [][]byte{got}); err != nil || !bytes.Equal(got, buf) {
+		t.Fatalf("read back: %v, equal %v", err, bytes.Equal(got, buf))
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mustBeConsistent(t, m)
+}
+
+// A fault in the guest's buffer partway through a multi-sector write gives
+// back every clean block the write's batch took: the device keeps all its
+// free blocks, and the sectors keep whole contents.
+func TestFlushModeWriteFromABufferThatFaultsPartwayGivesEveryBlockBack(t *testing.T) {
+	m, d := formatOpenDeferred(t, 4096, 32)
+	good := make([]byte, 5*4096)
+	for k := range uint64(5) {
+		stamp(good[k*4096:(k+1)*4096], 100+k, 1, 1)
+	}
+	err := d.WriteV(100, [][]byte{good, faultingBuffer(t, 11*4096)})
+	if !errors.Is(err, ErrBufferFault) || !strings.Contains(err.Error(), "LBA 105") {
+		t.Fatalf("write whose sixth sector's buffer faults: %v, want ErrBufferFault at LBA 105", err)
+	}
+	// Every one of the 32 clean blocks is back: 32 more writes need no
+	// commit.
+	one := make([]byte, 4096)
+	for lba := range uint64(32) {
+		stamp(one, lba, 2, 1)
+		if err := d.WriteV(lba, [][]byte{one}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := d.Commits(); got != 0 {
+		t.Fatalf("%d commits after 32 writes, want 0: the faulted write kept clean blocks", got)
+	}
+	got := make([]byte, 16*4096)
+	if err := d.ReadV(100, [][]byte{got}); err != nil {
+		t.Fatal(err)
+	}
+	for k := range 16 {
+		if s := got[k*4096 : (k+1)*4096]; !whole(s) && !bytes.Equal(s, make([]byte, 4096)) {
+			t.Fatalf("LBA %d is torn", 100+k)
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mustBeConsistent(t, m)
+}
+
 func TestAFlushThatFailsKeepsTheWritesPendingForTheNext(t *testing.T) {
 	m := &failingFlush{memMedium: newMemMedium(32 << 20)}
 	if err := Format(m.memMedium, FormatOptions{LBASize: 4096}); err != nil {
@@ -269,4 +344,60 @@ func TestFlushModeWritesTakeEveryFreeBlockOfTheArenaBeforeCommitting(t *testing.
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// deferredMmap is mmapMedium in flush mode.
+type deferredMmap struct{ *mmapMedium }
+
+func (deferredMmap) PersistDeferred() bool { return true }
+
+// A multi-sector write whose map page faults partway (a hole a full
+// filesystem cannot fill) keeps the sectors it published before that page
+// and gives back the clean blocks of the rest.
+func TestFlushModeWriteWhoseMapPageFaultsPartwayKeepsTheSectorsBeforeIt(t *testing.T) {
+	m := newMmapMedium(t, 32<<20)
+	if err := Format(deferredMmap{m}, FormatOptions{LBASize: 4096, NFree: 32}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(deferredMmap{m}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := d.arenaList()[0]
+	// LBAs 1024 on have their entries in the map's second page.
+	m.protect(t, a.mapOff+4096, 4096, unix.PROT_READ)
+	buf := make([]byte, 16*4096)
+	for k := range uint64(16) {
+		stamp(buf[k*4096:(k+1)*4096], 1020+k, 1, 1)
+	}
+	err = d.WriteV(1020, [][]byte{buf})
+	if !errors.Is(err, ErrMediaFault) || !strings.Contains(err.Error(), "LBA 1024") {
+		t.Fatalf("write across a map page that faults: %v, want ErrMediaFault at LBA 1024", err)
+	}
+	m.protect(t, a.mapOff+4096, 4096, unix.PROT_READ|unix.PROT_WRITE)
+	got := make([]byte, 16*4096)
+	if err := d.ReadV(1020, [][]byte{got}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:4*4096], buf[:4*4096]) {
+		t.Fatal("the sectors published before the faulting map page lost their data")
+	}
+	if !bytes.Equal(got[4*4096:], make([]byte, 12*4096)) {
+		t.Fatal("a sector past the faulting map page changed")
+	}
+	// 4 blocks went to the published sectors: the other 28 are clean.
+	one := make([]byte, 4096)
+	for lba := range uint64(28) {
+		stamp(one, lba, 2, 1)
+		if err := d.WriteV(lba, [][]byte{one}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := d.Commits(); got != 0 {
+		t.Fatalf("%d commits after 28 writes, want 0: the faulted write kept clean blocks", got)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mustBeConsistent(t, m)
 }

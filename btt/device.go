@@ -79,11 +79,11 @@ type lane struct {
 	// its first flog store to its map store, else nil: a fault in between
 	// fails that arena (see writeSector). Owned by the lane's holder.
 	committing *arena
-	// taken is the clean block a write on a deferred medium took and has
-	// not yet made pending, from takenFrom (nil when none): a fault in the
-	// copy gives it back. Owned by the lane's holder.
-	taken     cleanBlock
-	takenFrom *arena
+	// taken are the clean blocks a write on a deferred medium holds.
+	taken takenBlocks
+	// batchAt is the sector of the write's current batch that a fault
+	// would have hit. Owned by the lane's holder.
+	batchAt int
 }
 
 // Open finds the BTT on m (version 1.1 at 4 KiB, else 2.0 at 0), falls back
@@ -644,28 +644,31 @@ func (d *Device) WriteV(lba uint64, iov [][]byte) error {
 func (d *Device) writeOn(l *lane, lba, n uint64, iov [][]byte) (err error) {
 	cur := iovCursor{iov: iov}
 	var i uint64
+	l.batchAt = 0
 	// As in readOn: a fault ends the write (writeFault), not the process.
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			err = d.writeFault(faultAddr(r), l, lba+i)
+			err = d.writeFault(faultAddr(r), l, lba+i+uint64(l.batchAt))
 		}
 	}()
-	deferred := d.def != nil
-	if deferred {
+	if d.def != nil {
 		d.def.gate.RLock()
 		defer d.def.gate.RUnlock()
+		for i < n {
+			a, premap := d.locate(lba + i)
+			most := int(min(n-i, uint64(a.externalNLBA-premap), writeBatchMax))
+			k, err := d.writeBatchDeferred(l, a, premap, most, &cur)
+			if err != nil {
+				return fmt.Errorf("btt: write LBA %d: %w", lba+i+uint64(k), err)
+			}
+			i += uint64(k)
+		}
+		return nil
 	}
 	for ; i < n; i++ {
 		a, premap := d.locate(lba + i)
-		// A branch, not a method value: binding one allocates per request.
-		var err error
-		if deferred {
-			err = d.writeSectorDeferred(l, a, premap, &cur)
-		} else {
-			err = d.writeSector(l, a, premap, &cur)
-		}
-		if err != nil {
+		if err := d.writeSector(l, a, premap, &cur); err != nil {
 			return fmt.Errorf("btt: write LBA %d: %w", lba+i, err)
 		}
 	}
@@ -857,6 +860,16 @@ type iovCursor struct {
 func (c *iovCursor) copyTo(dst []byte) {
 	for len(dst) > 0 {
 		n := pmem.CopyStreaming(dst, c.iov[c.seg][c.off:])
+		dst = dst[n:]
+		c.advance(n)
+	}
+}
+
+// copyToUnordered is copyTo whose stores only pmem.OrderStreaming orders
+// before later ones.
+func (c *iovCursor) copyToUnordered(dst []byte) {
+	for len(dst) > 0 {
+		n := pmem.CopyStreamingUnordered(dst, c.iov[c.seg][c.off:])
 		dst = dst[n:]
 		c.advance(n)
 	}

@@ -153,10 +153,10 @@ func (d *Device) markMediaError(a *arena, premap, block uint32) (marked bool) {
 // fails the arena being committed.
 func (d *Device) writeFault(addr uintptr, l *lane, lba uint64) error {
 	err := d.locateFault(addr).err()
-	if a := l.takenFrom; a != nil {
-		// The copy into a clean block faulted: nothing names the block.
-		a.giveBack(l.taken)
-		l.taken, l.takenFrom = cleanBlock{}, nil
+	if l.taken.from != nil {
+		// A copy into a clean block, or a publish, faulted: nothing names
+		// the blocks not yet published.
+		l.taken.giveBackRest()
 	}
 	if a := l.committing; a != nil {
 		l.committing = nil

@@ -23,8 +23,8 @@ func copyRepMovsb(dst, src []byte) (moved bool)
 //go:noescape
 func prefetchLines(p []byte)
 
-// copyNT copies len(dst) bytes of src into dst with non-temporal stores
-// and a closing SFENCE and reports true, or reports false, having copied
+// copyNT copies len(dst) bytes of src into dst with non-temporal stores,
+// which only a later storeFence orders before other stores, and reports true, or reports false, having copied
 // nothing, unless dst is 16-byte aligned, len(dst) a multiple of 64 and dst
 // not inside src; implemented in copy_amd64.s.
 //

@@ -40,7 +40,7 @@ prefetch_loop:
 
 // func copyNT(dst, src []byte) (moved bool)
 // Copies len(dst) bytes forward, 64 at a time, with non-temporal stores
-// (MOVNTDQ), then SFENCE, and reports true; or reports false, having
+// (MOVNTDQ), and reports true; or reports false, having
 // copied nothing, when dst is not 16-byte aligned, len(dst) is not a
 // multiple of 64, or dst lies in (src, src+n), as copyRepMovsb does.
 TEXT ·copyNT(SB), NOSPLIT, $0-49
@@ -72,7 +72,6 @@ nt_loop:
 	ADDQ $64, DI
 	CMPQ DI, CX
 	JB nt_loop
-	SFENCE
 nt_done:
 	MOVB $1, moved+48(FP)
 	RET

@@ -10,3 +10,5 @@ func copyRepMovsb(dst, src []byte) bool { copy(dst, src); return true }
 func copyNT(dst, src []byte) bool { copy(dst, src); return true }
 
 func prefetchLines(p []byte) {}
+
+func storeFence() {}
