@@ -433,14 +433,15 @@ func (d *Device) ReadV(lba uint64, iov [][]byte) error {
 		return err
 	}
 	defer d.release(l)
-	return d.readOn(l, lba, n, iov)
+	return d.readOn(l, lba, n, iov, 0)
 }
 
-// readOn reads n sectors at lba into iov through lane l, a run of
-// sectors at a time (readRun): sectors whose blocks are consecutive cost
-// one read-tracking publish and one copy between them.
-func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte) (err error) {
+// readOn reads n sectors at lba into iov, from its byte skip on, through
+// lane l, a run of sectors at a time (readRun): sectors whose blocks are
+// consecutive cost one read-tracking publish and one copy between them.
+func (d *Device) readOn(l *lane, lba, n uint64, iov [][]byte, skip int) (err error) {
 	cur := iovCursor{iov: iov}
+	cur.skip(skip)
 	// The lane's rtt slot is held across the runs of one read, not
 	// cleared per run: each run then costs one atomic publish.
 	var held *arena
@@ -890,6 +891,15 @@ func (c *iovCursor) zero(n int) {
 		clear(b[:k])
 		n -= k
 		c.advance(k)
+	}
+}
+
+// skip moves the cursor n bytes on, across segments.
+func (c *iovCursor) skip(n int) {
+	for n > 0 && c.seg < len(c.iov) {
+		k := min(n, len(c.iov[c.seg])-c.off)
+		c.advance(k)
+		n -= k
 	}
 }
 

@@ -31,7 +31,14 @@
 // TryAcquireLane never waits and never hands out the last lane no Lane
 // holds, so per-call I/O always finds one: a device of n lanes serves n-1
 // held Lanes, and callers that got none fall back to per-call I/O. Close
-// waits for every lane, per-call or held, WriteZeroes included.
+// waits for every lane, per-call or held, WriteZeroes included. A Lane may
+// also hold a second lane for a read helper (AddReadHelper), a goroutine
+// that claims chunks of the Lane's reads of 64 KiB or more alongside its
+// caller, each chunk read on its own lane as any read is (readsplit.go).
+//
+// On a deferred medium a write copies up to 16 sectors into clean blocks,
+// orders them with one store fence and then publishes each under its map
+// lock; only its first clean block may wait for a commit.
 //
 // Faults never end the process. The medium is a shared mapping, where a
 // truncated image, a full filesystem under a sparse image, or poisoned

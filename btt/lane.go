@@ -12,6 +12,9 @@ import "fmt"
 type Lane struct {
 	d *Device
 	l *lane
+	// helper copies part of large reads on a lane of its own, if
+	// AddReadHelper gave it one.
+	helper *readHelper
 }
 
 // AcquireLane takes a lane for the caller's exclusive use, waiting for one
@@ -61,6 +64,10 @@ func (d *Device) TryAcquireLane() (*Lane, error) {
 
 // Release gives the lane back. The Lane must not be used afterwards.
 func (ln *Lane) Release() {
+	if ln.helper != nil {
+		ln.helper.close()
+		ln.helper = nil
+	}
 	if ln.l != nil {
 		ln.d.laneMu.Lock()
 		ln.d.held--
@@ -76,7 +83,10 @@ func (ln *Lane) ReadV(lba uint64, iov [][]byte) error {
 	if err != nil {
 		return err
 	}
-	return ln.d.readOn(ln.l, lba, n, iov)
+	if ln.helper != nil && n*uint64(ln.d.sector) >= splitMinBytes {
+		return ln.helper.read(ln.l, lba, n, iov, ln.d.sector)
+	}
+	return ln.d.readOn(ln.l, lba, n, iov, 0)
 }
 
 // WriteV is Device.WriteV on this lane.

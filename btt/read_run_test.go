@@ -128,13 +128,20 @@ func stampBlocks(d *Device, span uint64) {
 // block inside runs that readers are copying, which the lane's next write
 // reuses. Every sector read must be one whole version of its own LBA.
 func TestReadsOfRunsOfConsecutiveBlocksAgainstWritersSeeWholeSectors(t *testing.T) {
-	for _, deferred := range []bool{false, true} {
-		t.Run(fmt.Sprintf("deferred=%v", deferred), func(t *testing.T) {
+	for _, c := range []struct{ deferred, helper bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+		t.Run(fmt.Sprintf("deferred=%v,helper=%v", c.deferred, c.helper), func(t *testing.T) {
+			// With read helpers (a lane each, taken only while half the
+			// lanes stay free) the readers' wide reads are split between
+			// two lanes.
+			nfree := uint32(5)
+			if c.helper {
+				nfree = 12
+			}
 			var d *Device
-			if deferred {
-				_, d = formatOpenDeferred(t, 4096, 5)
+			if c.deferred {
+				_, d = formatOpenDeferred(t, 4096, nfree)
 			} else {
-				_, d = formatOpenNFree(t, 5)
+				_, d = formatOpenNFree(t, nfree)
 			}
 			ss := int(d.SectorSize())
 			const span, width = 96, 40
@@ -174,6 +181,11 @@ func TestReadsOfRunsOfConsecutiveBlocksAgainstWritersSeeWholeSectors(t *testing.
 				ln, err := d.AcquireLane()
 				if err != nil {
 					t.Fatal(err)
+				}
+				if c.helper {
+					if err := ln.AddReadHelper(); err != nil {
+						t.Fatal(err)
+					}
 				}
 				go func() {
 					defer wg.Done()

@@ -183,6 +183,11 @@ func laneDisk(d *btt.Device, tr *diskmove.Tracker, lg logrus.FieldLogger) func()
 			lg.WithError(err).Info("queue takes a BTT lane per request: no lane of its own to hold")
 			return nil, nil, fmt.Errorf("blkserve: queue lane: %w", err)
 		}
+		// A second lane copies half of the queue's large reads on another
+		// core, when the image has lanes to spare.
+		if err := ln.AddReadHelper(); err != nil {
+			lg.WithError(err).Debug("queue reads on one lane: no read helper")
+		}
 		return tr.Wrap(ln), ln.Release, nil
 	}
 }

@@ -130,6 +130,26 @@ func TestServedQueueHoldsABTTLane(t *testing.T) {
 	}
 }
 
+// On an image with lanes to spare a queue also holds its read helper's
+// lane, which copies part of the queue's large reads on another core.
+func TestServedQueueOnAFreshImageHoldsASecondLaneForItsReadHelper(t *testing.T) {
+	fdcheck.Check(t)
+	s := serveBTT(t, pmem.DurabilityFlush, 1)
+
+	fe := connect(t, s.Sock)
+	if n := lanesFree(s.Dev, btt.DefaultNFree); n != btt.DefaultNFree-2 {
+		t.Fatalf("%d of %d lanes free while a queue runs, want %d: the queue's and its read helper's are held", n, btt.DefaultNFree, btt.DefaultNFree-2)
+	}
+	r := &frontend.Request{Type: virtio.BlkTIn, Data: make([]byte, 128<<10)}
+	if err := fe.Queues[0].Do(r, ioTimeout); err != nil || r.Status != virtio.BlkSOK {
+		t.Fatalf("128 KiB read: %v, status %d", err, r.Status)
+	}
+	if _, err := fe.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitLanesFree(t, s.Dev, btt.DefaultNFree, "the stopped queue's lanes did not all come back")
+}
+
 func TestServedQueueGivesItsLaneBackWhenItsRingStops(t *testing.T) {
 	fdcheck.Check(t)
 	s := serveBTT(t, pmem.DurabilityFlush, 1)
