@@ -406,18 +406,21 @@ func (d *Device) replayPending(lanes int) (replayed int, err error) {
 	return replayed, nil
 }
 
-// takeClean takes a clean block of a for one sector's write, committing
-// when there is none. The caller holds d.def.gate shared; takeClean may
-// release and retake it.
-func (d *Device) takeClean(a *arena) (cleanBlock, error) {
+// takeClean takes up to len(dst) (at least one) clean blocks of a for a
+// write's batch into dst and returns how many, committing when there are
+// none. The caller holds d.def.gate shared; takeClean may release and
+// retake it. All under one lock: a locked instruction between the batch's
+// copies would wait for their non-temporal stores to drain.
+func (d *Device) takeClean(a *arena, dst []cleanBlock) (int, error) {
 	p := a.pending
 	for {
 		p.mu.Lock()
 		if n := len(p.clean); n > 0 {
-			b := p.clean[n-1]
-			p.clean = p.clean[:n-1]
+			k := min(n, len(dst))
+			copy(dst, p.clean[n-k:])
+			p.clean = p.clean[:n-k]
 			p.mu.Unlock()
-			return b, nil
+			return k, nil
 		}
 		p.mu.Unlock()
 		// Every lane's block holds a write since the last commit: none may
@@ -428,26 +431,9 @@ func (d *Device) takeClean(a *arena) (cleanBlock, error) {
 		err := d.commitAfter(gen)
 		d.def.gate.RLock()
 		if err != nil {
-			return cleanBlock{}, err
+			return 0, err
 		}
 	}
-}
-
-// tryTakeClean takes a clean block of a if there is one, never
-// committing: a write that already holds blocks of a batch must not wait
-// for a commit (which waits for every write's shared gate) while it holds
-// them.
-func (a *arena) tryTakeClean() (cleanBlock, bool) {
-	p := a.pending
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := len(p.clean)
-	if n == 0 {
-		return cleanBlock{}, false
-	}
-	b := p.clean[n-1]
-	p.clean = p.clean[:n-1]
-	return b, true
 }
 
 // giveBack returns a block taken for a write that did not happen.
@@ -471,7 +457,6 @@ const writeBatchMax = 16
 // none): a fault or an error gives them back. Owned by the lane's holder.
 type takenBlocks struct {
 	held    [writeBatchMax]cleanBlock
-	premaps [writeBatchMax]uint32
 	next, n int
 	from    *arena
 }
@@ -487,61 +472,61 @@ func (t *takenBlocks) giveBackRest() {
 // writeBatchDeferred is writeSector on a deferred medium, for up to most
 // (1..writeBatchMax) consecutive sectors of a from premap on: each
 // sector's data goes to a clean block, and its new mapping to the pending
-// table; nothing on the disk names the blocks until commit. It copies every
-// sector of the batch first and orders them with one store fence, then
+// table; nothing on the disk names the blocks until commit. It takes the
+// batch's clean blocks at once (as many as there are, up to most), copies
+// every sector into them and orders them with one store fence, then
 // publishes them one by one, and returns how many sectors it wrote: fewer
-// than most when the clean blocks ran out after the first, so the next
-// batch's first sector commits. On an error the sectors before the one
-// that failed are written, as with one sector at a time. The caller holds
-// d.def.gate shared, and l.taken is empty.
+// than most when the clean blocks ran short, so the next batch commits.
+// On an error the sectors before the one that failed are written, as with
+// one sector at a time. The caller holds d.def.gate shared, and l.taken is
+// empty.
 func (d *Device) writeBatchDeferred(l *lane, a *arena, premap uint32, most int, src *iovCursor) (int, error) {
 	if f := a.failed.Load(); f != nil {
 		return 0, *f
 	}
 	t := &l.taken
 	l.batchAt = 0
-	b, err := d.takeClean(a)
+	k, err := d.takeClean(a, t.held[:most])
 	if err != nil {
 		return 0, err
 	}
-	t.from = a
-	for {
-		t.held[t.n], t.premaps[t.n] = b, premap+uint32(t.n)
-		t.n++
+	t.n, t.from = k, a
+	for _, b := range t.held[:k] {
 		if b.block >= a.internalNLBA {
 			t.giveBackRest()
 			return 0, fmt.Errorf("%w: lane %d free block %d of %d", ErrCorrupt, b.lane, b.block, a.internalNLBA)
 		}
+	}
+	for j, b := range t.held[:k] {
 		// A reader that published this block while an earlier write
 		// mapped it may still be copying it.
 		a.waitForReaders(b.block)
 		// l.batchAt names the sector for a fault in the copy, which gives
 		// every held block back (writeFault).
-		l.batchAt = t.n - 1
+		l.batchAt = j
 		off := int(b.block) * int(a.internalLBASize)
 		src.copyToUnordered(a.dataArea[off : off+int(d.sector)])
-		var ok bool
-		if t.n == most {
-			break
-		}
-		if b, ok = a.tryTakeClean(); !ok {
-			break
-		}
 	}
 	// Every copied sector's data before any of their mappings.
 	pmem.OrderStreaming()
 	for t.next < t.n {
 		l.batchAt = t.next
-		if err := d.publishDeferred(a, t.premaps[t.next], t.held[t.next]); err != nil {
+		if err := d.publishDeferred(a, premap+uint32(t.next), t.held[t.next]); err != nil {
 			written := t.next
 			t.giveBackRest()
 			return written, err
 		}
 		t.next++
 	}
-	written := t.n
 	t.next, t.n, t.from = 0, 0, nil
-	return written, nil
+	return k, nil
+}
+
+// writeBatchGated is writeBatchDeferred with d.def.gate held shared.
+func (d *Device) writeBatchGated(l *lane, a *arena, premap uint32, most int, src *iovCursor) (int, error) {
+	d.def.gate.RLock()
+	defer d.def.gate.RUnlock()
+	return d.writeBatchDeferred(l, a, premap, most, src)
 }
 
 // publishDeferred makes block b, which holds premap's new data, premap's

@@ -654,12 +654,13 @@ func (d *Device) writeOn(l *lane, lba, n uint64, iov [][]byte) (err error) {
 		}
 	}()
 	if d.def != nil {
-		d.def.gate.RLock()
-		defer d.def.gate.RUnlock()
 		for i < n {
 			a, premap := d.locate(lba + i)
 			most := int(min(n-i, uint64(a.externalNLBA-premap), writeBatchMax))
-			k, err := d.writeBatchDeferred(l, a, premap, most, &cur)
+			// The gate is held per batch, not per request: a commit
+			// another writer needs waits for one batch of this one, not
+			// for the rest of a large request.
+			k, err := d.writeBatchGated(l, a, premap, most, &cur)
 			if err != nil {
 				return fmt.Errorf("btt: write LBA %d: %w", lba+i+uint64(k), err)
 			}

@@ -36,9 +36,11 @@
 // that claims chunks of the Lane's reads of 64 KiB or more alongside its
 // caller, each chunk read on its own lane as any read is (readsplit.go).
 //
-// On a deferred medium a write copies up to 16 sectors into clean blocks,
-// orders them with one store fence and then publishes each under its map
-// lock; only its first clean block may wait for a commit.
+// On a deferred medium a write takes clean blocks for up to 16 sectors at
+// once, copies the sectors into them, orders them with one store fence and
+// then publishes each under its map lock; it holds the commit gate shared
+// for one such batch at a time, so a commit waits for a batch, not for a
+// whole large request.
 //
 // Faults never end the process. The medium is a shared mapping, where a
 // truncated image, a full filesystem under a sparse image, or poisoned
