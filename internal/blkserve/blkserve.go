@@ -101,7 +101,7 @@ func New(d *btt.Device, dur pmem.Durability, c Config) (*Served, error) {
 		ReadOnly:     c.ReadOnly,
 		Serial:       c.Serial,
 		WriteThrough: writeThrough,
-		QueueDisk:    laneDisk(d, tr, c.Server.Logger),
+		QueueDisk:    laneDisk(d, tr, c.Server.Logger, 2*max(int(c.NumQueues), 1) < Lanes(d)),
 	})
 	srv := vhost.NewServer(blk.NewBackend(dv, d), c.Server)
 	return &Served{Server: srv, Device: dv, WriteThrough: writeThrough, Tracker: tr, disk: d}, nil
@@ -172,8 +172,13 @@ func isWriteThrough(dur pmem.Durability) (bool, error) {
 // device instead, which takes a lane per request from the lanes no queue
 // holds; TryAcquireLane always leaves one of those.
 //
+// With helpers, when the image has lanes for every queue and a read helper
+// each, a queue's lane also gets a read helper: a second lane that copies
+// half of the queue's large reads on another core. Without lanes for all,
+// queues keep one lane each, as they need their own more.
+//
 // Each disk a queue gets is tr's Wrap of it.
-func laneDisk(d *btt.Device, tr *diskmove.Tracker, lg logrus.FieldLogger) func() (blk.Disk, func(), error) {
+func laneDisk(d *btt.Device, tr *diskmove.Tracker, lg logrus.FieldLogger, helpers bool) func() (blk.Disk, func(), error) {
 	if lg == nil {
 		lg = logrus.StandardLogger()
 	}
@@ -183,10 +188,10 @@ func laneDisk(d *btt.Device, tr *diskmove.Tracker, lg logrus.FieldLogger) func()
 			lg.WithError(err).Info("queue takes a BTT lane per request: no lane of its own to hold")
 			return nil, nil, fmt.Errorf("blkserve: queue lane: %w", err)
 		}
-		// A second lane copies half of the queue's large reads on another
-		// core, when the image has lanes to spare.
-		if err := ln.AddReadHelper(); err != nil {
-			lg.WithError(err).Debug("queue reads on one lane: no read helper")
+		if helpers {
+			if err := ln.AddReadHelper(); err != nil {
+				lg.WithError(err).Debug("queue reads on one lane: no read helper")
+			}
 		}
 		return tr.Wrap(ln), ln.Release, nil
 	}

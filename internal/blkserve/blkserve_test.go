@@ -150,6 +150,18 @@ func TestServedQueueOnAFreshImageHoldsASecondLaneForItsReadHelper(t *testing.T) 
 	waitLanesFree(t, s.Dev, btt.DefaultNFree, "the stopped queue's lanes did not all come back")
 }
 
+// A serve offering more queues than the lanes could give each a helper
+// too keeps every lane for the queues: none gets a helper.
+func TestServedQueuesGetNoReadHelperWhenTheirLanesCouldNotAllHaveOne(t *testing.T) {
+	fdcheck.Check(t)
+	s := serveBTT(t, pmem.DurabilityFlush, btt.DefaultNFree/2)
+
+	connect(t, s.Sock)
+	if n := lanesFree(s.Dev, btt.DefaultNFree); n != btt.DefaultNFree-1 {
+		t.Fatalf("%d of %d lanes free while one of %d offered queues runs, want %d: its own lane only", n, btt.DefaultNFree, btt.DefaultNFree/2, btt.DefaultNFree-1)
+	}
+}
+
 func TestServedQueueGivesItsLaneBackWhenItsRingStops(t *testing.T) {
 	fdcheck.Check(t)
 	s := serveBTT(t, pmem.DurabilityFlush, 1)
