@@ -61,11 +61,16 @@ func FrontendOptions(c Config) frontend.Options {
 		NumQueues: queues,
 		QueueSize: size,
 		MaxIO:     maxIO,
-		SegSize:   maxIO,
-		EventIdx:  true,
-		Packed:    c.Packed,
-		DirtyLog:  c.DirtyLog,
-		MemSize:   uint64(queues)*(own+ours+4096) + 1<<20,
+		// No SIZE_MAX: a lane's request is one data descriptor of
+		// BlockSize bytes, which may be more than the device's size_max
+		// (nvblk's is 128 KiB), and a driver that negotiated SIZE_MAX
+		// gets larger descriptors refused (OVMF, too, sends large ones
+		// without it).
+		SegSize:  0,
+		EventIdx: true,
+		Packed:   c.Packed,
+		DirtyLog: c.DirtyLog,
+		MemSize:  uint64(queues)*(own+ours+4096) + 1<<20,
 	}
 }
 
