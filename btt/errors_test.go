@@ -120,7 +120,8 @@ func TestEveryErrorNamesThePackageOnceAndStillMatchesItsSentinel(t *testing.T) {
 		}, errNoSignature},
 		{"a flush whose medium was closed underneath", func(t *testing.T) error {
 			path := filepath.Join(t.TempDir(), "nvdimm.img")
-			m, err := pmem.Open(path, pmem.Options{Create: true, Size: 32 << 20})
+			// The failed close keeps the process log: in the test's dir.
+			m, err := pmem.Open(path, pmem.Options{Create: true, Size: 32 << 20, ProcessLogDir: t.TempDir()})
 			if err != nil {
 				t.Fatal(err)
 			}

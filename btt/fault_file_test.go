@@ -24,7 +24,9 @@ func fileDevice(t *testing.T, path string, img []byte) (*pmem.Medium, *Device) {
 
 func fileDeviceIn(t *testing.T, path string, img []byte, mode pmem.Durability) (*pmem.Medium, *Device) {
 	t.Helper()
-	m, err := pmem.Open(path, pmem.Options{Create: true, Size: int64(len(img)), Durability: mode})
+	// A close that fails (a truncated image) keeps the process log, as it
+	// must after a failure: in the test's own dir, not /dev/shm.
+	m, err := pmem.Open(path, pmem.Options{Create: true, Size: int64(len(img)), Durability: mode, ProcessLogDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
