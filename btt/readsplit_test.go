@@ -11,6 +11,21 @@ import (
 	"time"
 )
 
+// laneWithReadHelper acquires a lane of d with a read helper, released when
+// the test ends.
+func laneWithReadHelper(t *testing.T, d *Device) *Lane {
+	t.Helper()
+	ln, err := d.AcquireLane()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ln.Release)
+	if err := ln.AddReadHelper(); err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
 // A queue's lane with a read helper reads exactly what the device reads
 // without one: large reads of a scattered map, of sizes that do not divide
 // into chunks evenly, into io-vectors whose segments split sectors.
@@ -32,14 +47,7 @@ func TestALaneWithAReadHelperReadsWhatALaneWithoutOneReads(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			ln, err := d.AcquireLane()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Release()
-			if err := ln.AddReadHelper(); err != nil {
-				t.Fatal(err)
-			}
+			ln := laneWithReadHelper(t, d)
 			for _, bytesLen := range []int{64 << 10, 100 << 10, 128 << 10, 129 << 10, 1 << 20} {
 				n := bytesLen / ss
 				lba := r.Uint64N(uint64(span - n))
@@ -70,14 +78,7 @@ func TestALaneWithAReadHelperReadsWhatALaneWithoutOneReads(t *testing.T) {
 func TestAReadWithAHelperFailsAtTheFirstFaultingSector(t *testing.T) {
 	_, d := formatOpen(t, 32<<20, 4096)
 	seedStamped(t, d, 64)
-	ln, err := d.AcquireLane()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Release()
-	if err := ln.AddReadHelper(); err != nil {
-		t.Fatal(err)
-	}
+	ln := laneWithReadHelper(t, d)
 	good := make([]byte, 8*4096)
 	for range 20 {
 		err := ln.ReadV(10, [][]byte{good, faultingBuffer(t, 24*4096)})

@@ -143,6 +143,23 @@ func TestStreamingCopyTakesAlignedLinesAndLeavesTheRestToCopy(t *testing.T) {
 	}
 }
 
+// benchMapping is a 512 MiB medium's mapping, far larger than the CPU
+// caches, like a disk's, with every page faulted in before timing; closed
+// when the benchmark ends.
+func benchMapping(b *testing.B) []byte {
+	b.Helper()
+	m, err := Open(filepath.Join(b.TempDir(), "nvdimm.img"), Options{Create: true, Size: 512 << 20, Durability: DurabilityFlush})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	area, _ := m.Slice(0, m.Size())
+	for i := 0; i < len(area); i += 4096 {
+		area[i] = 1
+	}
+	return area
+}
+
 // BenchmarkCopy4KiB copies 4 KiB blocks between a mapping the size of a
 // small disk and a 128 KiB request buffer, with the built-in copy and with
 // Copy in the same run, and reports x_builtin (how many times faster Copy
@@ -150,16 +167,7 @@ func TestStreamingCopyTakesAlignedLinesAndLeavesTheRestToCopy(t *testing.T) {
 func BenchmarkCopy4KiB(b *testing.B) {
 	for _, dir := range []string{"into-mapping", "out-of-mapping"} {
 		b.Run(dir, func(b *testing.B) {
-			// 512 MiB: far larger than the CPU caches, like a disk.
-			m, err := Open(filepath.Join(b.TempDir(), "nvdimm.img"), Options{Create: true, Size: 512 << 20, Durability: DurabilityFlush})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer m.Close()
-			area, _ := m.Slice(0, m.Size())
-			for i := 0; i < len(area); i += 4096 {
-				area[i] = 1 // fault every page in before timing
-			}
+			area := benchMapping(b)
 			buf := pattern(6, 128<<10)
 			blocks := len(area) / 4096
 			run := func(move func(d, s []byte) int) time.Duration {
@@ -218,15 +226,7 @@ func TestPrefetchAtTheEdgesOfTheMappingChangesNothing(t *testing.T) {
 // orders them once and then publishes the 16. It reports x_fenced, how
 // many times faster the batch is, both measured in the same run.
 func BenchmarkCopyStreamingBatch(b *testing.B) {
-	m, err := Open(filepath.Join(b.TempDir(), "nvdimm.img"), Options{Create: true, Size: 512 << 20, Durability: DurabilityFlush})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer m.Close()
-	area, _ := m.Slice(0, m.Size())
-	for i := 0; i < len(area); i += 4096 {
-		area[i] = 1
-	}
+	area := benchMapping(b)
 	buf := pattern(8, 128<<10)
 	blocks := len(area) / 4096
 	var published atomic.Uint64
