@@ -136,6 +136,7 @@ func TestReadsOfRunsOfConsecutiveBlocksAgainstWritersSeeWholeSectors(t *testing.
 			nfree := uint32(5)
 			if c.helper {
 				nfree = 12
+				twoCPUs(t)
 			}
 			var d *Device
 			if c.deferred {

@@ -85,13 +85,19 @@ type readHelper struct {
 // Lane's caller. It takes the lane as TryAcquireLane does, and only while
 // at least half of the device's lanes stay free for queues of their own;
 // otherwise it fails with an error wrapping ErrNoLane and the Lane reads
-// alone. Release stops the goroutine and gives both lanes back.
+// alone. It also fails when the process has one CPU to run on. Release stops the goroutine and gives both lanes back.
 func (ln *Lane) AddReadHelper() error {
 	if ln.l == nil {
 		return fmt.Errorf("btt: %w: lane released", ErrClosed)
 	}
 	if ln.helper != nil {
 		return nil
+	}
+	// On one CPU (GOMAXPROCS 1, as under a single-CPU affinity) the helper
+	// could only take turns with the caller, and its look for more work
+	// after a burst would hold the caller off the CPU.
+	if runtime.GOMAXPROCS(0) < 2 {
+		return fmt.Errorf("btt: a read helper needs a second CPU, and GOMAXPROCS is 1")
 	}
 	d := ln.d
 	d.laneMu.Lock()

@@ -11,10 +11,20 @@ import (
 	"time"
 )
 
+// twoCPUs lets the test's read helpers run, which they refuse to on one
+// CPU, even on a one-CPU box (GOMAXPROCS may exceed the CPUs).
+func twoCPUs(t *testing.T) {
+	if n := runtime.GOMAXPROCS(0); n < 2 {
+		runtime.GOMAXPROCS(2)
+		t.Cleanup(func() { runtime.GOMAXPROCS(n) })
+	}
+}
+
 // laneWithReadHelper acquires a lane of d with a read helper, released when
 // the test ends.
 func laneWithReadHelper(t *testing.T, d *Device) *Lane {
 	t.Helper()
+	twoCPUs(t)
 	ln, err := d.AcquireLane()
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +110,7 @@ func TestAReadWithAHelperFailsAtTheFirstFaultingSector(t *testing.T) {
 // Release stops the helper's goroutine and gives its lane back: Close,
 // which waits for every held lane, returns.
 func TestReleaseStopsTheReadHelperAndGivesItsLaneBack(t *testing.T) {
+	twoCPUs(t)
 	_, d := formatOpen(t, 32<<20, 4096)
 	before := runtime.NumGoroutine()
 	ln, err := d.AcquireLane()
@@ -134,6 +145,7 @@ func TestReleaseStopsTheReadHelperAndGivesItsLaneBack(t *testing.T) {
 // A helper takes a lane only while half of the device's lanes stay free
 // for queues of their own; the lane it was refused for still reads.
 func TestAReadHelperIsRefusedWhenItWouldLeaveFewerThanHalfTheLanes(t *testing.T) {
+	twoCPUs(t)
 	_, d := formatOpenNFree(t, 4)
 	first, err := d.TryAcquireLane()
 	if err != nil {
@@ -152,6 +164,24 @@ func TestAReadHelperIsRefusedWhenItWouldLeaveFewerThanHalfTheLanes(t *testing.T)
 		t.Fatalf("helper that would leave 0 of 4 lanes: %v, want ErrNoLane", err)
 	}
 	if err := second.ReadV(0, [][]byte{make([]byte, 128<<10)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// On one CPU a helper could only take turns with its Lane's caller: it is
+// refused, and the Lane reads alone.
+func TestAReadHelperIsRefusedOnOneCPU(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	_, d := formatOpen(t, 32<<20, 4096)
+	ln, err := d.AcquireLane()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Release()
+	if err := ln.AddReadHelper(); err == nil || !strings.Contains(err.Error(), "GOMAXPROCS is 1") {
+		t.Fatalf("read helper with GOMAXPROCS 1: %v, want a refusal naming it", err)
+	}
+	if err := ln.ReadV(0, [][]byte{make([]byte, 128<<10)}); err != nil {
 		t.Fatal(err)
 	}
 }

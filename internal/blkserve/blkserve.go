@@ -101,7 +101,7 @@ func New(d *btt.Device, dur pmem.Durability, c Config) (*Served, error) {
 		ReadOnly:     c.ReadOnly,
 		Serial:       c.Serial,
 		WriteThrough: writeThrough,
-		QueueDisk:    laneDisk(d, tr, c.Server.Logger, 2*max(int(c.NumQueues), 1) < Lanes(d)),
+		QueueDisk:    laneDisk(d, tr, c.Server.Logger, readHelpers(d, c.NumQueues)),
 	})
 	srv := vhost.NewServer(blk.NewBackend(dv, d), c.Server)
 	return &Served{Server: srv, Device: dv, WriteThrough: writeThrough, Tracker: tr, disk: d}, nil
@@ -162,6 +162,13 @@ func isWriteThrough(dur pmem.Durability) (bool, error) {
 		return true, nil
 	}
 	return false, fmt.Errorf("blkserve: durability %v: want the medium's resolved mode (flush, sync or dax)", dur)
+}
+
+// readHelpers says whether a serve of queues queues on d gives each a read
+// helper: only when the image has lanes for every queue and a helper each.
+// (AddReadHelper itself refuses on one CPU.)
+func readHelpers(d *btt.Device, queues uint16) bool {
+	return 2*max(int(queues), 1) < Lanes(d)
 }
 
 // laneDisk gives each queue its own BTT lane for as long as it runs, so

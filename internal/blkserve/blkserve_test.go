@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -134,6 +135,9 @@ func TestServedQueueHoldsABTTLane(t *testing.T) {
 // lane, which copies part of the queue's large reads on another core.
 func TestServedQueueOnAFreshImageHoldsASecondLaneForItsReadHelper(t *testing.T) {
 	fdcheck.Check(t)
+	// Helpers need more than one CPU to run on, which a one-CPU box can
+	// still be told it has.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), 2)))
 	s := serveBTT(t, pmem.DurabilityFlush, 1)
 
 	fe := connect(t, s.Sock)
@@ -159,6 +163,19 @@ func TestServedQueuesGetNoReadHelperWhenTheirLanesCouldNotAllHaveOne(t *testing.
 	connect(t, s.Sock)
 	if n := lanesFree(s.Dev, btt.DefaultNFree); n != btt.DefaultNFree-1 {
 		t.Fatalf("%d of %d lanes free while one of %d offered queues runs, want %d: its own lane only", n, btt.DefaultNFree, btt.DefaultNFree/2, btt.DefaultNFree-1)
+	}
+}
+
+// On one CPU a helper could only take turns with its queue's worker: a
+// serve started with GOMAXPROCS 1 gives none.
+func TestServedQueueGetsNoReadHelperOnOneCPU(t *testing.T) {
+	fdcheck.Check(t)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	s := serveBTT(t, pmem.DurabilityFlush, 1)
+
+	connect(t, s.Sock)
+	if n := lanesFree(s.Dev, btt.DefaultNFree); n != btt.DefaultNFree-1 {
+		t.Fatalf("%d of %d lanes free while a queue runs with GOMAXPROCS 1, want %d: its own lane only", n, btt.DefaultNFree, btt.DefaultNFree-1)
 	}
 }
 
