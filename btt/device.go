@@ -859,12 +859,11 @@ type iovCursor struct {
 	off int
 }
 
+// copyTo copies len(dst) bytes from the cursor into the medium, ordered
+// before the stores that follow (the ones that publish them).
 func (c *iovCursor) copyTo(dst []byte) {
-	for len(dst) > 0 {
-		n := pmem.CopyStreaming(dst, c.iov[c.seg][c.off:])
-		dst = dst[n:]
-		c.advance(n)
-	}
+	c.copyToUnordered(dst)
+	pmem.OrderStreaming()
 }
 
 // copyToUnordered is copyTo whose stores only pmem.OrderStreaming orders
