@@ -43,7 +43,8 @@ const (
 )
 
 // readHelper is a second lane and the goroutine that copies chunks of its
-// owner Lane's large reads on it.
+// owner Lane's large reads on it. It has no mutex: the owner and the
+// helper meet only on claim, finished and parked (sync/atomic) and on wake.
 type readHelper struct {
 	ln   *Lane
 	wake chan struct{}
@@ -85,7 +86,8 @@ type readHelper struct {
 // Lane's caller. It takes the lane as TryAcquireLane does, and only while
 // at least half of the device's lanes stay free for queues of their own;
 // otherwise it fails with an error wrapping ErrNoLane and the Lane reads
-// alone. It also fails when the process has one CPU to run on. Release stops the goroutine and gives both lanes back.
+// alone. It also fails when the process has one CPU to run on. Release
+// stops the goroutine and gives both lanes back.
 func (ln *Lane) AddReadHelper() error {
 	if ln.l == nil {
 		return fmt.Errorf("btt: %w: lane released", ErrClosed)
@@ -199,6 +201,8 @@ func (h *readHelper) read(l *lane, lba, n uint64, iov [][]byte, sector uint32) e
 	for uint64(h.finished.Load()) < chunks {
 		runtime.Gosched()
 	}
+	// Not kept past the read: a guest's memory may be unmapped after it.
+	h.iov = nil
 	for i := range chunks {
 		if err := h.errs[i]; err != nil {
 			return err
