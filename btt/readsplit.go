@@ -166,9 +166,13 @@ func (h *readHelper) spin() bool {
 
 // chunkLeft reports whether the current read has a chunk nobody claimed.
 func (h *readHelper) chunkLeft() bool {
-	v := h.claim.Load()
-	return v&0xffff < v>>16&0xffff
+	next, chunks := claimed(h.claim.Load())
+	return next < chunks
 }
+
+// claimed unpacks a claim word: the next chunk to claim and the read's
+// number of chunks.
+func claimed(v uint64) (next, chunks uint64) { return v & 0xffff, v >> 16 & 0xffff }
 
 // close stops the goroutine and gives its lane back.
 func (h *readHelper) close() {
@@ -216,7 +220,7 @@ func (h *readHelper) read(l *lane, lba, n uint64, iov [][]byte, sector uint32) e
 func (h *readHelper) copyChunk(l *lane) bool {
 	for {
 		v := h.claim.Load()
-		next, chunks := v&0xffff, v>>16&0xffff
+		next, chunks := claimed(v)
 		if next >= chunks {
 			return false
 		}
